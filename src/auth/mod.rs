@@ -1,0 +1,7 @@
+//! Authentication: discovery and JWKS (with single-flight refetch), the pure token validation
+//! policy, Keycloak claim parsing (including every organization-claim shape), path rules, and
+//! the request-level gate.
+
+pub mod org_claim;
+pub mod rules;
+pub mod validate;

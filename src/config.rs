@@ -1,0 +1,680 @@
+//! Typed configuration, loaded once: built-in defaults, then a TOML file, then
+//! `SIDECAR__SECTION__KEY` environment variables (lists and tables written as JSON).
+//!
+//! Every struct denies unknown fields, so a typo is a startup error that names the key.
+//! Secrets are [`SecretString`]s: they print as `[REDACTED]` in `check-config` and in any
+//! `Debug` output, and each one also accepts a `<key>_file` variant read at load time.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Value};
+use ipnet::IpNet;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration. Sections follow SPEC §8.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub oidc: OidcConfig,
+    pub organizations: OrganizationsConfig,
+    pub reconcile: ReconcileConfig,
+    pub auth: AuthConfig,
+    pub database: DatabaseConfig,
+    pub cache: CacheConfig,
+    pub entitlements: EntitlementsConfig,
+    pub headers: HeadersConfig,
+    pub keycloak_admin: KeycloakAdminConfig,
+    pub admin: AdminConfig,
+    pub codes: CodesConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Public port: reverse proxy, forward-auth, `/_sidecar/*`.
+    pub listen: SocketAddr,
+    /// Admin port: health, metrics, admin API. Never route it through the gateway.
+    pub admin_listen: SocketAddr,
+    /// Paths under this prefix are served by the sidecar, never proxied.
+    pub reserved_prefix: String,
+    /// Peers whose `X-Forwarded-*` headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// How long in-flight requests may run after SIGTERM before they are cut.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".parse().expect("valid"),
+            admin_listen: "127.0.0.1:8081".parse().expect("valid"),
+            reserved_prefix: "/_sidecar".into(),
+            trusted_proxies: [
+                "127.0.0.0/8",
+                "::1/128",
+                "10.0.0.0/8",
+                "172.16.0.0/12",
+                "192.168.0.0/16",
+                "fc00::/7",
+            ]
+            .iter()
+            .map(|n| n.parse().expect("valid"))
+            .collect(),
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// The app behind the sidecar; unset = forward-auth only.
+    pub url: Option<String>,
+    /// Time allowed for the upstream's response headers (not its body).
+    pub timeout_secs: u64,
+    /// Time allowed to open a connection to the upstream.
+    pub connect_timeout_secs: u64,
+    /// How long an idle pooled upstream connection is kept.
+    pub pool_idle_timeout_secs: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self { url: None, timeout_secs: 30, connect_timeout_secs: 5, pool_idle_timeout_secs: 90 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OidcConfig {
+    /// The realm's issuer URL; `iss` must equal it exactly.
+    pub issuer: String,
+    /// Overrides `<issuer>/.well-known/openid-configuration` (Keycloak's internal hostname).
+    pub discovery_url: Option<String>,
+    /// Overrides the discovery document's `jwks_uri`.
+    pub jwks_url: Option<String>,
+    /// Accepted when in `aud` or equal to `azp`.
+    pub audiences: Vec<String>,
+    /// Allow an empty `audiences` list (a warning is logged at every start).
+    pub allow_any_audience: bool,
+    /// Accepted signature algorithms. HMAC and `none` are never accepted.
+    pub algorithms: Vec<String>,
+    /// Explicit typing (SPEC §2): `typ` claim `Bearer`, or header `typ` `at+jwt`.
+    pub require_typ: bool,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`.
+    pub leeway_secs: u64,
+    /// Tokens longer than this are rejected before any decoding.
+    pub max_token_bytes: usize,
+    /// An unknown `kid` refetches the JWKS at most this often.
+    pub jwks_min_refresh_secs: u64,
+    /// Background JWKS refresh interval.
+    pub jwks_refresh_secs: u64,
+    /// Timeout of each discovery/JWKS request.
+    pub http_timeout_secs: u64,
+    /// Extra CA bundle (PEM) for Keycloak's TLS.
+    pub ca_file: Option<PathBuf>,
+    /// Where tokens are read from, in order: `authorization`, `x-access-token`.
+    pub token_sources: Vec<TokenSource>,
+    /// Clients whose roles appear in `X-Identity-Roles` as `client:role`.
+    pub client_roles_of: Vec<String>,
+}
+
+impl Default for OidcConfig {
+    fn default() -> Self {
+        Self {
+            issuer: String::new(),
+            discovery_url: None,
+            jwks_url: None,
+            audiences: Vec::new(),
+            allow_any_audience: false,
+            algorithms: ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"]
+                .map(String::from)
+                .to_vec(),
+            require_typ: true,
+            leeway_secs: 30,
+            max_token_bytes: 16 * 1024,
+            jwks_min_refresh_secs: 10,
+            jwks_refresh_secs: 300,
+            http_timeout_secs: 5,
+            ca_file: None,
+            token_sources: vec![TokenSource::Authorization],
+            client_roles_of: Vec::new(),
+        }
+    }
+}
+
+/// Where a request's access token may come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TokenSource {
+    /// `Authorization: Bearer <token>`.
+    Authorization,
+    /// `X-Access-Token: <token>` (APISIX openid-connect in session mode).
+    XAccessToken,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrganizationsConfig {
+    /// Name of the token claim holding Keycloak organizations.
+    pub claim: String,
+}
+
+impl Default for OrganizationsConfig {
+    fn default() -> Self {
+        Self { claim: "organization".into() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcileConfig {
+    /// When an absent or partial claim removes memberships (SPEC §3).
+    pub removal: Removal,
+    /// With `removal = "scope"`: scopes that make the claim authoritative.
+    pub full_membership_scopes: Vec<String>,
+    /// A login is reconciled again when its last reconciliation is older than this.
+    pub max_age_secs: u64,
+    /// What to do when the store is unreachable.
+    pub on_store_error: OnStoreError,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        Self {
+            removal: Removal::Scope,
+            full_membership_scopes: vec!["organization:*".into()],
+            max_age_secs: 300,
+            on_store_error: OnStoreError::Degrade,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Removal {
+    Scope,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStoreError {
+    Degrade,
+    Reject,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Path rules; the longest matching prefix wins. No rule: anonymous passes.
+    pub rules: Vec<RuleConfig>,
+}
+
+/// One `[[auth.rules]]` entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuleConfig {
+    pub prefix: String,
+    pub require: bool,
+    pub roles_any: Vec<String>,
+    pub organizations_any: Vec<String>,
+    pub contracts_any: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH?mode=rwc` (default) or `postgres://…`.
+    #[serde(serialize_with = "redact")]
+    pub url: SecretString,
+    pub url_file: Option<PathBuf>,
+    pub max_connections: u32,
+    /// Apply migrations when `serve` starts.
+    pub migrate_on_start: bool,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: SecretString::from("sqlite://identity-sidecar.db?mode=rwc"),
+            url_file: None,
+            max_connections: 10,
+            migrate_on_start: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Shared cache and invalidation bus for replicas; unset = per-process memory.
+    #[serde(serialize_with = "redact_opt")]
+    pub redis_url: Option<SecretString>,
+    pub redis_url_file: Option<PathBuf>,
+    /// Bound of the in-memory login and token caches (entries each).
+    pub max_entries: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self { redis_url: None, redis_url_file: None, max_entries: 200_000 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EntitlementsConfig {
+    pub issuer: String,
+    pub audience: String,
+    pub ttl_secs: u64,
+    /// ES256 private key (PEM, PKCS#8). Unset: an ephemeral key (single replica only).
+    pub signing_key_file: Option<PathBuf>,
+    /// Retired keys still published in the JWKS during rotation.
+    pub previous_key_files: Vec<PathBuf>,
+}
+
+impl Default for EntitlementsConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "identity-sidecar".into(),
+            audience: "apps".into(),
+            ttl_secs: 300,
+            signing_key_file: None,
+            previous_key_files: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeadersConfig {
+    /// Emit `X-Userinfo`.
+    pub userinfo: bool,
+    /// Remove `Authorization` and `X-Access-Token` before forwarding.
+    pub hide_credentials: bool,
+}
+
+impl Default for HeadersConfig {
+    fn default() -> Self {
+        Self { userinfo: true, hide_credentials: false }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeycloakAdminConfig {
+    /// Keycloak base URL, e.g. `https://keycloak.internal`.
+    pub url: Option<String>,
+    pub realm: Option<String>,
+    pub client_id: Option<String>,
+    #[serde(serialize_with = "redact_opt")]
+    pub client_secret: Option<SecretString>,
+    pub client_secret_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub timeout_secs: u64,
+}
+
+impl Default for KeycloakAdminConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            realm: None,
+            client_id: None,
+            client_secret: None,
+            client_secret_file: None,
+            ca_file: None,
+            timeout_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Realm or client roles that grant the admin API.
+    pub required_roles: Vec<String>,
+    /// Static admin tokens by SHA-256; the name is the audit actor.
+    pub token_sha256: Vec<StaticToken>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { required_roles: vec!["identity-sidecar-admin".into()], token_sha256: Vec::new() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticToken {
+    pub name: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CodesConfig {
+    pub max_failures_per_minute: u32,
+}
+
+impl Default for CodesConfig {
+    fn default() -> Self {
+        Self { max_failures_per_minute: 10 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `identity_sidecar=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Json, level: "info".into() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+fn redact<S: serde::Serializer>(_: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str("[REDACTED]")
+}
+
+fn redact_opt<S: serde::Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str("[REDACTED]"),
+        None => s.serialize_none(),
+    }
+}
+
+/// Prefix of environment overrides; `__` separates section and key.
+pub const ENV_PREFIX: &str = "SIDECAR__";
+
+impl Config {
+    /// Defaults, then the TOML file (when given), then `SIDECAR__*` variables from `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Config> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                bail!("config file {} does not exist", path.display());
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        // Env values are typed by what the key holds so far: a bool stays a bool, a
+        // string stays a string even when it looks like a number (a secret `12345`).
+        let shape: serde_json::Value = figment
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        figment = figment.merge(Serialized::globals(env_overrides(env, &shape)?));
+        let mut config: Config = figment.extract().map_err(|e| {
+            // figment's message names the key path and the source (file or env).
+            anyhow::anyhow!("invalid configuration: {}", e.to_string().replace('\n', "; "))
+        })?;
+        config.read_secret_files()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads every `<key>_file` secret into its key.
+    fn read_secret_files(&mut self) -> anyhow::Result<()> {
+        if let Some(p) = &self.database.url_file {
+            self.database.url = read_secret(p, "database.url_file")?;
+        }
+        if let Some(p) = &self.cache.redis_url_file {
+            self.cache.redis_url = Some(read_secret(p, "cache.redis_url_file")?);
+        }
+        if let Some(p) = &self.keycloak_admin.client_secret_file {
+            self.keycloak_admin.client_secret =
+                Some(read_secret(p, "keycloak_admin.client_secret_file")?);
+        }
+        Ok(())
+    }
+
+    /// Rules that serde cannot express.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.oidc.issuer.is_empty() {
+            bail!("oidc.issuer is required (the realm URL, e.g. https://sso.example.com/realms/acme)");
+        }
+        if self.oidc.audiences.is_empty() && !self.oidc.allow_any_audience {
+            bail!(
+                "oidc.audiences is empty: list the client ids this sidecar accepts, \
+                 or set oidc.allow_any_audience = true"
+            );
+        }
+        if self.oidc.algorithms.is_empty() {
+            bail!("oidc.algorithms must list at least one algorithm");
+        }
+        for alg in &self.oidc.algorithms {
+            crate::auth::validate::parse_allowed_algorithm(alg)
+                .with_context(|| format!("oidc.algorithms: {alg:?}"))?;
+        }
+        if self.oidc.token_sources.is_empty() {
+            bail!("oidc.token_sources must list at least one source");
+        }
+        if !self.server.reserved_prefix.starts_with('/') || self.server.reserved_prefix.len() < 2 {
+            bail!("server.reserved_prefix must start with '/' and name a path, e.g. /_sidecar");
+        }
+        for (i, rule) in self.auth.rules.iter().enumerate() {
+            if !rule.prefix.starts_with('/') {
+                bail!("auth.rules[{i}].prefix must start with '/'");
+            }
+        }
+        for (i, t) in self.admin.token_sha256.iter().enumerate() {
+            if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bail!("admin.token_sha256[{i}].sha256 must be 64 hex characters");
+            }
+        }
+        if let Some(url) = &self.upstream.url {
+            let uri: http::Uri = url.parse().with_context(|| format!("upstream.url {url:?}"))?;
+            if uri.scheme_str() != Some("http") {
+                bail!("upstream.url must be an http:// URL (the app beside the sidecar)");
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, secrets redacted (`check-config`).
+    pub fn redacted_toml(&self) -> anyhow::Result<String> {
+        Ok(toml::to_string_pretty(self)?)
+    }
+
+    /// The database URL (a secret: never log it).
+    pub fn database_url(&self) -> &str {
+        self.database.url.expose_secret()
+    }
+}
+
+fn read_secret(path: &Path, key: &str) -> anyhow::Result<SecretString> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{key}: cannot read {}", path.display()))?;
+    Ok(SecretString::from(text.trim_end_matches(['\r', '\n']).to_string()))
+}
+
+/// Turns `SIDECAR__SECTION__KEY=value` pairs into a nested dictionary. Lists and tables are
+/// JSON; a scalar is parsed as the type the key already holds in `shape` (defaults + file).
+fn env_overrides(
+    env: impl IntoIterator<Item = (String, String)>,
+    shape: &serde_json::Value,
+) -> anyhow::Result<Dict> {
+    let mut root = Dict::new();
+    for (name, raw) in env {
+        let Some(path) = name.strip_prefix(ENV_PREFIX) else { continue };
+        let keys: Vec<String> = path.split("__").map(|k| k.to_ascii_lowercase()).collect();
+        if keys.iter().any(String::is_empty) {
+            bail!("environment variable {name}: empty key segment");
+        }
+        let current = keys.iter().try_fold(shape, |v, k| v.get(k));
+        let value = match current {
+            Some(serde_json::Value::Bool(_)) => match raw.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => Value::from(true),
+                "false" | "0" | "no" | "off" => Value::from(false),
+                _ => bail!("environment variable {name} must be true or false"),
+            },
+            Some(serde_json::Value::Number(_)) => {
+                let n: i64 = raw.trim().parse().with_context(|| format!("environment variable {name} must be a whole number"))?;
+                Value::from(n)
+            }
+            Some(serde_json::Value::Array(_) | serde_json::Value::Object(_)) => parse_json(&name, &raw)?,
+            _ if raw.trim_start().starts_with(['[', '{']) => parse_json(&name, &raw)?,
+            _ => Value::from(raw),
+        };
+        insert_path(&mut root, &keys, value);
+    }
+    Ok(root)
+}
+
+fn parse_json(name: &str, raw: &str) -> anyhow::Result<Value> {
+    let json: serde_json::Value = serde_json::from_str(raw)
+        .with_context(|| format!("environment variable {name} must be JSON, e.g. [\"a\",\"b\"]"))?;
+    Ok(json_to_figment(json))
+}
+
+fn insert_path(dict: &mut Dict, keys: &[String], value: Value) {
+    let (first, rest) = keys.split_first().expect("non-empty");
+    if rest.is_empty() {
+        dict.insert(first.clone(), value);
+        return;
+    }
+    let entry = dict.entry(first.clone()).or_insert_with(|| Value::from(Dict::new()));
+    if let Value::Dict(_, inner) = entry {
+        insert_path(inner, rest, value);
+    } else {
+        let mut inner = Dict::new();
+        insert_path(&mut inner, rest, value);
+        *entry = Value::from(inner);
+    }
+}
+
+fn json_to_figment(json: serde_json::Value) -> Value {
+    match json {
+        serde_json::Value::Null => Value::from(String::new()),
+        serde_json::Value::Bool(b) => Value::from(b),
+        serde_json::Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => Value::from(i),
+            (None, Some(f)) => Value::from(f),
+            _ => Value::from(n.to_string()),
+        },
+        serde_json::Value::String(s) => Value::from(s),
+        serde_json::Value::Array(items) => {
+            Value::from(items.into_iter().map(json_to_figment).collect::<Vec<_>>())
+        }
+        serde_json::Value::Object(map) => Value::from(
+            map.into_iter().map(|(k, v)| (k, json_to_figment(v))).collect::<Dict>(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn base() -> Vec<(String, String)> {
+        env(&[("SIDECAR__OIDC__ISSUER", "https://kc/realms/r"), ("SIDECAR__OIDC__AUDIENCES", "[\"app\"]")])
+    }
+
+    #[test]
+    fn env_overrides_take_json_lists_and_tables() {
+        let mut vars = base();
+        vars.extend(env(&[
+            ("SIDECAR__AUTH__RULES", r#"[{"prefix":"/admin","require":true,"roles_any":["admin"]}]"#),
+            ("SIDECAR__OIDC__LEEWAY_SECS", "5"),
+            ("SIDECAR__HEADERS__USERINFO", "false"),
+            ("OTHER", "ignored"),
+        ]));
+        let c = Config::load(None, vars).unwrap();
+        assert_eq!(c.oidc.audiences, vec!["app"]);
+        assert_eq!(c.auth.rules[0].prefix, "/admin");
+        assert!(c.auth.rules[0].require);
+        assert_eq!(c.oidc.leeway_secs, 5);
+        assert!(!c.headers.userinfo);
+    }
+
+    #[test]
+    fn unknown_keys_are_an_error_naming_the_key() {
+        let mut vars = base();
+        vars.push(("SIDECAR__OIDC__AUDIENCE".into(), "app".into()));
+        let err = Config::load(None, vars).unwrap_err().to_string();
+        assert!(err.contains("audience"), "{err}");
+    }
+
+    #[test]
+    fn empty_audiences_refuse_to_start_unless_allowed() {
+        let vars = env(&[("SIDECAR__OIDC__ISSUER", "https://kc/realms/r")]);
+        let err = Config::load(None, vars.clone()).unwrap_err().to_string();
+        assert!(err.contains("oidc.audiences"), "{err}");
+        let mut vars = vars;
+        vars.push(("SIDECAR__OIDC__ALLOW_ANY_AUDIENCE".into(), "true".into()));
+        assert!(Config::load(None, vars).is_ok());
+    }
+
+    #[test]
+    fn secrets_are_redacted_and_read_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s3cr3t-value\n").unwrap();
+        let mut vars = base();
+        vars.push(("SIDECAR__KEYCLOAK_ADMIN__CLIENT_SECRET_FILE".into(), secret.display().to_string()));
+        vars.push(("SIDECAR__DATABASE__URL".into(), "postgres://u:pw-123@db/x".into()));
+        let c = Config::load(None, vars).unwrap();
+        assert_eq!(c.keycloak_admin.client_secret.as_ref().unwrap().expose_secret(), "s3cr3t-value");
+        let printed = c.redacted_toml().unwrap();
+        assert!(!printed.contains("s3cr3t-value") && !printed.contains("pw-123"), "{printed}");
+        assert!(!format!("{c:?}").contains("pw-123"));
+    }
+
+    #[test]
+    fn numeric_looking_secrets_stay_strings() {
+        let mut vars = base();
+        vars.push(("SIDECAR__KEYCLOAK_ADMIN__CLIENT_SECRET".into(), "12345".into()));
+        let c = Config::load(None, vars).unwrap();
+        assert_eq!(c.keycloak_admin.client_secret.unwrap().expose_secret(), "12345");
+    }
+
+    #[test]
+    fn toml_file_is_layered_under_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[oidc]\nissuer = \"https://file/realms/r\"\naudiences = [\"a\"]\n[[auth.rules]]\nprefix = \"/x\"\nrequire = true\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&file), env(&[("SIDECAR__OIDC__AUDIENCES", "[\"b\"]")])).unwrap();
+        assert_eq!(c.oidc.issuer, "https://file/realms/r");
+        assert_eq!(c.oidc.audiences, vec!["b"]);
+        assert_eq!(c.auth.rules.len(), 1);
+    }
+
+    #[test]
+    fn hmac_and_none_cannot_be_configured() {
+        for alg in ["HS256", "none"] {
+            let mut vars = base();
+            vars.push(("SIDECAR__OIDC__ALGORITHMS".into(), format!("[\"{alg}\"]")));
+            assert!(Config::load(None, vars).is_err(), "{alg}");
+        }
+    }
+}

@@ -422,9 +422,8 @@ impl Config {
         }
         // Env values are typed by what the key holds so far: a bool stays a bool, a
         // string stays a string even when it looks like a number (a secret `12345`).
-        let shape: serde_json::Value = figment
-            .extract()
-            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        let shape: serde_json::Value =
+            figment.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         figment = figment.merge(Serialized::globals(env_overrides(env, &shape)?));
         let mut config: Config = figment.extract().map_err(|e| {
             // figment's message names the key path and the source (file or env).
@@ -444,8 +443,7 @@ impl Config {
             self.cache.redis_url = Some(read_secret(p, "cache.redis_url_file")?);
         }
         if let Some(p) = &self.keycloak_admin.client_secret_file {
-            self.keycloak_admin.client_secret =
-                Some(read_secret(p, "keycloak_admin.client_secret_file")?);
+            self.keycloak_admin.client_secret = Some(read_secret(p, "keycloak_admin.client_secret_file")?);
         }
         Ok(())
     }
@@ -505,8 +503,8 @@ impl Config {
 }
 
 fn read_secret(path: &Path, key: &str) -> anyhow::Result<SecretString> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{key}: cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("{key}: cannot read {}", path.display()))?;
     Ok(SecretString::from(text.trim_end_matches(['\r', '\n']).to_string()))
 }
 
@@ -531,7 +529,10 @@ fn env_overrides(
                 _ => bail!("environment variable {name} must be true or false"),
             },
             Some(serde_json::Value::Number(_)) => {
-                let n: i64 = raw.trim().parse().with_context(|| format!("environment variable {name} must be a whole number"))?;
+                let n: i64 = raw
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("environment variable {name} must be a whole number"))?;
                 Value::from(n)
             }
             Some(serde_json::Value::Array(_) | serde_json::Value::Object(_)) => parse_json(&name, &raw)?,
@@ -578,9 +579,9 @@ fn json_to_figment(json: serde_json::Value) -> Value {
         serde_json::Value::Array(items) => {
             Value::from(items.into_iter().map(json_to_figment).collect::<Vec<_>>())
         }
-        serde_json::Value::Object(map) => Value::from(
-            map.into_iter().map(|(k, v)| (k, json_to_figment(v))).collect::<Dict>(),
-        ),
+        serde_json::Value::Object(map) => {
+            Value::from(map.into_iter().map(|(k, v)| (k, json_to_figment(v))).collect::<Dict>())
+        }
     }
 }
 
@@ -675,6 +676,39 @@ mod tests {
             let mut vars = base();
             vars.push(("SIDECAR__OIDC__ALGORITHMS".into(), format!("[\"{alg}\"]")));
             assert!(Config::load(None, vars).is_err(), "{alg}");
+        }
+    }
+
+    /// `config/default.toml` must name every key (set or commented out) and its values must
+    /// be the built-in defaults, so the documented file never drifts from the code.
+    #[test]
+    fn default_toml_documents_every_key_with_its_default() {
+        let text = include_str!("../config/default.toml");
+        let documented: toml::Value = toml::from_str(text).unwrap();
+        let defaults = toml::Value::try_from(Config::default()).unwrap();
+        let toml::Value::Table(sections) = &defaults else { panic!() };
+        for (section, keys) in sections {
+            let toml::Value::Table(keys) = keys else { panic!() };
+            for (key, value) in keys {
+                let header = format!("[{section}]");
+                let block = text.split(&header).nth(1).unwrap_or_else(|| panic!("{header} missing"));
+                let block = block.split("\n[").next().unwrap();
+                let mentioned = block.lines().any(|l| {
+                    let l = l.trim_start_matches(['#', ' ']);
+                    l.starts_with(&format!("{key} =")) || l.starts_with(&format!("[[{section}.{key}]]"))
+                });
+                assert!(mentioned, "config/default.toml does not document {section}.{key}");
+                if let Some(set) = documented.get(section).and_then(|s| s.get(key)) {
+                    if section == "database" && key == "url" {
+                        continue; // a secret: serialised redacted
+                    }
+                    assert_eq!(set, value, "{section}.{key} differs from the built-in default");
+                }
+            }
+        }
+        // Options without a default serialise as absent; spot-check they are documented.
+        for key in ["issuer", "discovery_url", "jwks_url", "ca_file"] {
+            assert!(text.contains(&format!("# {key} =")), "oidc.{key}");
         }
     }
 }

@@ -5,7 +5,16 @@
 //! `main.rs` is thin; everything a test needs is reachable from here: build an [`App`] from a
 //! [`Config`], bind it on port 0, drive it over real HTTP, stop it.
 
+pub mod admin;
+pub mod app;
 pub mod auth;
 pub mod config;
+pub mod error;
+pub mod headers;
+pub mod metrics;
+pub mod public;
+pub mod state;
+pub mod telemetry;
 
+pub use app::{App, AppHandle};
 pub use config::Config;

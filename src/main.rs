@@ -1,1 +1,77 @@
-fn main() {}
+//! The `identity-sidecar` binary: parse the command line, load the configuration, start
+//! logging, then run the chosen command. Everything else lives in the library.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use identity_sidecar::{App, Config};
+
+#[derive(Parser)]
+#[command(
+    name = "identity-sidecar",
+    version,
+    about = "Keycloak token gate and B2B entitlement headers for APISIX"
+)]
+struct Cli {
+    /// TOML configuration file (SIDECAR__SECTION__KEY variables override it).
+    #[arg(long, env = "SIDECAR_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the public and admin ports (the default).
+    Serve,
+    /// Print the effective configuration, secrets redacted, and exit.
+    CheckConfig,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("identity-sidecar: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::CheckConfig => config.redacted_toml().map(|t| print!("{t}")),
+        Command::Serve => run(serve(config)),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "fatal");
+            eprintln!("identity-sidecar: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(future: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(future)
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    identity_sidecar::telemetry::init(&config.log)?;
+    let mut handle = App::build(config).await?.spawn();
+    let stop = handle.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown signal received; draining");
+        stop.cancel();
+    });
+    handle.wait().await
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

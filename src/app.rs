@@ -1,0 +1,200 @@
+//! The application: binds both listeners (port 0 works), builds the shared state, owns the
+//! background tasks and stops everything on shutdown. Tests start the same `App` that
+//! `main` starts.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::http::{HeaderName, Request};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::auth::discovery::Discovery;
+use crate::auth::gate::{Authenticator, token_cache};
+use crate::auth::jwks::Jwks;
+use crate::auth::rules::Rules;
+use crate::auth::validate::Policy;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::state::{AppState, Inner};
+
+/// A built, not yet running application.
+pub struct App {
+    state: AppState,
+    public: TcpListener,
+    admin: TcpListener,
+}
+
+/// A running application.
+pub struct AppHandle {
+    shutdown: CancellationToken,
+    tasks: JoinSet<anyhow::Result<()>>,
+    public_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    grace: Duration,
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+impl App {
+    /// Builds state and binds listeners. Keys are loaded in the background after `spawn`;
+    /// `/readyz` reports when they are there.
+    pub async fn build(config: Config) -> anyhow::Result<App> {
+        config.validate()?;
+        if config.oidc.audiences.is_empty() {
+            tracing::warn!("oidc.allow_any_audience is on: tokens for any client are accepted");
+        }
+        let metrics = Arc::new(Metrics::new());
+        let policy = Policy::from_config(&config)?;
+        let discovery = Discovery::new(&config.oidc)?;
+        let jwks = Arc::new(Jwks::new(
+            discovery,
+            Duration::from_secs(config.oidc.jwks_min_refresh_secs),
+            metrics.clone(),
+        ));
+        let auth = Authenticator {
+            policy,
+            jwks: jwks.clone(),
+            tokens: token_cache(config.cache.max_entries),
+            sources: config.oidc.token_sources.clone(),
+            metrics: metrics.clone(),
+        };
+        let public = TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("cannot bind server.listen {}", config.server.listen))?;
+        let admin = TcpListener::bind(config.server.admin_listen)
+            .await
+            .with_context(|| format!("cannot bind server.admin_listen {}", config.server.admin_listen))?;
+        let state = AppState::new(Inner {
+            rules: Rules::new(&config.auth.rules),
+            trusted_proxies: config.server.trusted_proxies.clone(),
+            config: Arc::new(config),
+            auth,
+            jwks,
+            metrics,
+        });
+        Ok(App { state, public, admin })
+    }
+
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public.local_addr().expect("bound listener has an address")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr().expect("bound listener has an address")
+    }
+
+    /// Starts serving and the background tasks.
+    pub fn spawn(self) -> AppHandle {
+        let public_addr = self.public_addr();
+        let admin_addr = self.admin_addr();
+        let shutdown = CancellationToken::new();
+        let grace = Duration::from_secs(self.state.config.server.shutdown_grace_secs);
+        let mut tasks = JoinSet::new();
+
+        let public = with_request_id(crate::public::router(self.state.clone()));
+        let admin = with_request_id(crate::admin::router(self.state.clone()));
+        for (listener, router) in [(self.public, public), (self.admin, admin)] {
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+                    .context("server failed")
+            });
+        }
+        tasks.spawn(refresh_keys(self.state.clone(), shutdown.clone()));
+        tracing::info!(%public_addr, %admin_addr, "identity-sidecar serving");
+        AppHandle { shutdown, tasks, public_addr, admin_addr, grace }
+    }
+}
+
+/// Request ids: kept when the caller sent one, generated otherwise, passed on to the
+/// upstream (it is in the request headers) and echoed in the response. One span per request.
+fn with_request_id(router: Router) -> Router {
+    router
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+            let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+            // The path only: queries can hold codes or tokens.
+            tracing::info_span!("request", request_id = %id, method = %req.method(), path = %crate::telemetry::loggable_path(req.uri().path()))
+        }))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+/// Loads keys at start (retrying with backoff while none are loaded), then refreshes them
+/// every `oidc.jwks_refresh_secs`.
+async fn refresh_keys(state: AppState, stop: CancellationToken) -> anyhow::Result<()> {
+    let every = Duration::from_secs(state.config.oidc.jwks_refresh_secs.max(1));
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let wait = match state.jwks.refresh().await {
+            Ok(_) => {
+                backoff = Duration::from_millis(200);
+                every
+            }
+            Err(_) if !state.jwks.is_loaded() => {
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                backoff
+            }
+            Err(_) => every.min(Duration::from_secs(30)),
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+impl AppHandle {
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// A token that, when cancelled, starts a graceful shutdown.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to `server.shutdown_grace_secs`),
+    /// stops background tasks.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+
+    /// Runs until the shutdown token is cancelled (or a server fails), then drains.
+    pub async fn wait(&mut self) -> anyhow::Result<()> {
+        let mut first_error = None;
+        tokio::select! {
+            _ = self.shutdown.cancelled() => {}
+            Some(result) = self.tasks.join_next() => {
+                if let Ok(Err(e)) = result { first_error = Some(e); }
+                self.shutdown.cancel();
+            }
+        }
+        let drained = tokio::time::timeout(self.grace, async {
+            while let Some(result) = self.tasks.join_next().await {
+                if let Ok(Err(e)) = result {
+                    first_error.get_or_insert(e);
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("shutdown grace period over; cutting remaining requests");
+            self.tasks.abort_all();
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}

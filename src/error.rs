@@ -1,0 +1,142 @@
+//! One mapping from failures to HTTP: RFC 9457 problem JSON for every error, the right
+//! `WWW-Authenticate` on 401s, `Retry-After` on 429/503. Internal detail is logged once here
+//! and never returned.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::auth::validate::Reject;
+
+/// One field-level problem in a request body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub detail: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, detail: impl Into<String>) -> FieldError {
+        FieldError { field: field.into(), detail: detail.into() }
+    }
+}
+
+/// Everything a handler can answer besides success.
+#[derive(Debug)]
+pub enum ApiError {
+    /// A token was sent and refused: 401 `invalid_token`.
+    InvalidToken(Reject),
+    /// No token where one is required: 401 with a bare `Bearer` challenge.
+    Unauthenticated,
+    /// Authenticated, but not allowed: 403.
+    Forbidden(String),
+    /// Malformed request (bad JSON, wrong types): 400.
+    BadRequest {
+        detail: String,
+        errors: Vec<FieldError>,
+    },
+    /// Well-formed but breaks a rule: 422.
+    Unprocessable(Vec<FieldError>),
+    NotFound(String),
+    Conflict(String),
+    TooManyRequests {
+        retry_after_secs: u64,
+        detail: String,
+    },
+    /// A dependency is down (store, keys): 503.
+    Unavailable {
+        retry_after_secs: u64,
+        detail: String,
+    },
+    /// The upstream could not be reached or broke the connection: 502.
+    BadGateway(String),
+    /// The upstream sent no response headers in time: 504.
+    GatewayTimeout,
+    /// A bug or an unexpected failure: 500, detail logged only.
+    Internal(anyhow::Error),
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    title: &'a str,
+    status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
+    errors: &'a [FieldError],
+}
+
+/// Builds a problem+json response.
+pub fn problem(status: StatusCode, detail: Option<&str>, errors: &[FieldError]) -> Response {
+    let body = Problem {
+        kind: "about:blank",
+        title: status.canonical_reason().unwrap_or("Error"),
+        status: status.as_u16(),
+        detail,
+        errors,
+    };
+    let mut response = (status, Json(body)).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    response
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            ApiError::InvalidToken(reject) => {
+                let mut r = problem(StatusCode::UNAUTHORIZED, Some(reject.description()), &[]);
+                let challenge =
+                    format!("Bearer error=\"invalid_token\", error_description=\"{}\"", reject.description());
+                if let Ok(v) = HeaderValue::from_str(&challenge) {
+                    r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                }
+                r
+            }
+            ApiError::Unauthenticated => {
+                let mut r = problem(StatusCode::UNAUTHORIZED, Some("Authentication is required."), &[]);
+                r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                r
+            }
+            ApiError::Forbidden(detail) => problem(StatusCode::FORBIDDEN, Some(&detail), &[]),
+            ApiError::BadRequest { detail, errors } => {
+                problem(StatusCode::BAD_REQUEST, Some(&detail), &errors)
+            }
+            ApiError::Unprocessable(errors) => problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Some("The request breaks a validation rule."),
+                &errors,
+            ),
+            ApiError::NotFound(detail) => problem(StatusCode::NOT_FOUND, Some(&detail), &[]),
+            ApiError::Conflict(detail) => problem(StatusCode::CONFLICT, Some(&detail), &[]),
+            ApiError::TooManyRequests { retry_after_secs, detail } => {
+                with_retry_after(problem(StatusCode::TOO_MANY_REQUESTS, Some(&detail), &[]), retry_after_secs)
+            }
+            ApiError::Unavailable { retry_after_secs, detail } => with_retry_after(
+                problem(StatusCode::SERVICE_UNAVAILABLE, Some(&detail), &[]),
+                retry_after_secs,
+            ),
+            ApiError::BadGateway(detail) => problem(StatusCode::BAD_GATEWAY, Some(&detail), &[]),
+            ApiError::GatewayTimeout => {
+                problem(StatusCode::GATEWAY_TIMEOUT, Some("The upstream did not answer in time."), &[])
+            }
+            ApiError::Internal(error) => {
+                tracing::error!(error = format!("{error:#}"), "internal error");
+                problem(StatusCode::INTERNAL_SERVER_ERROR, Some("Internal error."), &[])
+            }
+        }
+    }
+}
+
+fn with_retry_after(mut response: Response, secs: u64) -> Response {
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    response
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(error: anyhow::Error) -> Self {
+        ApiError::Internal(error)
+    }
+}

@@ -1,0 +1,103 @@
+//! Prometheus metrics. Each [`App`](crate::App) owns its own registry (no process globals),
+//! so two apps in one test process count separately. Label values come from small fixed
+//! sets (reason codes, status classes), never from tokens, paths or users.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Label pairs; keys and values are static strings from fixed sets.
+pub type Labels = Vec<(&'static str, &'static str)>;
+
+/// Every metric the sidecar exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by `mode` (proxy, forward_auth, me, …) and status `class` (2xx …).
+    pub requests: Family<Labels, Counter>,
+    /// Authentication outcomes by `reason` (ok, anonymous, or a reject code).
+    pub auth_decisions: Family<Labels, Counter>,
+    /// JWKS fetches by `result` (ok, error, throttled).
+    pub jwks_fetches: Family<Labels, Counter>,
+    /// 1 while the key set in use came from the store, not from Keycloak.
+    pub jwks_stale: Gauge,
+    /// Cache lookups by `cache` (token, login) and `result` (hit, miss).
+    pub cache: Family<Labels, Counter>,
+    /// Upstream responses by status `class` (2xx …, or error kinds).
+    pub upstream_responses: Family<Labels, Counter>,
+    /// Time to the upstream's response headers.
+    pub upstream_latency: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("identity_sidecar");
+        let requests = Family::default();
+        registry.register("requests", "Requests by mode and status class", requests.clone());
+        let auth_decisions = Family::default();
+        registry.register("auth_decisions", "Authentication outcomes by reason", auth_decisions.clone());
+        let jwks_fetches = Family::default();
+        registry.register("jwks_fetches", "JWKS fetches by result", jwks_fetches.clone());
+        let jwks_stale = Gauge::default();
+        registry.register("jwks_stale", "1 while serving a persisted key set", jwks_stale.clone());
+        let cache = Family::default();
+        registry.register("cache_lookups", "Cache lookups by cache and result", cache.clone());
+        let upstream_responses = Family::default();
+        registry.register(
+            "upstream_responses",
+            "Upstream responses by status class",
+            upstream_responses.clone(),
+        );
+        let upstream_latency = Histogram::new(
+            [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+                .into_iter(),
+        );
+        registry.register(
+            "upstream_latency_seconds",
+            "Time to upstream response headers",
+            upstream_latency.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            auth_decisions,
+            jwks_fetches,
+            jwks_stale,
+            cache,
+            upstream_responses,
+            upstream_latency,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Adds an externally owned metric (store query counter, job queue gauges).
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+}
+
+/// The status class label of an HTTP status.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}

@@ -1,0 +1,154 @@
+//! The public port: forward-auth, `/_sidecar/me`, and (when `upstream.url` is set) the
+//! reverse proxy for every other path.
+//!
+//! Every request goes through [`admit`]: authenticate (token → principal), authorize
+//! (`[[auth.rules]]`), then render the owned header set. Forward-auth returns those headers;
+//! the proxy strips the client's identity headers and injects them.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use serde_json::json;
+
+use crate::auth::gate::{Caller, Failure};
+use crate::auth::rules::{Decision, Holdings, decide, normalize_path};
+use crate::error::ApiError;
+use crate::headers::{self, B2b, Status};
+use crate::state::AppState;
+
+/// The public router. Paths under `server.reserved_prefix` are the sidecar's own.
+pub fn router(state: AppState) -> Router {
+    let prefix = state.config.server.reserved_prefix.trim_end_matches('/').to_owned();
+    Router::new()
+        .route(&format!("{prefix}/auth"), any(forward_auth))
+        .route(&format!("{prefix}/me"), get(me))
+        .fallback(fallback)
+        .with_state(state)
+}
+
+/// The outcome of [`admit`]: who called and the headers to hand on.
+pub struct Admission {
+    pub caller: Caller,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// Authenticate, authorize and render the header set for a request to `raw_path`.
+pub async fn admit(
+    state: &AppState,
+    method: &Method,
+    raw_path: &str,
+    headers: &HeaderMap,
+) -> Result<Admission, ApiError> {
+    let path = normalize_path(raw_path).map_err(|_| ApiError::BadRequest {
+        detail: "The request path is not acceptable.".into(),
+        errors: vec![],
+    })?;
+    let preflight = method == Method::OPTIONS && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let caller = if preflight {
+        // Browsers send no credentials on a CORS preflight; it must reach the app's CORS
+        // handling whatever the rules say.
+        Caller::Anonymous
+    } else {
+        state.auth.authenticate(headers).await.map_err(|failure| match failure {
+            Failure::Rejected(reject) => ApiError::InvalidToken(reject),
+            Failure::KeysUnavailable => ApiError::Unavailable {
+                retry_after_secs: 5,
+                detail: "The identity provider's keys are not available yet.".into(),
+            },
+        })?
+    };
+    let b2b = B2b::default();
+    if !preflight {
+        let holdings = match &caller {
+            Caller::Anonymous => None,
+            Caller::Authenticated(p) => Some(Holdings {
+                roles: &p.roles,
+                organizations: &b2b.organizations,
+                contracts: &b2b.contracts,
+            }),
+        };
+        match decide(state.rules.find(&path), holdings) {
+            Decision::Allow => {}
+            Decision::Unauthenticated => return Err(ApiError::Unauthenticated),
+            Decision::Forbidden => {
+                return Err(ApiError::Forbidden("You do not have access to this resource.".into()));
+            }
+        }
+    }
+    let userinfo = state.config.headers.userinfo;
+    let headers = match &caller {
+        Caller::Anonymous => headers::render(Status::Anonymous, None, userinfo),
+        Caller::Authenticated(p) => headers::render(Status::Authenticated, Some((p, &b2b)), userinfo),
+    };
+    Ok(Admission { caller, headers })
+}
+
+/// `/_sidecar/auth`: APISIX `forward-auth` and nginx `auth_request`. The original method and
+/// URI come from `X-Forwarded-Method` / `X-Forwarded-Uri`, believed from trusted peers only.
+async fn forward_auth(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
+    headers: HeaderMap,
+    request: Request,
+) -> Response {
+    let trusted = state.is_trusted(peer.ip());
+    let forwarded = |name: &str| trusted.then(|| headers.get(name).and_then(|v| v.to_str().ok())).flatten();
+    let original_method =
+        forwarded("x-forwarded-method").and_then(|m| Method::from_bytes(m.as_bytes()).ok()).unwrap_or(method);
+    let original_uri = forwarded("x-forwarded-uri").unwrap_or_else(|| request.uri().path());
+    let result = admit(&state, &original_method, original_uri, &headers).await;
+    state.count("forward_auth", result.as_ref().map_or(0, |_| 200));
+    match result {
+        Ok(admission) => {
+            let mut response = StatusCode::OK.into_response();
+            response.headers_mut().extend(admission.headers);
+            response
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `/_sidecar/me`: the caller's identity and entitlements as JSON.
+async fn me(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let result = state.auth.authenticate(&headers).await;
+    let response = match result {
+        Ok(Caller::Authenticated(p)) => axum::Json(json!({
+            "sub": p.sub,
+            "email": p.email,
+            "preferred_username": p.preferred_username,
+            "name": p.name,
+            "roles": p.roles,
+            "organizations": [],
+            "contracts": [],
+        }))
+        .into_response(),
+        Ok(Caller::Anonymous) => ApiError::Unauthenticated.into_response(),
+        Err(Failure::Rejected(r)) => ApiError::InvalidToken(r).into_response(),
+        Err(Failure::KeysUnavailable) => ApiError::Unavailable {
+            retry_after_secs: 5,
+            detail: "The identity provider's keys are not available yet.".into(),
+        }
+        .into_response(),
+    };
+    state.count("me", response.status().as_u16());
+    response
+}
+
+async fn fallback(State(state): State<AppState>) -> Response {
+    state.count("other", 404);
+    ApiError::NotFound("No such path.".into()).into_response()
+}
+
+impl AppState {
+    /// Counts a request by mode and status class (0 = an error response, counted by its
+    /// class when known).
+    pub fn count(&self, mode: &'static str, status: u16) {
+        let class = if status == 0 { "error" } else { crate::metrics::status_class(status) };
+        self.metrics.requests.get_or_create(&vec![("mode", mode), ("class", class)]).inc();
+    }
+}

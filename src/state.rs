@@ -1,0 +1,52 @@
+//! The state every handler shares, built once by [`App::build`](crate::App::build).
+
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use crate::auth::gate::Authenticator;
+use crate::auth::jwks::Jwks;
+use crate::auth::rules::Rules;
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// Shared state; cheap to clone (one `Arc`).
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+pub struct Inner {
+    /// The configuration as loaded; read by handlers for per-request switches.
+    pub config: Arc<Config>,
+    /// Token → principal, for the public port and admin Keycloak-token auth.
+    pub auth: Authenticator,
+    /// The issuer's keys; readiness and the background refresher read it too.
+    pub jwks: Arc<Jwks>,
+    /// `[[auth.rules]]`, prepared for matching.
+    pub rules: Rules,
+    /// Peers whose `X-Forwarded-*` headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Counters and histograms, rendered at `/metrics`.
+    pub metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    pub fn new(inner: Inner) -> AppState {
+        AppState(Arc::new(inner))
+    }
+
+    /// Whether `X-Forwarded-*` from this peer may be believed.
+    pub fn is_trusted(&self, peer: std::net::IpAddr) -> bool {
+        let peer = match peer {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(peer),
+            v4 => v4,
+        };
+        self.trusted_proxies.iter().any(|net| net.contains(&peer))
+    }
+}

@@ -71,7 +71,12 @@ impl App {
         let admin = TcpListener::bind(config.server.admin_listen)
             .await
             .with_context(|| format!("cannot bind server.admin_listen {}", config.server.admin_listen))?;
+        let upstream = match &config.upstream.url {
+            Some(url) => Some(crate::proxy::Upstream::new(url, &config.upstream)?),
+            None => None,
+        };
         let state = AppState::new(Inner {
+            upstream,
             rules: Rules::new(&config.auth.rules),
             trusted_proxies: config.server.trusted_proxies.clone(),
             config: Arc::new(config),

@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod headers;
 pub mod metrics;
+pub mod proxy;
 pub mod public;
 pub mod state;
 pub mod telemetry;

@@ -23,11 +23,16 @@ use crate::state::AppState;
 /// The public router. Paths under `server.reserved_prefix` are the sidecar's own.
 pub fn router(state: AppState) -> Router {
     let prefix = state.config.server.reserved_prefix.trim_end_matches('/').to_owned();
-    Router::new()
+    let router = Router::new()
         .route(&format!("{prefix}/auth"), any(forward_auth))
-        .route(&format!("{prefix}/me"), get(me))
-        .fallback(fallback)
-        .with_state(state)
+        .route(&format!("{prefix}/me"), get(me));
+    // Reserved paths the sidecar does not serve stay 404, never proxied.
+    let router = router.route(&prefix, any(fallback)).route(&format!("{prefix}/{{*rest}}"), any(fallback));
+    if state.upstream.is_some() {
+        router.fallback(crate::proxy::forward).with_state(state)
+    } else {
+        router.fallback(fallback).with_state(state)
+    }
 }
 
 /// The outcome of [`admit`]: who called and the headers to hand on.

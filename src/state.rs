@@ -34,6 +34,8 @@ pub struct Inner {
     pub trusted_proxies: Vec<IpNet>,
     /// Counters and histograms, rendered at `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// The app behind the sidecar, in reverse proxy mode.
+    pub upstream: Option<crate::proxy::Upstream>,
 }
 
 impl AppState {

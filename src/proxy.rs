@@ -1,0 +1,261 @@
+//! Reverse proxy mode: every path outside the reserved prefix is admitted (authenticate,
+//! authorize, render headers) and forwarded to `upstream.url` with bodies streamed both ways.
+//!
+//! Header discipline, in order: drop hop-by-hop headers (including those named by
+//! `Connection`), strip every client-sent identity header, inject the fresh set, set
+//! `X-Forwarded-*` (appended to only for trusted peers). WebSocket upgrades are tunnelled.
+//! Dropping the handler future (client gone) drops the upstream request with it.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::uri::{PathAndQuery, Scheme};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::config::UpstreamConfig;
+use crate::error::ApiError;
+use crate::public::admit;
+use crate::state::AppState;
+
+/// The upstream app and a pooled client for it.
+pub struct Upstream {
+    client: Client<HttpConnector, Body>,
+    scheme: Scheme,
+    authority: axum::http::uri::Authority,
+    /// The upstream URL's path, without a trailing slash ("" for the root).
+    base_path: String,
+    timeout: Duration,
+}
+
+impl Upstream {
+    pub fn new(url: &str, config: &UpstreamConfig) -> anyhow::Result<Upstream> {
+        let uri: Uri = url.parse().with_context(|| format!("upstream.url {url:?}"))?;
+        let authority = uri.authority().cloned().context("upstream.url has no host")?;
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(config.connect_timeout_secs)));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(config.pool_idle_timeout_secs))
+            .build(connector);
+        Ok(Upstream {
+            client,
+            scheme: uri.scheme().cloned().unwrap_or(Scheme::HTTP),
+            authority,
+            base_path: uri.path().trim_end_matches('/').to_owned(),
+            timeout: Duration::from_secs(config.timeout_secs),
+        })
+    }
+
+    fn target(&self, original: &Uri) -> Result<Uri, ApiError> {
+        let pq = original.path_and_query().map_or("/", PathAndQuery::as_str);
+        let pq: PathAndQuery = format!("{}{pq}", self.base_path)
+            .parse()
+            .map_err(|_| ApiError::BadRequest { detail: "Invalid request URI.".into(), errors: vec![] })?;
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|e| ApiError::Internal(e.into()))
+    }
+}
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including every header named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    let has_token = |name: HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    has_token(header::CONNECTION, "upgrade") && has_token(header::UPGRADE, "websocket")
+}
+
+/// Sets `X-Forwarded-For/-Proto/-Host`: appended to (For) or kept (Proto, Host) for trusted
+/// peers, replaced for everyone else.
+fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr, trusted: bool) {
+    let for_name = HeaderName::from_static("x-forwarded-for");
+    let proto_name = HeaderName::from_static("x-forwarded-proto");
+    let host_name = HeaderName::from_static("x-forwarded-host");
+    let ip = peer.ip().to_string();
+    let prior_for = trusted
+        .then(|| {
+            let all: Vec<&str> = headers.get_all(&for_name).iter().filter_map(|v| v.to_str().ok()).collect();
+            (!all.is_empty()).then(|| all.join(", "))
+        })
+        .flatten();
+    let xff = match prior_for {
+        Some(prior) => format!("{prior}, {ip}"),
+        None => ip,
+    };
+    let keep = |h: &HeaderMap, n: &HeaderName| trusted.then(|| h.get(n).cloned()).flatten();
+    let proto = keep(headers, &proto_name).unwrap_or(HeaderValue::from_static("http"));
+    let host = keep(headers, &host_name).or_else(|| headers.get(header::HOST).cloned());
+    headers.remove(&for_name);
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(for_name, v);
+    }
+    headers.insert(proto_name, proto);
+    match host {
+        Some(h) => headers.insert(host_name, h),
+        None => headers.remove(&host_name),
+    };
+}
+
+/// The fallback handler in proxy mode.
+pub async fn forward(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut request: Request,
+) -> Response {
+    let Some(upstream) = state.upstream.as_ref() else {
+        return ApiError::NotFound("No such path.".into()).into_response();
+    };
+    let response = match proxy(&state, upstream, peer, &mut request).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    state.count("proxy", response.status().as_u16());
+    response
+}
+
+async fn proxy(
+    state: &AppState,
+    upstream: &Upstream,
+    peer: SocketAddr,
+    request: &mut Request,
+) -> Result<Response, ApiError> {
+    let admission = admit(state, request.method(), request.uri().path(), request.headers()).await?;
+    let target = upstream.target(request.uri())?;
+    let websocket = is_websocket_upgrade(request.headers());
+    let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut *request));
+
+    let (mut parts, body) = std::mem::take(request).into_parts();
+    let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(&mut parts.headers);
+    crate::headers::inject(&mut parts.headers, &admission.headers);
+    if state.config.headers.hide_credentials {
+        parts.headers.remove(header::AUTHORIZATION);
+        parts.headers.remove("x-access-token");
+    }
+    set_forwarded(&mut parts.headers, peer, state.is_trusted(peer.ip()));
+    if let (true, Some(up)) = (websocket, upgrade_value) {
+        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, up);
+    }
+    parts.uri = target;
+    // The upstream speaks HTTP/1.1 whatever the client spoke.
+    parts.version = axum::http::Version::HTTP_11;
+    let outbound = axum::http::Request::from_parts(parts, body);
+
+    let started = Instant::now();
+    let sent = tokio::time::timeout(upstream.timeout, upstream.client.request(outbound)).await;
+    state.metrics.upstream_latency.observe(started.elapsed().as_secs_f64());
+    let mut response = match sent {
+        Err(_) => {
+            state.upstream_outcome("timeout");
+            return Err(ApiError::GatewayTimeout);
+        }
+        Ok(Err(e)) => {
+            state.upstream_outcome(if e.is_connect() { "connect_error" } else { "error" });
+            tracing::warn!(error = %e, "upstream request failed");
+            return Err(ApiError::BadGateway("The upstream could not be reached.".into()));
+        }
+        Ok(Ok(r)) => r,
+    };
+    state.upstream_outcome(crate::metrics::status_class(response.status().as_u16()));
+
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_upgrade) = client_upgrade
+    {
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                Ok((client, upstream)) => {
+                    let (mut c, mut u) = (TokioIo::new(client), TokioIo::new(upstream));
+                    let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+            }
+        });
+        let (parts, _) = response.into_parts();
+        return Ok(Response::from_parts(parts, Body::empty()));
+    }
+
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+impl AppState {
+    fn upstream_outcome(&self, outcome: &'static str) {
+        self.metrics.upstream_responses.get_or_create(&vec![("outcome", outcome)]).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_in_connection_are_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-custom"));
+        h.insert("x-custom", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn forwarded_headers_are_appended_only_for_trusted_peers() {
+        let peer: SocketAddr = "10.0.0.5:1234".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert(header::HOST, HeaderValue::from_static("app.example"));
+        let mut trusted = h.clone();
+        set_forwarded(&mut trusted, peer, true);
+        assert_eq!(trusted["x-forwarded-for"], "1.2.3.4, 10.0.0.5");
+        assert_eq!(trusted["x-forwarded-proto"], "https");
+        assert_eq!(trusted["x-forwarded-host"], "app.example");
+        set_forwarded(&mut h, peer, false);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.5");
+        assert_eq!(h["x-forwarded-proto"], "http");
+    }
+}

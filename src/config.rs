@@ -473,8 +473,8 @@ impl Config {
             bail!("server.reserved_prefix must start with '/' and name a path, e.g. /_sidecar");
         }
         for (i, rule) in self.auth.rules.iter().enumerate() {
-            if !rule.prefix.starts_with('/') {
-                bail!("auth.rules[{i}].prefix must start with '/'");
+            if !rule.prefix.starts_with('/') || crate::auth::rules::normalize_prefix(&rule.prefix).is_err() {
+                bail!("auth.rules[{i}].prefix must be a plain path starting with '/' (no '..')");
             }
         }
         for (i, t) in self.admin.token_sha256.iter().enumerate() {

@@ -56,10 +56,9 @@ impl Metrics {
             "Upstream responses by status class",
             upstream_responses.clone(),
         );
-        let upstream_latency = Histogram::new(
-            [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
-                .into_iter(),
-        );
+        let upstream_latency = Histogram::new([
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]);
         registry.register(
             "upstream_latency_seconds",
             "Time to upstream response headers",

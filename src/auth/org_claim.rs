@@ -138,10 +138,7 @@ fn push_alias(alias: &str, id: Option<Uuid>, out: &mut ClaimedOrgs) {
     if alias.is_empty() || alias.len() > MAX_ALIAS_BYTES {
         out.ignored += 1;
     } else {
-        out.orgs.push(ClaimedOrg {
-            alias: alias.to_owned(),
-            id,
-        });
+        out.orgs.push(ClaimedOrg { alias: alias.to_owned(), id });
     }
 }
 
@@ -181,10 +178,7 @@ mod tests {
     const ID_B: &str = "7c9e6679-7425-40de-944b-e07fc1f90ae7";
 
     fn org(alias: &str, id: Option<&str>) -> ClaimedOrg {
-        ClaimedOrg {
-            alias: alias.into(),
-            id: id.map(|s| Uuid::parse_str(s).unwrap()),
-        }
+        ClaimedOrg { alias: alias.into(), id: id.map(|s| Uuid::parse_str(s).unwrap()) }
     }
 
     fn parse(v: Value) -> ClaimedOrgs {
@@ -219,10 +213,7 @@ mod tests {
             "globex": {"id": ID_B, "region": ["eu"], "deep": {"a": [[[{"b": 1}]]]}},
             "acme": {"id": ID_A},
         }));
-        assert_eq!(
-            got.orgs,
-            vec![org("acme", Some(ID_A)), org("globex", Some(ID_B))]
-        );
+        assert_eq!(got.orgs, vec![org("acme", Some(ID_A)), org("globex", Some(ID_B))]);
         assert_eq!(got.ignored, 0);
     }
 
@@ -312,13 +303,7 @@ mod tests {
 
     #[test]
     fn an_id_that_is_not_a_string_drops_the_entry() {
-        for id in [
-            json!(null),
-            json!(42),
-            json!(true),
-            json!([ID_A]),
-            json!({"v": ID_A}),
-        ] {
+        for id in [json!(null), json!(42), json!(true), json!([ID_A]), json!({"v": ID_A})] {
             let got = parse(json!({"acme": {"id": id}}));
             assert!(got.orgs.is_empty(), "{id}");
             assert_eq!(got.ignored, 1, "{id}");
@@ -341,28 +326,10 @@ mod tests {
         assert_eq!(got.ignored, 2);
 
         let got = parse(json!({"": {}, long.clone(): {}}));
-        assert_eq!(
-            got,
-            ClaimedOrgs {
-                orgs: vec![],
-                ignored: 2
-            }
-        );
+        assert_eq!(got, ClaimedOrgs { orgs: vec![], ignored: 2 });
 
-        assert_eq!(
-            parse(json!("")),
-            ClaimedOrgs {
-                orgs: vec![],
-                ignored: 1
-            }
-        );
-        assert_eq!(
-            parse(json!(long)),
-            ClaimedOrgs {
-                orgs: vec![],
-                ignored: 1
-            }
-        );
+        assert_eq!(parse(json!("")), ClaimedOrgs { orgs: vec![], ignored: 1 });
+        assert_eq!(parse(json!(long)), ClaimedOrgs { orgs: vec![], ignored: 1 });
     }
 
     #[test]
@@ -374,24 +341,18 @@ mod tests {
 
     #[test]
     fn at_most_max_entries_of_an_array_are_looked_at() {
-        let items: Vec<Value> = (0..MAX_ENTRIES + 25)
-            .map(|i| json!(format!("org{i:05}")))
-            .collect();
+        let items: Vec<Value> = (0..MAX_ENTRIES + 25).map(|i| json!(format!("org{i:05}"))).collect();
         let got = parse(Value::Array(items));
         assert_eq!(got.orgs.len(), MAX_ENTRIES);
         assert_eq!(got.ignored, 25);
         assert_eq!(got.orgs[0].alias, "org00000");
-        assert_eq!(
-            got.orgs[MAX_ENTRIES - 1].alias,
-            format!("org{:05}", MAX_ENTRIES - 1)
-        );
+        assert_eq!(got.orgs[MAX_ENTRIES - 1].alias, format!("org{:05}", MAX_ENTRIES - 1));
     }
 
     #[test]
     fn at_most_max_entries_of_a_map_are_looked_at() {
-        let map: serde_json::Map<String, Value> = (0..MAX_ENTRIES + 7)
-            .map(|i| (format!("org{i:05}"), json!({})))
-            .collect();
+        let map: serde_json::Map<String, Value> =
+            (0..MAX_ENTRIES + 7).map(|i| (format!("org{i:05}"), json!({}))).collect();
         let got = parse(Value::Object(map));
         assert_eq!(got.orgs.len(), MAX_ENTRIES);
         assert_eq!(got.ignored, 7);
@@ -424,12 +385,7 @@ mod tests {
         use proptest::prelude::*;
 
         fn alias() -> impl Strategy<Value = String> {
-            prop_oneof![
-                "[a-c]{1,2}",
-                Just(String::new()),
-                Just("x".repeat(MAX_ALIAS_BYTES + 1)),
-                "\\PC{0,6}",
-            ]
+            prop_oneof!["[a-c]{1,2}", Just(String::new()), Just("x".repeat(MAX_ALIAS_BYTES + 1)), "\\PC{0,6}",]
         }
 
         fn id_value() -> impl Strategy<Value = Value> {

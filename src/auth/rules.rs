@@ -49,9 +49,7 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
         Some(end) => &path[..end],
         None => path,
     };
-    let decoded: Cow<'_, str> = percent_decode_str(path)
-        .decode_utf8()
-        .map_err(|_| PathError::BadEncoding)?;
+    let decoded: Cow<'_, str> = percent_decode_str(path).decode_utf8().map_err(|_| PathError::BadEncoding)?;
     if decoded.contains('\0') {
         return Err(PathError::BadEncoding);
     }
@@ -81,10 +79,7 @@ pub fn normalize_path(raw: &str) -> Result<String, PathError> {
 
 /// `..`, or `..;params` (Tomcat/Spring path parameters).
 fn is_dot_dot(segment: &str) -> bool {
-    segment == ".."
-        || segment
-            .strip_prefix("..")
-            .is_some_and(|rest| rest.starts_with(';'))
+    segment == ".." || segment.strip_prefix("..").is_some_and(|rest| rest.starts_with(';'))
 }
 
 /// `scheme://authority/path` → `/path`; anything else unchanged. The scheme must be
@@ -98,9 +93,7 @@ fn strip_scheme_and_authority(raw: &str) -> &str {
     };
     let scheme = &raw[..colon];
     let valid_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
-        && scheme
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
     if !valid_scheme {
         return raw;
     }
@@ -153,10 +146,7 @@ impl Rules {
     ///
     /// `/api` matches `/api`, `/api/` and `/api/x`, not `/apix`; `/` matches everything.
     pub fn find(&self, path: &str) -> Option<&RuleConfig> {
-        self.rules
-            .iter()
-            .find(|(prefix, _)| segment_prefix(prefix, path))
-            .map(|(_, rule)| rule)
+        self.rules.iter().find(|(prefix, _)| segment_prefix(prefix, path)).map(|(_, rule)| rule)
     }
 }
 
@@ -210,11 +200,7 @@ pub fn decide(rule: Option<&RuleConfig>, caller: Option<Holdings<'_>>) -> Decisi
         let names_any = !(rule.roles_any.is_empty()
             && rule.organizations_any.is_empty()
             && rule.contracts_any.is_empty());
-        return if rule.require || names_any {
-            Decision::Unauthenticated
-        } else {
-            Decision::Allow
-        };
+        return if rule.require || names_any { Decision::Unauthenticated } else { Decision::Allow };
     };
     if satisfies(&rule.roles_any, held.roles)
         && satisfies(&rule.organizations_any, held.organizations)
@@ -236,10 +222,7 @@ mod tests {
     use super::*;
 
     fn rule(prefix: &str) -> RuleConfig {
-        RuleConfig {
-            prefix: prefix.into(),
-            ..RuleConfig::default()
-        }
+        RuleConfig { prefix: prefix.into(), ..RuleConfig::default() }
     }
 
     fn strings(items: &[&str]) -> Vec<String> {
@@ -344,10 +327,7 @@ mod tests {
     #[test]
     fn an_absolute_form_target_is_reduced_to_its_path() {
         assert_eq!(norm("http://example.com/admin/x?q"), Ok("/admin/x".into()));
-        assert_eq!(
-            norm("https://u:p@example.com:8443//admin"),
-            Ok("/admin".into())
-        );
+        assert_eq!(norm("https://u:p@example.com:8443//admin"), Ok("/admin".into()));
         assert_eq!(norm("http://example.com"), Ok("/".into()));
         assert_eq!(norm("http://example.com?x=/admin"), Ok("/".into()));
         // Not a scheme: a path that happens to contain `://`.
@@ -391,12 +371,7 @@ mod tests {
 
     #[test]
     fn the_longest_matching_prefix_wins_whatever_the_config_order() {
-        let configured = [
-            rule("/"),
-            rule("/api/admin/"),
-            rule("/api"),
-            rule("/api/adm"),
-        ];
+        let configured = [rule("/"), rule("/api/admin/"), rule("/api"), rule("/api/adm")];
         for order in [[0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]] {
             let rules = Rules::new(&order.map(|i| configured[i].clone()));
             assert_eq!(found(&rules, "/api/admin/users"), Some("/api/admin/"));
@@ -410,10 +385,7 @@ mod tests {
 
     #[test]
     fn of_two_rules_with_the_same_prefix_the_first_configured_wins() {
-        let first = RuleConfig {
-            require: true,
-            ..rule("/api")
-        };
+        let first = RuleConfig { require: true, ..rule("/api") };
         let second = rule("/api/");
         let rules = Rules::new(&[first.clone(), second]);
         assert_eq!(rules.find("/api/x"), Some(&first));
@@ -422,10 +394,7 @@ mod tests {
     #[test]
     fn prefixes_are_normalised_like_paths() {
         let rules = Rules::new(&[rule("//api/./v1%2Fadmin?x")]);
-        assert_eq!(
-            found(&rules, "/api/v1/admin/x"),
-            Some("//api/./v1%2Fadmin?x")
-        );
+        assert_eq!(found(&rules, "/api/v1/admin/x"), Some("//api/./v1%2Fadmin?x"));
     }
 
     #[test]
@@ -471,11 +440,7 @@ mod tests {
         }
 
         fn holdings(&self) -> Holdings<'_> {
-            Holdings {
-                roles: &self.roles,
-                organizations: &self.organizations,
-                contracts: &self.contracts,
-            }
+            Holdings { roles: &self.roles, organizations: &self.organizations, contracts: &self.contracts }
         }
     }
 
@@ -505,21 +470,14 @@ mod tests {
 
     #[test]
     fn require_turns_anonymous_away_and_lets_any_login_pass() {
-        let r = RuleConfig {
-            require: true,
-            ..rule("/x")
-        };
+        let r = RuleConfig { require: true, ..rule("/x") };
         assert_eq!(decide(Some(&r), None), Decision::Unauthenticated);
         assert_eq!(decide(Some(&r), Some(Holdings::default())), Decision::Allow);
     }
 
     #[test]
     fn any_non_empty_list_turns_anonymous_away_even_without_require() {
-        for r in [
-            lists(&["r"], &[], &[]),
-            lists(&[], &["o"], &[]),
-            lists(&[], &[], &["c"]),
-        ] {
+        for r in [lists(&["r"], &[], &[]), lists(&[], &["o"], &[]), lists(&[], &[], &["c"])] {
             assert_eq!(decide(Some(&r), None), Decision::Unauthenticated, "{r:?}");
         }
     }
@@ -537,10 +495,7 @@ mod tests {
     fn items_are_compared_exactly() {
         let r = lists(&["Admin"], &[], &[]);
         let lower = Held::new(&["admin"], &[], &[]);
-        assert_eq!(
-            decide(Some(&r), Some(lower.holdings())),
-            Decision::Forbidden
-        );
+        assert_eq!(decide(Some(&r), Some(lower.holdings())), Decision::Forbidden);
     }
 
     /// Every combination of (which lists the rule names) × (which of them the caller satisfies).
@@ -549,16 +504,11 @@ mod tests {
     fn lists_are_anded_with_each_other_and_ored_within() {
         // Each named list has two items; a caller satisfying it holds only the second one,
         // plus an unrelated item, so "OR within a list" is exercised on every hit.
-        let named_list =
-            |named: u8, bit: u8, items: &'static [&'static str]| -> &'static [&'static str] {
-                if named & bit != 0 { items } else { &[] }
-            };
+        let named_list = |named: u8, bit: u8, items: &'static [&'static str]| -> &'static [&'static str] {
+            if named & bit != 0 { items } else { &[] }
+        };
         let held_list = |held: u8, bit: u8, item: &'static str| -> Vec<&'static str> {
-            if held & bit != 0 {
-                vec!["unrelated", item]
-            } else {
-                vec!["unrelated"]
-            }
+            if held & bit != 0 { vec!["unrelated", item] } else { vec!["unrelated"] }
         };
         for named in 0u8..8 {
             let r = lists(
@@ -566,11 +516,7 @@ mod tests {
                 named_list(named, 2, &["o1", "o2"]),
                 named_list(named, 4, &["c1", "c2"]),
             );
-            let anonymous = if named == 0 {
-                Decision::Allow
-            } else {
-                Decision::Unauthenticated
-            };
+            let anonymous = if named == 0 { Decision::Allow } else { Decision::Unauthenticated };
             assert_eq!(decide(Some(&r), None), anonymous, "named {named:03b}");
             for held in 0u8..8 {
                 let caller = Held::new(
@@ -579,11 +525,7 @@ mod tests {
                     &held_list(held, 4, "c2"),
                 );
                 // Allowed exactly when every named list is held.
-                let expected = if named & !held == 0 {
-                    Decision::Allow
-                } else {
-                    Decision::Forbidden
-                };
+                let expected = if named & !held == 0 { Decision::Allow } else { Decision::Forbidden };
                 assert_eq!(
                     decide(Some(&r), Some(caller.holdings())),
                     expected,
@@ -623,12 +565,7 @@ mod tests {
 
         /// The obvious, slow definition of a segment-prefix match.
         fn naive_matches(prefix: &str, path: &str) -> bool {
-            let segs = |s: &str| {
-                s.split('/')
-                    .filter(|x| !x.is_empty())
-                    .map(String::from)
-                    .collect::<Vec<_>>()
-            };
+            let segs = |s: &str| s.split('/').filter(|x| !x.is_empty()).map(String::from).collect::<Vec<_>>();
             let (p, q) = (segs(prefix), segs(path));
             q.len() >= p.len() && q[..p.len()] == p[..]
         }

@@ -7,5 +7,6 @@
 
 pub mod auth;
 pub mod config;
+pub mod reconcile;
 
 pub use config::Config;

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod entitlements;
 pub mod reconcile;
 
 pub use config::Config;

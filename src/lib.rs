@@ -9,11 +9,13 @@ pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod entitlements;
 pub mod error;
 pub mod headers;
 pub mod metrics;
 pub mod proxy;
 pub mod public;
+pub mod reconcile;
 pub mod state;
 pub mod telemetry;
 

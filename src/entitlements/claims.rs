@@ -1,0 +1,123 @@
+//! The claims of the entitlement token `X-Identity-Entitlements` (SPEC §5), also the body of
+//! `GET /_sidecar/me`.
+
+use serde::{Deserialize, Serialize};
+use time::Date;
+use uuid::Uuid;
+
+use crate::reconcile::MembershipType;
+
+time::serde::format_description!(ymd, Date, "[year]-[month]-[day]");
+
+/// The entitlement token's payload. Optional profile fields are `null` when the access token
+/// has none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntitlementClaims {
+    /// `entitlements.issuer`.
+    pub iss: String,
+    /// `entitlements.audience`.
+    pub aud: String,
+    /// The Keycloak subject.
+    pub sub: String,
+    /// Seconds since the epoch.
+    pub iat: u64,
+    /// Seconds since the epoch; see [`exp_for`].
+    pub exp: u64,
+    pub email: Option<String>,
+    pub preferred_username: Option<String>,
+    pub name: Option<String>,
+    /// The user's organizations.
+    pub organizations: Vec<EntitledOrganization>,
+    /// The contracts attached to the user and valid when the token was made.
+    pub contracts: Vec<EntitledContract>,
+}
+
+/// One organization of the user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntitledOrganization {
+    pub key: String,
+    pub name: String,
+    pub keycloak_id: Option<Uuid>,
+    pub manager: bool,
+}
+
+/// One contract of the user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntitledContract {
+    pub key: String,
+    /// The organization's key.
+    pub organization: String,
+    pub membership_type: MembershipType,
+    /// `YYYY-MM-DD`, `null` when unbounded.
+    #[serde(with = "ymd::option")]
+    pub starts_on: Option<Date>,
+    /// `YYYY-MM-DD` (inclusive), `null` when unbounded.
+    #[serde(with = "ymd::option")]
+    pub ends_on: Option<Date>,
+}
+
+/// The entitlement token's `exp`: `ttl_secs` from `now`, but never after the access token's
+/// `exp`, so the entitlements cannot outlive the login they were derived from.
+pub fn exp_for(now: u64, ttl_secs: u64, token_exp: u64) -> u64 {
+    now.saturating_add(ttl_secs).min(token_exp)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use time::macros::date;
+
+    use super::*;
+
+    #[test]
+    fn claims_serialize_as_the_spec_shows_with_dates_as_days_and_null_when_unbounded() {
+        let claims = EntitlementClaims {
+            iss: "identity-sidecar".into(),
+            aud: "apps".into(),
+            sub: "user-1".into(),
+            iat: 1_000,
+            exp: 1_300,
+            email: Some("ada@example.com".into()),
+            preferred_username: Some("ada".into()),
+            name: None,
+            organizations: vec![EntitledOrganization {
+                key: "acme".into(),
+                name: "Acme".into(),
+                keycloak_id: Some(Uuid::from_u128(1)),
+                manager: true,
+            }],
+            contracts: vec![EntitledContract {
+                key: "acme-2026".into(),
+                organization: "acme".into(),
+                membership_type: MembershipType::Managed,
+                starts_on: Some(date!(2026 - 01 - 05)),
+                ends_on: None,
+            }],
+        };
+        let value = serde_json::to_value(&claims).unwrap();
+        assert_eq!(
+            value,
+            json!({
+                "iss": "identity-sidecar", "aud": "apps", "sub": "user-1", "iat": 1000, "exp": 1300,
+                "email": "ada@example.com", "preferred_username": "ada", "name": null,
+                "organizations": [{
+                    "key": "acme", "name": "Acme",
+                    "keycloak_id": "00000000-0000-0000-0000-000000000001", "manager": true
+                }],
+                "contracts": [{
+                    "key": "acme-2026", "organization": "acme", "membership_type": "managed",
+                    "starts_on": "2026-01-05", "ends_on": null
+                }]
+            })
+        );
+        let back: EntitlementClaims = serde_json::from_value(value).unwrap();
+        assert_eq!(back, claims);
+    }
+
+    #[test]
+    fn exp_is_the_ttl_but_never_after_the_access_token() {
+        assert_eq!(exp_for(1_000, 300, 5_000), 1_300);
+        assert_eq!(exp_for(1_000, 300, 1_100), 1_100);
+        assert_eq!(exp_for(u64::MAX - 1, 300, u64::MAX), u64::MAX);
+    }
+}

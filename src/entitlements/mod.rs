@@ -1,0 +1,10 @@
+//! Entitlements: the signed entitlement token (SPEC §5) and the key set that signs it.
+//!
+//! No axum and no IO here beyond reading key files: the header renderer and the JWKS routes
+//! build on these types.
+
+pub mod claims;
+pub mod signer;
+
+pub use claims::{EntitledContract, EntitledOrganization, EntitlementClaims, exp_for};
+pub use signer::{KeyError, SignError, Signer};

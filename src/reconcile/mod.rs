@@ -1,0 +1,14 @@
+//! Reconciliation of a login's Keycloak organization claim into B2B memberships and contract
+//! attachments (SPEC §4).
+//!
+//! [`plan`] is the decision, pure and unit-tested: it compares what the token claims with what
+//! the store holds for one user and lists the changes. Applying them in one transaction is the
+//! store's job; this module performs no IO.
+
+pub mod plan;
+
+pub use plan::{
+    AliasMismatch, AttachmentSource, ContractRef, CurrentAttachment, CurrentMembership, KnownContract,
+    KnownOrg, LearnedId, MembershipSource, MembershipType, OrgRef, ParseEnumError, Plan, UserSnapshot,
+    contract_is_full, contract_valid_today, plan, removal_is_authoritative,
+};

@@ -1,1 +1,7 @@
+//! The one integration-test binary: every test drives real servers over real HTTP.
+//!
+//! `helpers` holds the fakes (Keycloak, the upstream app, failing servers) and token minting;
+//! `harness_selftest` proves those helpers behave before any sidecar test relies on them.
 
+mod harness_selftest;
+mod helpers;

@@ -21,22 +21,13 @@ use crate::helpers::upstream::{HOP_RESPONSE_HEADERS, big_body, sha256_hex};
 use crate::helpers::{Echo, EchoUpstream, FakeKeycloak, HangingServer, KeyKind, Mode, closed_port};
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client")
+    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client")
 }
 
 async fn fetch_jwks(kc: &FakeKeycloak) -> JwkSet {
-    let res = client()
-        .get(kc.jwks_url())
-        .send()
-        .await
-        .expect("JWKS request");
+    let res = client().get(kc.jwks_url()).send().await.expect("JWKS request");
     assert_eq!(res.status(), 200);
-    res.json()
-        .await
-        .expect("JWKS parses as a jsonwebtoken JwkSet")
+    res.json().await.expect("JWKS parses as a jsonwebtoken JwkSet")
 }
 
 /// Verify `token` as a strict resource server would, with the key named by its `kid`.
@@ -52,9 +43,7 @@ fn verify_with(token: &str, jwk: &Jwk, alg: Algorithm, issuer: &str) -> Result<V
     let mut validation = Validation::new(alg);
     validation.set_issuer(&[issuer]);
     validation.set_audience(&["account"]);
-    decode::<Value>(token, &key, &validation)
-        .map(|d| d.claims)
-        .map_err(|e| e.to_string())
+    decode::<Value>(token, &key, &validation).map(|d| d.claims).map_err(|e| e.to_string())
 }
 
 /// `(tag, content, rest)` of the first DER element of `input` (definite lengths only).
@@ -64,12 +53,7 @@ fn der(input: &[u8]) -> (u8, &[u8], &[u8]) {
         (input[1] as usize, 2)
     } else {
         let n = (input[1] & 0x7f) as usize;
-        (
-            input[2..2 + n]
-                .iter()
-                .fold(0usize, |acc, b| acc << 8 | *b as usize),
-            2 + n,
-        )
+        (input[2..2 + n].iter().fold(0usize, |acc, b| acc << 8 | *b as usize), 2 + n)
     };
     (tag, &input[start..start + len], &input[start + len..])
 }
@@ -79,33 +63,14 @@ async fn discovery_names_the_issuer_and_a_jwks_with_the_default_key_and_an_enc_k
     let kc = FakeKeycloak::start().await;
     let http = client();
 
-    let doc: Value = http
-        .get(kc.discovery_url())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = http.get(kc.discovery_url()).send().await.unwrap().json().await.unwrap();
     assert_eq!(doc["issuer"], kc.issuer());
     assert_eq!(doc["token_endpoint"], kc.token_url());
-    assert!(
-        doc["authorization_endpoint"]
-            .as_str()
-            .unwrap()
-            .starts_with(&kc.issuer())
-    );
+    assert!(doc["authorization_endpoint"].as_str().unwrap().starts_with(&kc.issuer()));
     let jwks_uri = doc["jwks_uri"].as_str().unwrap();
     assert_eq!(jwks_uri, kc.jwks_url());
 
-    let jwks: Value = http
-        .get(jwks_uri)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks: Value = http.get(jwks_uri).send().await.unwrap().json().await.unwrap();
     let keys = jwks["keys"].as_array().unwrap();
     let sig_keys: Vec<&Value> = keys.iter().filter(|k| k["use"] == "sig").collect();
     assert_eq!(sig_keys.len(), 1);
@@ -116,10 +81,7 @@ async fn discovery_names_the_issuer_and_a_jwks_with_the_default_key_and_an_enc_k
     assert_eq!(enc.len(), 1);
     assert_eq!(enc[0]["alg"], "RSA-OAEP");
     assert_eq!(enc[0]["kid"], kc.enc_kid());
-    assert_ne!(
-        enc[0]["n"], sig_keys[0]["n"],
-        "the enc key is a different key"
-    );
+    assert_ne!(enc[0]["n"], sig_keys[0]["n"], "the enc key is a different key");
 
     assert_eq!((kc.discovery_fetches(), kc.jwks_fetches()), (1, 1));
 
@@ -131,17 +93,8 @@ async fn discovery_names_the_issuer_and_a_jwks_with_the_default_key_and_an_enc_k
 #[tokio::test]
 async fn discovery_can_be_patched_to_point_elsewhere() {
     let kc = FakeKeycloak::start().await;
-    kc.patch_discovery(
-        json!({"jwks_uri": "http://internal:8080/certs", "userinfo_endpoint": null}),
-    );
-    let doc: Value = client()
-        .get(kc.discovery_url())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    kc.patch_discovery(json!({"jwks_uri": "http://internal:8080/certs", "userinfo_endpoint": null}));
+    let doc: Value = client().get(kc.discovery_url()).send().await.unwrap().json().await.unwrap();
     assert_eq!(doc["jwks_uri"], "http://internal:8080/certs");
     assert!(doc.get("userinfo_endpoint").is_none());
     assert_eq!(doc["issuer"], kc.issuer());
@@ -161,16 +114,9 @@ async fn minted_tokens_verify_against_the_served_jwks_for_every_key_kind_and_alg
         (KeyKind::Es384, Algorithm::ES384),
         (KeyKind::EdDSA, Algorithm::EdDSA),
     ];
-    let kids: Vec<String> = cases
-        .iter()
-        .map(|(kind, alg)| kc.add_key_with_alg(*kind, *alg))
-        .collect();
+    let kids: Vec<String> = cases.iter().map(|(kind, alg)| kc.add_key_with_alg(*kind, *alg)).collect();
     let jwks = fetch_jwks(&kc).await;
-    assert_eq!(
-        jwks.keys.len(),
-        cases.len() + 2,
-        "default + added signing keys + enc key"
-    );
+    assert_eq!(jwks.keys.len(), cases.len() + 2, "default + added signing keys + enc key");
 
     for ((kind, alg), kid) in cases.iter().zip(&kids) {
         let token = kc.token().key(kid).sub("u1").sign();
@@ -192,15 +138,8 @@ async fn rsa_keys_within_one_fake_keycloak_are_distinct() {
     let kc = FakeKeycloak::start().await;
     let second = kc.add_key(KeyKind::Rs256);
     let jwks = kc.jwks();
-    let n = |kid: &str| {
-        jwks["keys"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|k| k["kid"] == kid)
-            .unwrap()["n"]
-            .clone()
-    };
+    let n =
+        |kid: &str| jwks["keys"].as_array().unwrap().iter().find(|k| k["kid"] == kid).unwrap()["n"].clone();
     assert_ne!(n(&kc.default_kid()), n(&second));
 }
 
@@ -215,15 +154,7 @@ async fn default_claims_look_like_a_keycloak_access_token_and_setters_override_t
     assert_eq!(claims["scope"], "openid email profile organization:*");
     assert!(claims["realm_access"]["roles"].is_array());
     assert!(claims["resource_access"]["account"]["roles"].is_array());
-    for name in [
-        "sub",
-        "sid",
-        "email",
-        "preferred_username",
-        "name",
-        "given_name",
-        "family_name",
-    ] {
+    for name in ["sub", "sid", "email", "preferred_username", "name", "given_name", "family_name"] {
         assert!(claims[name].is_string(), "{name}");
     }
     assert_eq!(claims["email_verified"], true);
@@ -258,29 +189,19 @@ async fn default_claims_look_like_a_keycloak_access_token_and_setters_override_t
     assert_eq!(claims["azp"], "web");
     assert_eq!(claims["aud"], json!(["app", "account"]));
     assert_eq!(claims["scope"], "openid");
-    assert_eq!(
-        claims["organization"]["acme"]["id"],
-        "7d8b5a8e-0000-4000-8000-000000000001"
-    );
+    assert_eq!(claims["organization"]["acme"]["id"], "7d8b5a8e-0000-4000-8000-000000000001");
     assert_eq!(claims["sid"], "s1");
     assert!(claims["exp"].as_i64().unwrap() < claims["iat"].as_i64().unwrap());
     assert_eq!(claims["realm_access"]["roles"], json!(["admin"]));
     assert_eq!(claims["resource_access"]["app"]["roles"], json!(["editor"]));
-    assert_eq!(
-        claims["resource_access"]["account"]["roles"][0],
-        "manage-account"
-    );
+    assert_eq!(claims["resource_access"]["account"]["roles"][0], "manage-account");
     assert_eq!(claims["custom"], 42);
     assert!(claims.get("typ").is_none());
     let header = peek_header(&token);
     assert_eq!(header["typ"], "at+jwt");
     assert!(header.get("kid").is_none());
 
-    let odd = kc
-        .token()
-        .kid("nobody-knows-me")
-        .remove_header("typ")
-        .sign();
+    let odd = kc.token().kid("nobody-knows-me").remove_header("typ").sign();
     assert_eq!(peek_header(&odd)["kid"], "nobody-knows-me");
     assert!(peek_header(&odd).get("typ").is_none());
 }
@@ -304,10 +225,7 @@ async fn rotation_changes_the_default_kid_and_keeps_the_old_key_until_removed() 
     assert_eq!(kc.kids(), vec![new.clone()]);
     let jwks = fetch_jwks(&kc).await;
     assert!(jwks.find(&old).is_none());
-    assert_eq!(
-        verify(&old_token, &jwks, Algorithm::RS256, &kc.issuer()),
-        Err("kid not in JWKS".into())
-    );
+    assert_eq!(verify(&old_token, &jwks, Algorithm::RS256, &kc.issuer()), Err("kid not in JWKS".into()));
 
     kc.set_default(&kc.add_key(KeyKind::EdDSA));
     assert_eq!(peek_header(&kc.token().sign())["alg"], "EdDSA");
@@ -321,51 +239,29 @@ async fn rotation_changes_the_default_kid_and_keeps_the_old_key_until_removed() 
 #[tokio::test]
 async fn fail_and_hang_modes_apply_to_discovery_and_jwks_and_every_request_is_counted() {
     let kc = FakeKeycloak::start().await;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
+    let http = reqwest::Client::builder().timeout(Duration::from_millis(300)).build().unwrap();
 
     kc.set_mode(Mode::Fail);
-    assert_eq!(
-        http.get(kc.discovery_url()).send().await.unwrap().status(),
-        500
-    );
+    assert_eq!(http.get(kc.discovery_url()).send().await.unwrap().status(), 500);
     assert_eq!(http.get(kc.jwks_url()).send().await.unwrap().status(), 500);
 
     kc.set_mode(Mode::Hang);
     let started = Instant::now();
-    let err = http
-        .get(kc.jwks_url())
-        .send()
-        .await
-        .expect_err("a hanging JWKS never answers");
+    let err = http.get(kc.jwks_url()).send().await.expect_err("a hanging JWKS never answers");
     assert!(err.is_timeout(), "{err}");
     assert!(started.elapsed() >= Duration::from_millis(300));
-    assert!(
-        http.get(kc.discovery_url())
-            .send()
-            .await
-            .unwrap_err()
-            .is_timeout()
-    );
+    assert!(http.get(kc.discovery_url()).send().await.unwrap_err().is_timeout());
 
     kc.set_mode(Mode::Normal);
     assert_eq!(http.get(kc.jwks_url()).send().await.unwrap().status(), 200);
     assert_eq!((kc.discovery_fetches(), kc.jwks_fetches()), (2, 3));
 
     kc.set_jwks_mode(Mode::Fail);
-    assert_eq!(
-        http.get(kc.discovery_url()).send().await.unwrap().status(),
-        200
-    );
+    assert_eq!(http.get(kc.discovery_url()).send().await.unwrap().status(), 200);
     assert_eq!(http.get(kc.jwks_url()).send().await.unwrap().status(), 500);
     kc.set_jwks_mode(Mode::Normal);
     kc.set_discovery_mode(Mode::Fail);
-    assert_eq!(
-        http.get(kc.discovery_url()).send().await.unwrap().status(),
-        500
-    );
+    assert_eq!(http.get(kc.discovery_url()).send().await.unwrap().status(), 500);
     assert_eq!(http.get(kc.jwks_url()).send().await.unwrap().status(), 200);
 }
 
@@ -394,9 +290,7 @@ async fn admin_token(kc: &FakeKeycloak, http: &reqwest::Client) -> String {
     let res = http
         .post(kc.token_url())
         .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!(
-            "grant_type=client_credentials&client_id={id}&client_secret={secret}"
-        ))
+        .body(format!("grant_type=client_credentials&client_id={id}&client_secret={secret}"))
         .send()
         .await
         .unwrap();
@@ -414,13 +308,7 @@ async fn the_token_endpoint_grants_client_credentials_by_form_or_basic_and_refus
     let (id, secret) = kc.admin_client();
 
     let token = admin_token(&kc, &http).await;
-    let claims = verify(
-        &token,
-        &fetch_jwks(&kc).await,
-        Algorithm::RS256,
-        &kc.issuer(),
-    )
-    .unwrap();
+    let claims = verify(&token, &fetch_jwks(&kc).await, Algorithm::RS256, &kc.issuer()).unwrap();
     assert_eq!(claims["azp"], id);
 
     let basic = STANDARD.encode(format!("{id}:{secret}"));
@@ -437,24 +325,17 @@ async fn the_token_endpoint_grants_client_credentials_by_form_or_basic_and_refus
     let wrong = http
         .post(kc.token_url())
         .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!(
-            "grant_type=client_credentials&client_id={id}&client_secret=nope"
-        ))
+        .body(format!("grant_type=client_credentials&client_id={id}&client_secret=nope"))
         .send()
         .await
         .unwrap();
     assert_eq!(wrong.status(), 401);
-    assert_eq!(
-        wrong.json::<Value>().await.unwrap()["error"],
-        "invalid_client"
-    );
+    assert_eq!(wrong.json::<Value>().await.unwrap()["error"], "invalid_client");
 
     let password = http
         .post(kc.token_url())
         .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!(
-            "grant_type=password&client_id={id}&client_secret={secret}"
-        ))
+        .body(format!("grant_type=password&client_id={id}&client_secret={secret}"))
         .send()
         .await
         .unwrap();
@@ -469,13 +350,7 @@ async fn the_organization_admin_api_pages_adds_members_and_fails_on_demand() {
     let base = format!("{}/admin/realms/test/organizations", kc.base_url());
 
     let ids: Vec<_> = (0..12)
-        .map(|i| {
-            kc.add_org(
-                &format!("org-{i:02}"),
-                &format!("Org {i:02}"),
-                &format!("Number {i}"),
-            )
-        })
+        .map(|i| kc.add_org(&format!("org-{i:02}"), &format!("Org {i:02}"), &format!("Number {i}")))
         .collect();
 
     let anonymous = http.get(&base).send().await.unwrap();
@@ -502,15 +377,8 @@ async fn the_organization_admin_api_pages_adds_members_and_fails_on_demand() {
     assert_eq!(first[0]["domains"], json!([]));
     assert_eq!(page(10, 5).await.len(), 2);
     assert_eq!(page(12, 5).await.len(), 0);
-    let default_page: Vec<Value> = http
-        .get(&base)
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let default_page: Vec<Value> =
+        http.get(&base).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
     assert_eq!(default_page.len(), 10, "Keycloak's default max is 10");
 
     kc.rename_org(ids[0], "org-zero", "Zero", "Renamed");
@@ -523,10 +391,7 @@ async fn the_organization_admin_api_pages_adds_members_and_fails_on_demand() {
         .json()
         .await
         .unwrap();
-    assert_eq!(
-        (&renamed["alias"], &renamed["name"]),
-        (&json!("org-zero"), &json!("Zero"))
-    );
+    assert_eq!((&renamed["alias"], &renamed["name"]), (&json!("org-zero"), &json!("Zero")));
     assert_eq!(page(11, 1).await[0]["alias"], "org-zero", "listed by name");
 
     let members = format!("{base}/{}/members", ids[1]);
@@ -537,20 +402,11 @@ async fn the_organization_admin_api_pages_adds_members_and_fails_on_demand() {
     assert_eq!(add(json!("user-2")).await.unwrap().status(), 500);
     assert_eq!(add(json!("user-2")).await.unwrap().status(), 500);
     assert_eq!(add(json!("user-2")).await.unwrap().status(), 201);
-    assert_eq!(
-        kc.members(ids[1]),
-        vec!["user-1".to_string(), "user-2".to_string()]
-    );
+    assert_eq!(kc.members(ids[1]), vec!["user-1".to_string(), "user-2".to_string()]);
     assert_eq!(kc.add_member_calls(), 5);
 
     let unknown_org = format!("{base}/{}/members", uuid::Uuid::new_v4());
-    let res = http
-        .post(unknown_org)
-        .bearer_auth(&token)
-        .json(&json!("user-1"))
-        .send()
-        .await
-        .unwrap();
+    let res = http.post(unknown_org).bearer_auth(&token).json(&json!("user-1")).send().await.unwrap();
     assert_eq!(res.status(), 404);
 
     kc.set_user_orgs("user-1", vec![ids[3], ids[4]]);
@@ -568,15 +424,7 @@ async fn the_organization_admin_api_pages_adds_members_and_fails_on_demand() {
     assert_eq!(aliases, vec!["org-03", "org-04"]);
 
     kc.revoke_admin_tokens();
-    assert_eq!(
-        http.get(&base)
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    assert_eq!(http.get(&base).bearer_auth(&token).send().await.unwrap().status(), 401);
 }
 
 #[tokio::test]
@@ -618,33 +466,18 @@ async fn attack_tokens_have_the_advertised_shape_and_the_realm_jwks_rejects_them
 
     let jku = attacks.with_jku(&claims);
     assert_eq!(peek_header(&jku)["jku"], kc.attacker_jwks_url());
-    let attacker_set: JwkSet = client()
-        .get(kc.attacker_jwks_url())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let attacker_set: JwkSet =
+        client().get(kc.attacker_jwks_url()).send().await.unwrap().json().await.unwrap();
     verify(&jku, &attacker_set, Algorithm::RS256, &issuer).expect("attacker JWKS verifies");
     assert!(verify(&jku, &jwks, Algorithm::RS256, &issuer).is_err());
 
     let x5u = attacks.with_x5u(&claims);
     assert_eq!(peek_header(&x5u)["x5u"], kc.attacker_cert_url());
-    let pem_cert = client()
-        .get(kc.attacker_cert_url())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let pem_cert = client().get(kc.attacker_cert_url()).send().await.unwrap().text().await.unwrap();
     assert!(pem_cert.starts_with("-----BEGIN CERTIFICATE-----\n"));
 
     let x5c = attacks.with_x5c(&claims);
-    let cert = STANDARD
-        .decode(peek_header(&x5c)["x5c"][0].as_str().unwrap())
-        .unwrap();
+    let cert = STANDARD.decode(peek_header(&x5c)["x5c"][0].as_str().unwrap()).unwrap();
     assert_self_signed(&cert, &sig::RSA_PKCS1_2048_8192_SHA256);
     assert!(verify(&x5c, &jwks, Algorithm::RS256, &issuer).is_err());
 
@@ -668,12 +501,7 @@ async fn attack_tokens_have_the_advertised_shape_and_the_realm_jwks_rejects_them
 
     let zero = attacks.ecdsa_zero_signature(&claims);
     assert_eq!(peek_header(&zero)["alg"], "ES256");
-    assert_eq!(
-        URL_SAFE_NO_PAD
-            .decode(zero.rsplit('.').next().unwrap())
-            .unwrap(),
-        vec![0u8; 64]
-    );
+    assert_eq!(URL_SAFE_NO_PAD.decode(zero.rsplit('.').next().unwrap()).unwrap(), vec![0u8; 64]);
 
     let mismatch = attacks.key_type_mismatch(&claims);
     assert_eq!(peek_header(&mismatch)["alg"], "ES256");
@@ -681,11 +509,7 @@ async fn attack_tokens_have_the_advertised_shape_and_the_realm_jwks_rejects_them
 
     let stranger = attacks.signed_by_stranger(&claims);
     assert_eq!(peek_header(&stranger)["kid"], default_kid);
-    assert!(
-        verify(&stranger, &jwks, Algorithm::RS256, &issuer)
-            .unwrap_err()
-            .contains("Signature")
-    );
+    assert!(verify(&stranger, &jwks, Algorithm::RS256, &issuer).unwrap_err().contains("Signature"));
 
     let nested = attacks.nested(&claims);
     assert_eq!(peek_header(&nested)["cty"], "JWT");
@@ -693,11 +517,7 @@ async fn attack_tokens_have_the_advertised_shape_and_the_realm_jwks_rejects_them
     assert_eq!(attacks.jwe_like().split('.').count(), 5);
 
     let big = attacks.oversized(16 * 1024 + 1);
-    assert!(
-        big.len() > 16 * 1024 && big.len() < 17 * 1024,
-        "{}",
-        big.len()
-    );
+    assert!(big.len() > 16 * 1024 && big.len() < 17 * 1024, "{}", big.len());
     verify(&big, &jwks, Algorithm::RS256, &issuer).expect("oversized but valid");
 
     assert!(jsonwebtoken::decode_header(attacks.garbage()).is_err());
@@ -710,9 +530,7 @@ async fn attacks_follow_the_default_key_kind() {
     let claims = kc.token().claims();
     let x5c = kc.attacks().with_x5c(&claims);
     assert_eq!(peek_header(&x5c)["alg"], "ES256");
-    let cert = STANDARD
-        .decode(peek_header(&x5c)["x5c"][0].as_str().unwrap())
-        .unwrap();
+    let cert = STANDARD.decode(peek_header(&x5c)["x5c"][0].as_str().unwrap()).unwrap();
     assert_self_signed(&cert, &sig::ECDSA_P256_SHA256_ASN1);
     let zero = kc.attacks().ecdsa_zero_signature(&claims);
     assert_eq!(peek_header(&zero)["kid"], json!(kc.default_kid()));
@@ -792,16 +610,8 @@ async fn the_echo_upstream_reports_method_path_query_headers_and_body_hash() {
     assert_eq!(echo.header_all("X-TWO"), vec!["a", "b"]);
     assert_eq!(echo.header("content-length"), Some("5"));
     assert!(echo.header_names().iter().all(|n| *n == n.to_lowercase()));
-    let one = echo
-        .header_names()
-        .iter()
-        .position(|n| *n == "x-one")
-        .unwrap();
-    let two = echo
-        .header_names()
-        .iter()
-        .position(|n| *n == "x-two")
-        .unwrap();
+    let one = echo.header_names().iter().position(|n| *n == "x-one").unwrap();
+    let two = echo.header_names().iter().position(|n| *n == "x-two").unwrap();
     assert!(one < two, "arrival order");
     assert_eq!(echo.body_len, 5);
     assert_eq!(echo.body_sha256, sha256_hex(b"hello"));
@@ -820,13 +630,10 @@ async fn a_one_megabyte_body_streams_through_both_ways() {
     let body = big_body(1 << 20);
 
     // Upload in 8 KiB chunks without a Content-Length (chunked transfer coding).
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        body.chunks(8192).map(|c| Ok(c.to_vec())).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = body.chunks(8192).map(|c| Ok(c.to_vec())).collect();
     let res = http
         .put(format!("{}/upload", upstream.url()))
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-            chunks,
-        )))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
         .send()
         .await
         .unwrap();
@@ -835,25 +642,11 @@ async fn a_one_megabyte_body_streams_through_both_ways() {
     assert_eq!(echo.body_sha256, sha256_hex(&body));
     assert_eq!(echo.header("transfer-encoding"), Some("chunked"));
 
-    let res = http
-        .get(format!("{}/_test/big?bytes={}", upstream.url(), 1 << 20))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        res.headers()["content-length"],
-        (1 << 20).to_string().as_str()
-    );
+    let res = http.get(format!("{}/_test/big?bytes={}", upstream.url(), 1 << 20)).send().await.unwrap();
+    assert_eq!(res.headers()["content-length"], (1 << 20).to_string().as_str());
     assert_eq!(res.bytes().await.unwrap().as_ref(), &body[..]);
 
-    let res = http
-        .get(format!(
-            "{}/_test/big?bytes=100000&chunked=1",
-            upstream.url()
-        ))
-        .send()
-        .await
-        .unwrap();
+    let res = http.get(format!("{}/_test/big?bytes=100000&chunked=1", upstream.url())).send().await.unwrap();
     assert!(res.headers().get("content-length").is_none());
     assert_eq!(res.bytes().await.unwrap().as_ref(), &big_body(100_000)[..]);
 }
@@ -863,18 +656,11 @@ async fn slow_chunks_arrive_one_by_one_and_delayed_headers_wait() {
     let upstream = EchoUpstream::start().await;
     let http = client();
     let started = Instant::now();
-    let res = http
-        .get(format!("{}/_test/slow-chunks?n=3&ms=150", upstream.url()))
-        .send()
-        .await
-        .unwrap();
+    let res = http.get(format!("{}/_test/slow-chunks?n=3&ms=150", upstream.url())).send().await.unwrap();
     let mut stream = res.bytes_stream();
     let first = stream.next().await.unwrap().unwrap();
     assert_eq!(&first[..], b"chunk 0\n");
-    assert!(
-        started.elapsed() < Duration::from_millis(150),
-        "first chunk at once"
-    );
+    assert!(started.elapsed() < Duration::from_millis(150), "first chunk at once");
     let mut rest = Vec::new();
     while let Some(chunk) = stream.next().await {
         rest.extend_from_slice(&chunk.unwrap());
@@ -883,11 +669,7 @@ async fn slow_chunks_arrive_one_by_one_and_delayed_headers_wait() {
     assert!(started.elapsed() >= Duration::from_millis(300));
 
     let started = Instant::now();
-    let res = http
-        .get(format!("{}/_test/delay-headers?ms=200", upstream.url()))
-        .send()
-        .await
-        .unwrap();
+    let res = http.get(format!("{}/_test/delay-headers?ms=200", upstream.url())).send().await.unwrap();
     assert!(started.elapsed() >= Duration::from_millis(200));
     assert_eq!(Echo::from_response(res).await.path, "/_test/delay-headers");
 }
@@ -896,25 +678,13 @@ async fn slow_chunks_arrive_one_by_one_and_delayed_headers_wait() {
 async fn status_paths_answer_the_requested_status() {
     let upstream = EchoUpstream::start().await;
     let http = client();
-    let res = http
-        .get(format!("{}/_test/status/418", upstream.url()))
-        .send()
-        .await
-        .unwrap();
+    let res = http.get(format!("{}/_test/status/418", upstream.url())).send().await.unwrap();
     assert_eq!(res.status(), 418);
     assert_eq!(Echo::from_response(res).await.path, "/_test/status/418");
-    let res = http
-        .delete(format!("{}/_test/status/204", upstream.url()))
-        .send()
-        .await
-        .unwrap();
+    let res = http.delete(format!("{}/_test/status/204", upstream.url())).send().await.unwrap();
     assert_eq!(res.status(), 204);
     assert!(res.bytes().await.unwrap().is_empty());
-    let res = http
-        .get(format!("{}/_test/status/503", upstream.url()))
-        .send()
-        .await
-        .unwrap();
+    let res = http.get(format!("{}/_test/status/503", upstream.url())).send().await.unwrap();
     assert_eq!(res.status(), 503);
 }
 
@@ -923,50 +693,29 @@ async fn the_websocket_path_echoes_text_and_binary_and_reports_the_handshake() {
     let upstream = EchoUpstream::start().await;
     let url = format!("ws://{}/_test/ws?hello=1", upstream.addr());
     let mut request =
-        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
-            .unwrap();
-    request
-        .headers_mut()
-        .insert("x-probe", "p1".parse().unwrap());
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url).unwrap();
+    request.headers_mut().insert("x-probe", "p1".parse().unwrap());
     let (mut ws, response) = tokio_tungstenite::connect_async(request).await.unwrap();
     assert_eq!(response.status(), 101);
 
     let hello = ws.next().await.unwrap().unwrap();
     let hello: Value = serde_json::from_str(hello.to_text().unwrap()).unwrap();
-    assert!(
-        hello["headers"]
-            .as_array()
-            .unwrap()
-            .contains(&json!(["x-probe", "p1"]))
-    );
+    assert!(hello["headers"].as_array().unwrap().contains(&json!(["x-probe", "p1"])));
 
     ws.send(Message::text("ping me")).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("ping me"));
-    ws.send(Message::binary(vec![0u8, 1, 2, 255]))
-        .await
-        .unwrap();
-    assert_eq!(
-        ws.next().await.unwrap().unwrap(),
-        Message::binary(vec![0u8, 1, 2, 255])
-    );
+    ws.send(Message::binary(vec![0u8, 1, 2, 255])).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(vec![0u8, 1, 2, 255]));
     ws.close(None).await.unwrap();
 
-    assert_eq!(
-        upstream.last_request().unwrap().header("x-probe"),
-        Some("p1")
-    );
+    assert_eq!(upstream.last_request().unwrap().header("x-probe"), Some("p1"));
 }
 
 #[tokio::test]
 async fn the_hop_path_sends_hop_by_hop_headers_on_the_wire() {
     let upstream = EchoUpstream::start().await;
-    let mut stream = tokio::net::TcpStream::connect(upstream.addr())
-        .await
-        .unwrap();
-    stream
-        .write_all(b"GET /_test/hop HTTP/1.1\r\nHost: upstream\r\n\r\n")
-        .await
-        .unwrap();
+    let mut stream = tokio::net::TcpStream::connect(upstream.addr()).await.unwrap();
+    stream.write_all(b"GET /_test/hop HTTP/1.1\r\nHost: upstream\r\n\r\n").await.unwrap();
     let mut wire = Vec::new();
     let mut buf = [0u8; 4096];
     tokio::time::timeout(Duration::from_secs(5), async {
@@ -980,25 +729,15 @@ async fn the_hop_path_sends_hop_by_hop_headers_on_the_wire() {
     .expect("the chunked body ends");
     let text = String::from_utf8_lossy(&wire).to_lowercase();
     for (name, value) in HOP_RESPONSE_HEADERS {
-        assert!(
-            text.contains(&format!("{name}: {}", value.to_lowercase())),
-            "{name} missing in:\n{text}"
-        );
+        assert!(text.contains(&format!("{name}: {}", value.to_lowercase())), "{name} missing in:\n{text}");
     }
     assert!(!text.contains("content-length"));
 }
 
 #[tokio::test]
 async fn a_closed_port_refuses_and_a_hanging_server_never_answers() {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
-    let err = http
-        .get(format!("http://127.0.0.1:{}/", closed_port()))
-        .send()
-        .await
-        .unwrap_err();
+    let http = reqwest::Client::builder().timeout(Duration::from_millis(300)).build().unwrap();
+    let err = http.get(format!("http://127.0.0.1:{}/", closed_port())).send().await.unwrap_err();
     assert!(err.is_connect(), "{err}");
 
     let hanging = HangingServer::start().await;

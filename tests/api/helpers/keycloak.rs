@@ -144,10 +144,7 @@ impl FakeKeycloak {
             admin_requests: AtomicUsize::new(0),
         });
         let server = serve_on(listener, router(inner.clone()));
-        let kc = FakeKeycloak {
-            inner,
-            server: Arc::new(server),
-        };
+        let kc = FakeKeycloak { inner, server: Arc::new(server) };
         kc.rotate(KeyKind::Rs256);
         kc
     }
@@ -233,11 +230,7 @@ impl FakeKeycloak {
     /// Put a key created with [`FakeKeycloak::add_unpublished_key`] into the JWKS.
     pub fn publish_key(&self, kid: &str) {
         let mut st = self.inner.lock();
-        st.keys
-            .iter_mut()
-            .find(|k| k.kid == kid)
-            .expect("unknown kid")
-            .published = true;
+        st.keys.iter_mut().find(|k| k.kid == kid).expect("unknown kid").published = true;
     }
 
     /// Add a key and make it the default signer; older keys stay published until removed.
@@ -271,13 +264,7 @@ impl FakeKeycloak {
 
     /// The kids of the published signing keys, in the order they were added.
     pub fn kids(&self) -> Vec<Kid> {
-        self.inner
-            .lock()
-            .keys
-            .iter()
-            .filter(|k| k.published)
-            .map(|k| k.kid.clone())
-            .collect()
+        self.inner.lock().keys.iter().filter(|k| k.published).map(|k| k.kid.clone()).collect()
     }
 
     /// Whether the JWKS carries the `use: "enc"` key (default true).
@@ -322,9 +309,7 @@ impl FakeKeycloak {
     /// Merge fields into the discovery document (a `null` removes the field), e.g.
     /// `json!({"issuer": "https://elsewhere"})` or a different `jwks_uri`.
     pub fn patch_discovery(&self, patch: Value) {
-        let Value::Object(patch) = patch else {
-            panic!("discovery patch must be an object")
-        };
+        let Value::Object(patch) = patch else { panic!("discovery patch must be an object") };
         self.inner.lock().discovery_patch.extend(patch);
     }
 
@@ -378,26 +363,14 @@ impl FakeKeycloak {
     /// Create an organization with a chosen id.
     pub fn add_org_with_id(&self, id: Uuid, alias: &str, name: &str, description: &str) {
         let mut st = self.inner.lock();
-        assert!(
-            !st.orgs.iter().any(|o| o.id == id || o.alias == alias),
-            "duplicate org"
-        );
-        st.orgs.push(Org {
-            id,
-            alias: alias.into(),
-            name: name.into(),
-            description: description.into(),
-        });
+        assert!(!st.orgs.iter().any(|o| o.id == id || o.alias == alias), "duplicate org");
+        st.orgs.push(Org { id, alias: alias.into(), name: name.into(), description: description.into() });
     }
 
     /// Change an organization's alias, name and description (its id stays).
     pub fn rename_org(&self, id: Uuid, alias: &str, name: &str, description: &str) {
         let mut st = self.inner.lock();
-        let org = st
-            .orgs
-            .iter_mut()
-            .find(|o| o.id == id)
-            .expect("unknown org");
+        let org = st.orgs.iter_mut().find(|o| o.id == id).expect("unknown org");
         org.alias = alias.into();
         org.name = name.into();
         org.description = description.into();
@@ -412,12 +385,7 @@ impl FakeKeycloak {
 
     /// User ids that are members of `org_id`, in the order they were added.
     pub fn members(&self, org_id: Uuid) -> Vec<String> {
-        self.inner
-            .lock()
-            .members
-            .get(&org_id)
-            .cloned()
-            .unwrap_or_default()
+        self.inner.lock().members.get(&org_id).cloned().unwrap_or_default()
     }
 
     /// Make `user_id` a member of exactly these organizations.
@@ -467,31 +435,16 @@ impl Inner {
             KeyMaterial::generate(kind)
         };
         let kid = keys::random_kid();
-        st.keys.push(RealmKey {
-            kid: kid.clone(),
-            alg,
-            material,
-            published,
-        });
+        st.keys.push(RealmKey { kid: kid.clone(), alg, material, published });
         kid
     }
 
     /// The signing key `kid`, or the default signer.
     pub fn signer(&self, kid: Option<&str>) -> Signer {
         let st = self.lock();
-        let kid = kid
-            .or(st.default_kid.as_deref())
-            .expect("the realm has no signing key");
-        let key = st
-            .keys
-            .iter()
-            .find(|k| k.kid == kid)
-            .unwrap_or_else(|| panic!("unknown kid {kid}"));
-        Signer {
-            kid: key.kid.clone(),
-            alg: key.alg,
-            material: key.material.clone(),
-        }
+        let kid = kid.or(st.default_kid.as_deref()).expect("the realm has no signing key");
+        let key = st.keys.iter().find(|k| k.kid == kid).unwrap_or_else(|| panic!("unknown kid {kid}"));
+        Signer { kid: key.kid.clone(), alg: key.alg, material: key.material.clone() }
     }
 
     /// The first realm key (default first) that satisfies `pred`.
@@ -501,14 +454,11 @@ impl Inner {
             return Some(default);
         }
         let st = self.lock();
-        st.keys
-            .iter()
-            .find(|k| pred(&k.material.kind, k.alg))
-            .map(|k| Signer {
-                kid: k.kid.clone(),
-                alg: k.alg,
-                material: k.material.clone(),
-            })
+        st.keys.iter().find(|k| pred(&k.material.kind, k.alg)).map(|k| Signer {
+            kid: k.kid.clone(),
+            alg: k.alg,
+            material: k.material.clone(),
+        })
     }
 
     /// The attacker's key: same kind and algorithm as the default signer, presented under the
@@ -525,11 +475,7 @@ impl Inner {
                 other => KeyMaterial::generate(other),
             })
             .clone();
-        Signer {
-            kid: default.kid,
-            alg: default.alg,
-            material,
-        }
+        Signer { kid: default.kid, alg: default.alg, material }
     }
 
     pub fn enc_kid(&self) -> Kid {
@@ -538,12 +484,8 @@ impl Inner {
 
     fn jwks(&self) -> Value {
         let st = self.lock();
-        let mut keys: Vec<Value> = st
-            .keys
-            .iter()
-            .filter(|k| k.published)
-            .map(|k| k.material.jwk(&k.kid, k.alg))
-            .collect();
+        let mut keys: Vec<Value> =
+            st.keys.iter().filter(|k| k.published).map(|k| k.material.jwk(&k.kid, k.alg)).collect();
         if st.publish_enc {
             let mut enc = keys::rsa_slot(keys::RSA_SLOT_ENC).public_jwk.clone();
             enc.insert("kid".into(), json!(st.enc_kid));
@@ -597,28 +539,13 @@ fn router(kc: Shared) -> Router {
     let realm = format!("/realms/{REALM}");
     let admin = format!("/admin/realms/{REALM}/organizations");
     Router::new()
-        .route(
-            &format!("{realm}/.well-known/openid-configuration"),
-            get(discovery),
-        )
-        .route(
-            &format!("{realm}/protocol/openid-connect/certs"),
-            get(certs),
-        )
-        .route(
-            &format!("{realm}/protocol/openid-connect/token"),
-            post(token),
-        )
+        .route(&format!("{realm}/.well-known/openid-configuration"), get(discovery))
+        .route(&format!("{realm}/protocol/openid-connect/certs"), get(certs))
+        .route(&format!("{realm}/protocol/openid-connect/token"), post(token))
         .route(&admin, get(list_orgs))
         .route(&format!("{admin}/{{org_id}}"), get(get_org))
-        .route(
-            &format!("{admin}/{{org_id}}/members"),
-            post(add_member).get(list_members),
-        )
-        .route(
-            &format!("{admin}/members/{{user_id}}/organizations"),
-            get(user_orgs),
-        )
+        .route(&format!("{admin}/{{org_id}}/members"), post(add_member).get(list_members))
+        .route(&format!("{admin}/members/{{user_id}}/organizations"), get(user_orgs))
         .route("/attacker/jwks.json", get(attacker_jwks))
         .route("/attacker/cert.pem", get(attacker_cert))
         .with_state(kc)
@@ -628,13 +555,9 @@ fn router(kc: Shared) -> Router {
 async fn misbehave(mode: Mode) -> Option<Response> {
     match mode {
         Mode::Normal => None,
-        Mode::Fail => Some(
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Json(json!({"error": "unknown_error"})),
-            )
-                .into_response(),
-        ),
+        Mode::Fail => {
+            Some((StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": "unknown_error"}))).into_response())
+        }
         Mode::Hang => std::future::pending().await,
     }
 }
@@ -665,19 +588,12 @@ async fn certs(State(kc): State<Shared>) -> Response {
 }
 
 fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
-    (
-        status,
-        Json(json!({"error": error, "error_description": description})),
-    )
-        .into_response()
+    (status, Json(json!({"error": error, "error_description": description}))).into_response()
 }
 
 /// Client credentials from HTTP Basic (`client_secret_basic`, form-urlencoded parts per
 /// RFC 6749 §2.3.1) or from the body (`client_secret_post`); Basic wins, as in Keycloak.
-fn client_credentials(
-    headers: &HeaderMap,
-    form: &HashMap<String, String>,
-) -> Option<(String, String)> {
+fn client_credentials(headers: &HeaderMap, form: &HashMap<String, String>) -> Option<(String, String)> {
     if let Some(basic) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -686,16 +602,11 @@ fn client_credentials(
         let decoded = String::from_utf8(STANDARD.decode(basic.trim()).ok()?).ok()?;
         let (id, secret) = decoded.split_once(':')?;
         let unform = |s: &str| {
-            percent_encoding::percent_decode_str(&s.replace('+', " "))
-                .decode_utf8_lossy()
-                .into_owned()
+            percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned()
         };
         return Some((unform(id), unform(secret)));
     }
-    Some((
-        form.get("client_id")?.clone(),
-        form.get("client_secret")?.clone(),
-    ))
+    Some((form.get("client_id")?.clone(), form.get("client_secret")?.clone()))
 }
 
 async fn token(
@@ -706,11 +617,7 @@ async fn token(
     kc.token_requests.fetch_add(1, Ordering::SeqCst);
     let (client_id, client_secret, ttl) = {
         let st = kc.lock();
-        (
-            st.client_id.clone(),
-            st.client_secret.clone(),
-            st.admin_token_ttl,
-        )
+        (st.client_id.clone(), st.client_secret.clone(), st.admin_token_ttl)
     };
     let Some((id, secret)) = client_credentials(&headers, &form) else {
         return oauth_error(
@@ -727,11 +634,7 @@ async fn token(
         );
     }
     if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "unsupported_grant_type",
-            "Unsupported grant_type",
-        );
+        return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "Unsupported grant_type");
     }
     let access_token = TokenBuilder::new(kc.clone())
         .sub(&Uuid::new_v4().to_string())
@@ -746,10 +649,7 @@ async fn token(
         .claim("clientId", json!(client_id))
         .exp_in(ttl as i64)
         .sign();
-    kc.lock().admin_tokens.insert(
-        access_token.clone(),
-        Instant::now() + Duration::from_secs(ttl),
-    );
+    kc.lock().admin_tokens.insert(access_token.clone(), Instant::now() + Duration::from_secs(ttl));
     Json(json!({
         "access_token": access_token,
         "expires_in": ttl,
@@ -772,13 +672,9 @@ fn unauthorized(kc: &Inner, headers: &HeaderMap) -> Option<Response> {
     let st = kc.lock();
     match bearer.and_then(|t| st.admin_tokens.get(t)) {
         Some(expiry) if *expiry > Instant::now() => None,
-        _ => Some(
-            (
-                StatusCode::UNAUTHORIZED,
-                Json(json!({"error": "HTTP 401 Unauthorized"})),
-            )
-                .into_response(),
-        ),
+        _ => {
+            Some((StatusCode::UNAUTHORIZED, Json(json!({"error": "HTTP 401 Unauthorized"}))).into_response())
+        }
     }
 }
 
@@ -821,10 +717,7 @@ async fn list_orgs(
         )
             .into_response();
     };
-    let brief = q
-        .get("briefRepresentation")
-        .map(|v| v != "false")
-        .unwrap_or(true);
+    let brief = q.get("briefRepresentation").map(|v| v != "false").unwrap_or(true);
     let search = q.get("search").map(|s| s.to_lowercase());
     let mut orgs = kc.lock().orgs.clone();
     orgs.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
@@ -841,11 +734,7 @@ async fn list_orgs(
     Json(page).into_response()
 }
 
-async fn get_org(
-    State(kc): State<Shared>,
-    headers: HeaderMap,
-    Path(org_id): Path<String>,
-) -> Response {
+async fn get_org(State(kc): State<Shared>, headers: HeaderMap, Path(org_id): Path<String>) -> Response {
     if let Some(res) = unauthorized(&kc, &headers) {
         return res;
     }
@@ -869,26 +758,14 @@ async fn add_member(
     let mut st = kc.lock();
     if st.fail_add_member > 0 {
         st.fail_add_member -= 1;
-        return (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(json!({"error": "unknown_error"})),
-        )
-            .into_response();
+        return (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": "unknown_error"}))).into_response();
     }
-    let Some(org) = st
-        .orgs
-        .iter()
-        .find(|o| o.id.to_string() == org_id)
-        .map(|o| o.id)
-    else {
+    let Some(org) = st.orgs.iter().find(|o| o.id.to_string() == org_id).map(|o| o.id) else {
         return not_found("Organization not found");
     };
     // Keycloak takes the user id as a bare JSON string.
     let Ok(user_id) = serde_json::from_slice::<String>(&body) else {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(json!({"error": "user id must be a JSON string"})),
-        )
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": "user id must be a JSON string"})))
             .into_response();
     };
     let members = st.members.entry(org).or_default();
@@ -903,11 +780,7 @@ async fn add_member(
     StatusCode::CREATED.into_response()
 }
 
-async fn list_members(
-    State(kc): State<Shared>,
-    headers: HeaderMap,
-    Path(org_id): Path<String>,
-) -> Response {
+async fn list_members(State(kc): State<Shared>, headers: HeaderMap, Path(org_id): Path<String>) -> Response {
     if let Some(res) = unauthorized(&kc, &headers) {
         return res;
     }
@@ -925,11 +798,7 @@ async fn list_members(
     Json(members).into_response()
 }
 
-async fn user_orgs(
-    State(kc): State<Shared>,
-    headers: HeaderMap,
-    Path(user_id): Path<String>,
-) -> Response {
+async fn user_orgs(State(kc): State<Shared>, headers: HeaderMap, Path(user_id): Path<String>) -> Response {
     if let Some(res) = unauthorized(&kc, &headers) {
         return res;
     }
@@ -949,13 +818,6 @@ async fn attacker_jwks(State(kc): State<Shared>) -> Response {
 }
 
 async fn attacker_cert(State(kc): State<Shared>) -> Response {
-    let pem = keys::pem(
-        "CERTIFICATE",
-        &kc.attacker().material.self_signed_cert_der(),
-    );
-    (
-        [(header::CONTENT_TYPE, "application/pem-certificate-chain")],
-        pem,
-    )
-        .into_response()
+    let pem = keys::pem("CERTIFICATE", &kc.attacker().material.self_signed_cert_der());
+    ([(header::CONTENT_TYPE, "application/pem-certificate-chain")], pem).into_response()
 }

@@ -76,12 +76,8 @@ impl KeyMaterial {
     pub fn generate(kind: KeyKind) -> Arc<KeyMaterial> {
         match kind {
             KeyKind::Rs256 => panic!("RSA keys come from rsa_slot(), not generate()"),
-            KeyKind::Es256 => {
-                Arc::new(ec(&ECDSA_P256_SHA256_FIXED_SIGNING, kind, Algorithm::ES256))
-            }
-            KeyKind::Es384 => {
-                Arc::new(ec(&ECDSA_P384_SHA384_FIXED_SIGNING, kind, Algorithm::ES384))
-            }
+            KeyKind::Es256 => Arc::new(ec(&ECDSA_P256_SHA256_FIXED_SIGNING, kind, Algorithm::ES256)),
+            KeyKind::Es384 => Arc::new(ec(&ECDSA_P384_SHA384_FIXED_SIGNING, kind, Algorithm::ES384)),
             KeyKind::EdDSA => Arc::new(ed25519()),
         }
     }
@@ -130,14 +126,8 @@ pub const RSA_SLOT_FIRST_REALM: usize = 2;
 fn rsa() -> KeyMaterial {
     let pair = RsaKeyPair::generate(KeySize::Rsa2048).expect("RSA key generation");
     let pkcs8 = pair.as_der().expect("RSA PKCS#8");
-    let encoding =
-        EncodingKey::from_rsa_pem(pem("PRIVATE KEY", pkcs8.as_ref()).as_bytes()).expect("RSA PEM");
-    let spki_der = pair
-        .public_key()
-        .as_der()
-        .expect("RSA SPKI")
-        .as_ref()
-        .to_vec();
+    let encoding = EncodingKey::from_rsa_pem(pem("PRIVATE KEY", pkcs8.as_ref()).as_bytes()).expect("RSA PEM");
+    let spki_der = pair.public_key().as_der().expect("RSA SPKI").as_ref().to_vec();
     finish(KeyKind::Rs256, encoding, Algorithm::RS256, spki_der)
 }
 
@@ -148,36 +138,16 @@ fn ec(
 ) -> KeyMaterial {
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(signing, &SystemRandom::new()).expect("EC keygen");
     let pair = EcdsaKeyPair::from_pkcs8(signing, pkcs8.as_ref()).expect("EC PKCS#8");
-    let spki_der = pair
-        .public_key()
-        .as_der()
-        .expect("EC SPKI")
-        .as_ref()
-        .to_vec();
-    finish(
-        kind,
-        EncodingKey::from_ec_der(pkcs8.as_ref()),
-        alg,
-        spki_der,
-    )
+    let spki_der = pair.public_key().as_der().expect("EC SPKI").as_ref().to_vec();
+    finish(kind, EncodingKey::from_ec_der(pkcs8.as_ref()), alg, spki_der)
 }
 
 fn ed25519() -> KeyMaterial {
     // jsonwebtoken wants the 48-byte PKCS#8 v1 form (v2 also embeds the public key).
     let pkcs8 = Ed25519KeyPair::generate_pkcs8v1(&SystemRandom::new()).expect("Ed25519 keygen");
     let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("Ed25519 PKCS#8");
-    let spki_der = pair
-        .public_key()
-        .as_der()
-        .expect("Ed25519 SPKI")
-        .as_ref()
-        .to_vec();
-    finish(
-        KeyKind::EdDSA,
-        EncodingKey::from_ed_der(pkcs8.as_ref()),
-        Algorithm::EdDSA,
-        spki_der,
-    )
+    let spki_der = pair.public_key().as_der().expect("Ed25519 SPKI").as_ref().to_vec();
+    finish(KeyKind::EdDSA, EncodingKey::from_ed_der(pkcs8.as_ref()), Algorithm::EdDSA, spki_der)
 }
 
 fn finish(kind: KeyKind, encoding: EncodingKey, alg: Algorithm, spki_der: Vec<u8>) -> KeyMaterial {
@@ -188,12 +158,7 @@ fn finish(kind: KeyKind, encoding: EncodingKey, alg: Algorithm, spki_der: Vec<u8
     for member in ["kid", "use", "alg", "key_ops"] {
         public_jwk.remove(member);
     }
-    KeyMaterial {
-        kind,
-        encoding,
-        public_jwk,
-        spki_der,
-    }
+    KeyMaterial { kind, encoding, public_jwk, spki_der }
 }
 
 /// PEM armour with 64-column lines.
@@ -232,12 +197,7 @@ mod x509 {
         if len < 0x80 {
             out.push(len as u8);
         } else {
-            let bytes: Vec<u8> = len
-                .to_be_bytes()
-                .iter()
-                .copied()
-                .skip_while(|b| *b == 0)
-                .collect();
+            let bytes: Vec<u8> = len.to_be_bytes().iter().copied().skip_while(|b| *b == 0).collect();
             out.push(0x80 | bytes.len() as u8);
             out.extend(bytes);
         }
@@ -276,11 +236,9 @@ mod x509 {
             &name,
             &key.spki_der,
         ]);
-        let signature = jsonwebtoken::crypto::sign(&tbs, &key.encoding, jws_alg)
-            .expect("certificate signature");
-        let mut signature = URL_SAFE_NO_PAD
-            .decode(signature)
-            .expect("base64url signature");
+        let signature =
+            jsonwebtoken::crypto::sign(&tbs, &key.encoding, jws_alg).expect("certificate signature");
+        let mut signature = URL_SAFE_NO_PAD.decode(signature).expect("base64url signature");
         if matches!(key.kind, KeyKind::Es256 | KeyKind::Es384) {
             // JWS carries r‖s; X.509 wants SEQUENCE { INTEGER r, INTEGER s }.
             let (r, s) = signature.split_at(signature.len() / 2);

@@ -21,10 +21,7 @@ use super::keys::KeyKind;
 
 /// Seconds since the Unix epoch.
 pub fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs() as i64
 }
 
 /// base64url without padding, as JWS uses it.
@@ -34,10 +31,7 @@ pub fn b64url(bytes: impl AsRef<[u8]>) -> String {
 
 /// Decode the claims of a compact JWS without checking anything (for assertions).
 pub fn peek_claims(token: &str) -> Value {
-    let payload = token
-        .split('.')
-        .nth(1)
-        .expect("a compact JWS has a payload");
+    let payload = token.split('.').nth(1).expect("a compact JWS has a payload");
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("base64url payload"))
         .expect("JSON payload")
 }
@@ -45,8 +39,7 @@ pub fn peek_claims(token: &str) -> Value {
 /// Decode the header of a compact JWS without checking anything (for assertions).
 pub fn peek_header(token: &str) -> Value {
     let header = token.split('.').next().expect("a compact JWS has a header");
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).expect("base64url header"))
-        .expect("JSON header")
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).expect("base64url header")).expect("JSON header")
 }
 
 /// `header.payload` — the JWS signing input.
@@ -114,9 +107,7 @@ impl TokenBuilder {
             "family_name": "User",
             "email": "testuser@example.com",
         });
-        let Value::Object(claims) = claims else {
-            unreachable!()
-        };
+        let Value::Object(claims) = claims else { unreachable!() };
         TokenBuilder {
             kc,
             claims,
@@ -217,10 +208,7 @@ impl TokenBuilder {
 
     /// `resource_access.<client>.roles` (other clients' roles stay).
     pub fn client_roles(mut self, client: &str, roles: &[&str]) -> Self {
-        let access = self
-            .claims
-            .entry("resource_access")
-            .or_insert_with(|| json!({}));
+        let access = self.claims.entry("resource_access").or_insert_with(|| json!({}));
         access[client] = json!({ "roles": roles });
         self
     }
@@ -299,11 +287,7 @@ impl TokenBuilder {
     pub fn sign(self) -> String {
         let signer = self.signer();
         let alg = self.alg.unwrap_or(signer.alg);
-        assert!(
-            signer.material.kind.signs(alg),
-            "key {} cannot sign {alg:?}",
-            signer.kid
-        );
+        assert!(signer.material.kind.signs(alg), "key {} cannot sign {alg:?}", signer.kid);
         let header = self.header_for(&signer, alg);
         jws(&header, &self.claims(), &signer.material.encoding, alg)
     }
@@ -325,10 +309,7 @@ pub struct Attacks {
 
 impl Attacks {
     pub(crate) fn new(kc: Arc<Inner>) -> Attacks {
-        Attacks {
-            kc,
-            realm_signed: false,
-        }
+        Attacks { kc, realm_signed: false }
     }
 
     /// Sign key-injection attacks with the realm's real default key.
@@ -338,11 +319,7 @@ impl Attacks {
     }
 
     fn injected_signer(&self) -> Signer {
-        if self.realm_signed {
-            self.kc.signer(None)
-        } else {
-            self.kc.attacker()
-        }
+        if self.realm_signed { self.kc.signer(None) } else { self.kc.attacker() }
     }
 
     fn base_header(signer: &Signer) -> Map<String, Value> {
@@ -358,12 +335,7 @@ impl Attacks {
         if let Value::Object(extra) = extra {
             header.extend(extra);
         }
-        jws(
-            &Value::Object(header),
-            claims,
-            &signer.material.encoding,
-            signer.alg,
-        )
+        jws(&Value::Object(header), claims, &signer.material.encoding, signer.alg)
     }
 
     /// `alg: none`, empty signature, default kid.
@@ -375,10 +347,7 @@ impl Attacks {
     /// HS256 keyed with the PEM of a realm RSA public key (the default signer when it is RSA),
     /// header `kid` of that key: the classic RS256→HS256 algorithm confusion.
     pub fn hs256_with_public_key(&self, claims: &Value) -> String {
-        let rsa = self
-            .kc
-            .find_signer(|kind, _| *kind == KeyKind::Rs256)
-            .expect("the realm has no RSA key");
+        let rsa = self.kc.find_signer(|kind, _| *kind == KeyKind::Rs256).expect("the realm has no RSA key");
         let header = json!({"alg": "HS256", "typ": "JWT", "kid": rsa.kid});
         let secret = EncodingKey::from_secret(rsa.material.public_pem().as_bytes());
         jws(&header, claims, &secret, Algorithm::HS256)
@@ -416,21 +385,13 @@ impl Attacks {
         let mut header = Self::base_header(&signer);
         header.insert("crit".into(), json!(["urn:example:unknown"]));
         header.insert("urn:example:unknown".into(), json!(true));
-        jws(
-            &Value::Object(header),
-            claims,
-            &signer.material.encoding,
-            signer.alg,
-        )
+        jws(&Value::Object(header), claims, &signer.material.encoding, signer.alg)
     }
 
     /// The realm's header and the claims, with an empty signature.
     pub fn empty_signature(&self, claims: &Value) -> String {
         let signer = self.kc.signer(None);
-        format!(
-            "{}.",
-            signing_input(&Value::Object(Self::base_header(&signer)), claims)
-        )
+        format!("{}.", signing_input(&Value::Object(Self::base_header(&signer)), claims))
     }
 
     /// ES256 header (kid of a realm ES256 key when there is one, else the default kid) with a
@@ -449,10 +410,7 @@ impl Attacks {
     /// Header `alg: ES256` with the kid of a realm RSA key, signed with a P-256 key: the key's
     /// type does not match the algorithm.
     pub fn key_type_mismatch(&self, claims: &Value) -> String {
-        let rsa = self
-            .kc
-            .find_signer(|kind, _| *kind == KeyKind::Rs256)
-            .expect("the realm has no RSA key");
+        let rsa = self.kc.find_signer(|kind, _| *kind == KeyKind::Rs256).expect("the realm has no RSA key");
         let ec = super::keys::KeyMaterial::generate(KeyKind::Es256);
         let header = json!({"alg": "ES256", "typ": "JWT", "kid": rsa.kid});
         jws(&header, claims, &ec.encoding, Algorithm::ES256)
@@ -473,14 +431,9 @@ impl Attacks {
         let inner = jws(&inner_header, claims, &signer.material.encoding, signer.alg);
         let mut header = Self::base_header(&signer);
         header.insert("cty".into(), json!("JWT"));
-        let input = format!(
-            "{}.{}",
-            b64url(serde_json::to_vec(&header).expect("JSON")),
-            b64url(&inner)
-        );
-        let signature =
-            jsonwebtoken::crypto::sign(input.as_bytes(), &signer.material.encoding, signer.alg)
-                .expect("signing");
+        let input = format!("{}.{}", b64url(serde_json::to_vec(&header).expect("JSON")), b64url(&inner));
+        let signature = jsonwebtoken::crypto::sign(input.as_bytes(), &signer.material.encoding, signer.alg)
+            .expect("signing");
         format!("{input}.{signature}")
     }
 
@@ -501,9 +454,7 @@ impl Attacks {
     pub fn oversized(&self, bytes: usize) -> String {
         let mut pad = 0usize;
         loop {
-            let token = TokenBuilder::new(self.kc.clone())
-                .claim("pad", json!("x".repeat(pad)))
-                .sign();
+            let token = TokenBuilder::new(self.kc.clone()).claim("pad", json!("x".repeat(pad))).sign();
             if token.len() >= bytes {
                 return token;
             }

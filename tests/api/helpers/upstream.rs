@@ -78,8 +78,7 @@ impl Echo {
     pub async fn from_response(res: reqwest::Response) -> Echo {
         let status = res.status();
         let text = res.text().await.expect("response body");
-        serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("not an echo ({status}): {e}: {text}"))
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not an echo ({status}): {e}: {text}"))
     }
 
     /// The first value of header `name` (case-insensitive).
@@ -99,18 +98,11 @@ impl Echo {
 }
 
 fn first_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
+    headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
 }
 
 fn all_headers<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
-    headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-        .collect()
+    headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
 }
 
 /// The bytes `/_test/big?bytes=n` sends: `i % 251` at offset `i` (a prime period, so a
@@ -147,11 +139,7 @@ impl EchoUpstream {
             // The echo streams bodies of any size; the limit would only bite extractors anyway.
             .layer(DefaultBodyLimit::disable());
         let (addr, server) = serve(router).await;
-        EchoUpstream {
-            addr,
-            log,
-            server: Arc::new(server),
-        }
+        EchoUpstream { addr, log, server: Arc::new(server) }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -170,11 +158,7 @@ impl EchoUpstream {
 
     /// The most recent request.
     pub fn last_request(&self) -> Option<RecordedRequest> {
-        self.log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .last()
-            .cloned()
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).last().cloned()
     }
 
     /// How many requests arrived.
@@ -192,20 +176,11 @@ impl EchoUpstream {
 fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
     headers
         .iter()
-        .map(|(n, v)| {
-            (
-                n.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
+        .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
         .collect()
 }
 
-async fn record(
-    State(log): State<Arc<Mutex<Vec<RecordedRequest>>>>,
-    req: Request,
-    next: Next,
-) -> Response {
+async fn record(State(log): State<Arc<Mutex<Vec<RecordedRequest>>>>, req: Request, next: Next) -> Response {
     let entry = RecordedRequest {
         method: req.method().to_string(),
         path: req.uri().path().to_string(),
@@ -236,11 +211,7 @@ async fn echo_value(req: Request) -> Result<Value, Response> {
     let mut len = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
-            (
-                StatusCode::BAD_REQUEST,
-                axum::Json(json!({"error": format!("body: {e}")})),
-            )
-                .into_response()
+            (StatusCode::BAD_REQUEST, axum::Json(json!({"error": format!("body: {e}")}))).into_response()
         })?;
         len += chunk.len() as u64;
         hasher.update(&chunk);
@@ -274,13 +245,9 @@ async fn big(Query(q): Query<BigQuery>) -> Response {
         Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), sent + n))
     });
     let mut res = Body::from_stream(stream).into_response();
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     if q.chunked.unwrap_or(0) == 0 {
-        res.headers_mut()
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(total));
+        res.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(total));
     }
     res
 }
@@ -310,16 +277,9 @@ async fn slow_chunks(Query(q): Query<SlowQuery>) -> Response {
         if i > 0 {
             tokio::time::sleep(delay).await;
         }
-        Some((
-            Ok::<_, std::io::Error>(Bytes::from(format!("chunk {i}\n"))),
-            i + 1,
-        ))
+        Some((Ok::<_, std::io::Error>(Bytes::from(format!("chunk {i}\n"))), i + 1))
     });
-    (
-        [(header::CONTENT_TYPE, "text/plain")],
-        Body::from_stream(stream),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain")], Body::from_stream(stream)).into_response()
 }
 
 #[derive(Deserialize)]
@@ -334,11 +294,7 @@ async fn delay_headers(Query(q): Query<DelayQuery>, req: Request) -> Response {
 }
 
 async fn status(Path(code): Path<u16>, req: Request) -> Response {
-    let Some(status) = (200..=599)
-        .contains(&code)
-        .then(|| StatusCode::from_u16(code).ok())
-        .flatten()
-    else {
+    let Some(status) = (200..=599).contains(&code).then(|| StatusCode::from_u16(code).ok()).flatten() else {
         return (StatusCode::BAD_REQUEST, "status must be 200..=599").into_response();
     };
     let mut res = echo(req).await;
@@ -399,17 +355,12 @@ async fn hop(req: Request) -> Response {
         Err(res) => return res,
     };
     // A one-chunk stream: no Content-Length, so the chunked coding really applies.
-    let stream =
-        futures_util::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(body)) });
+    let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(body)) });
     let mut res = Body::from_stream(stream).into_response();
     for (name, value) in HOP_RESPONSE_HEADERS {
-        res.headers_mut()
-            .insert(*name, HeaderValue::from_static(value));
+        res.headers_mut().insert(*name, HeaderValue::from_static(value));
     }
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     res
 }
 
@@ -440,11 +391,7 @@ impl HangingServer {
                 open.push(stream);
             }
         });
-        HangingServer {
-            addr,
-            accepted,
-            _task: ServerTask(task.abort_handle()),
-        }
+        HangingServer { addr, accepted, _task: ServerTask(task.abort_handle()) }
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -106,16 +106,16 @@ async fn forward_auth(
     let original_method =
         forwarded("x-forwarded-method").and_then(|m| Method::from_bytes(m.as_bytes()).ok()).unwrap_or(method);
     let original_uri = forwarded("x-forwarded-uri").unwrap_or_else(|| request.uri().path());
-    let result = admit(&state, &original_method, original_uri, &headers).await;
-    state.count("forward_auth", result.as_ref().map_or(0, |_| 200));
-    match result {
+    let response = match admit(&state, &original_method, original_uri, &headers).await {
         Ok(admission) => {
             let mut response = StatusCode::OK.into_response();
             response.headers_mut().extend(admission.headers);
             response
         }
         Err(e) => e.into_response(),
-    }
+    };
+    state.count("forward_auth", response.status().as_u16());
+    response
 }
 
 /// `/_sidecar/me`: the caller's identity and entitlements as JSON.
@@ -150,10 +150,9 @@ async fn fallback(State(state): State<AppState>) -> Response {
 }
 
 impl AppState {
-    /// Counts a request by mode and status class (0 = an error response, counted by its
-    /// class when known).
+    /// Counts a request by mode and status class.
     pub fn count(&self, mode: &'static str, status: u16) {
-        let class = if status == 0 { "error" } else { crate::metrics::status_class(status) };
+        let class = crate::metrics::status_class(status);
         self.metrics.requests.get_or_create(&vec![("mode", mode), ("class", class)]).inc();
     }
 }

@@ -134,7 +134,9 @@ pub struct Jwks {
     current: ArcSwapOption<KeySet>,
     /// Bumped on every install, so a waiter can tell a fetch happened while it queued.
     generation: AtomicU64,
-    /// Single-flight gate; holds the time of the last fetch attempt.
+    /// Single-flight gate for all fetches; holds the time of the last fetch caused by an
+    /// unknown kid. Only those are throttled: a background refresh that just ran must not
+    /// stop a rotation right after it from being picked up.
     fetch_gate: Mutex<Option<Instant>>,
     min_refresh: Duration,
     discovery: Discovery,
@@ -182,8 +184,7 @@ impl Jwks {
     /// Fetches now (background refresh and startup). Returns the raw JWKS on success so the
     /// caller can persist it.
     pub async fn refresh(&self) -> anyhow::Result<Vec<u8>> {
-        let mut last = self.fetch_gate.lock().await;
-        *last = Some(Instant::now());
+        let _single_flight = self.fetch_gate.lock().await;
         self.fetch_and_install().await
     }
 

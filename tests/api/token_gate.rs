@@ -1,0 +1,437 @@
+//! Issue "Token gate": forward-auth answers, every rejection class of SPEC §2, key rotation,
+//! single-flight refetch, Keycloak outages, path rules, readiness and metrics.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use crate::helpers::{FakeKeycloak, KeyKind, Mode, TestApp, base_env, metric, set};
+
+fn header<'a>(res: &'a reqwest::Response, name: &str) -> &'a str {
+    res.headers().get(name).map(|v| v.to_str().unwrap()).unwrap_or_else(|| panic!("no {name}"))
+}
+
+#[tokio::test]
+async fn a_valid_token_gets_200_with_identity_headers() {
+    let kc = FakeKeycloak::start().await;
+    let mut env = base_env(&kc);
+    set(&mut env, "SIDECAR__OIDC__CLIENT_ROLES_OF", r#"["app"]"#);
+    let app = TestApp::spawn_with(env).await;
+    let token = kc
+        .token()
+        .sub("u-1")
+        .email("zoë@example.org")
+        .preferred_username("zoe")
+        .name("Zoë, Q")
+        .realm_roles(&["learner", "staff"])
+        .client_roles("app", &["editor"])
+        .organization(json!({"acme": {"id": "6f1c2b1e-8a6f-4a51-9f53-1d3c6f0e1a11"}}))
+        .sign();
+    let res = app.forward_auth("GET", "/courses/1").bearer_auth(&token).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(header(&res, "x-identity-status"), "authenticated");
+    assert_eq!(header(&res, "x-identity-subject"), "u-1");
+    assert_eq!(header(&res, "x-identity-email"), "zo%C3%AB@example.org");
+    assert_eq!(header(&res, "x-identity-username"), "zoe");
+    assert_eq!(header(&res, "x-identity-name"), "Zo%C3%AB%2C Q");
+    assert_eq!(header(&res, "x-identity-roles"), "app:editor,learner,staff");
+    for empty in [
+        "x-identity-organizations",
+        "x-identity-managed-organizations",
+        "x-identity-contracts",
+        "x-identity-entitlements",
+    ] {
+        assert_eq!(header(&res, empty), "", "{empty}");
+    }
+    let userinfo: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD.decode(header(&res, "x-userinfo")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(userinfo["sub"], "u-1");
+    assert_eq!(userinfo["email"], "zoë@example.org");
+    assert_eq!(userinfo["organization"]["acme"]["id"], "6f1c2b1e-8a6f-4a51-9f53-1d3c6f0e1a11");
+    assert_eq!(userinfo["b2b"], json!({"organizations": [], "managed_organizations": [], "contracts": []}));
+    assert!(userinfo.get("realm_access").is_none());
+}
+
+#[tokio::test]
+async fn a_request_without_a_token_is_anonymous_with_every_owned_header_empty() {
+    let kc = FakeKeycloak::start().await;
+    let app = TestApp::spawn(&kc).await;
+    let res = app.forward_auth("GET", "/").send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(header(&res, "x-identity-status"), "anonymous");
+    for name in ["x-identity-subject", "x-identity-roles", "x-identity-entitlements", "x-userinfo"] {
+        assert_eq!(header(&res, name), "", "{name}");
+    }
+}
+
+#[tokio::test]
+async fn every_rejection_class_gets_401_with_an_invalid_token_challenge() {
+    let kc = FakeKeycloak::start().await;
+    let second = kc.add_key(KeyKind::Es256);
+    let app = TestApp::spawn(&kc).await;
+    let claims = kc.token().sub("u1").claims();
+    let attacks = kc.attacks();
+    let realm = kc.attacks().realm_signed();
+    let cases: Vec<(&str, String)> = vec![
+        ("alg none", attacks.alg_none(&claims)),
+        ("HS256 keyed with the public key", attacks.hs256_with_public_key(&claims)),
+        ("embedded jwk", attacks.with_embedded_jwk(&claims)),
+        ("embedded jwk, realm-signed", realm.with_embedded_jwk(&claims)),
+        ("jku", attacks.with_jku(&claims)),
+        ("jku, realm-signed", realm.with_jku(&claims)),
+        ("x5u", attacks.with_x5u(&claims)),
+        ("x5u, realm-signed", realm.with_x5u(&claims)),
+        ("x5c", attacks.with_x5c(&claims)),
+        ("unknown crit, realm-signed", realm.with_crit(&claims)),
+        ("empty signature", attacks.empty_signature(&claims)),
+        ("ECDSA r=s=0", attacks.ecdsa_zero_signature(&claims)),
+        ("key type mismatch", attacks.key_type_mismatch(&claims)),
+        ("signed by a stranger", attacks.signed_by_stranger(&claims)),
+        ("nested JWT", attacks.nested(&claims)),
+        ("JWE", attacks.jwe_like()),
+        ("oversized", attacks.oversized(17 * 1024)),
+        ("garbage", attacks.garbage()),
+        ("unknown kid", kc.token().kid("no-such-kid").sign()),
+        ("no kid with two keys", kc.token().no_kid().sign()),
+        ("expired", kc.token().exp_in(-120).sign()),
+        ("not yet valid", kc.token().nbf_in(600).sign()),
+        ("issued in the future", kc.token().iat_in(600).sign()),
+        ("wrong issuer", kc.token().iss("https://evil.example/realms/test").sign()),
+        ("wrong aud and azp", kc.token().aud(json!("other")).azp("other").sign()),
+        ("ID token", kc.token().typ("ID").sign()),
+        ("refresh token", kc.token().typ("Refresh").sign()),
+        ("logout token", kc.token().typ("Logout").sign()),
+        ("no typ and no at+jwt header", kc.token().remove_claim("typ").sign()),
+        ("no sub", kc.token().remove_claim("sub").sign()),
+        ("no exp", kc.token().remove_claim("exp").sign()),
+    ];
+    for (name, token) in cases {
+        let res = app.forward_auth("GET", "/").bearer_auth(&token).send().await.unwrap();
+        assert_eq!(res.status(), 401, "{name}");
+        let challenge = header(&res, "www-authenticate");
+        assert!(
+            challenge.starts_with("Bearer error=\"invalid_token\", error_description=\""),
+            "{name}: {challenge}"
+        );
+        assert_eq!(header(&res, "content-type"), "application/problem+json", "{name}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["status"], 401, "{name}");
+        assert!(res_has_no_identity(&body), "{name}");
+    }
+    // Sanity: the same app accepts a good token from either key.
+    assert_eq!(app.auth_status(&kc.token().sub("u1").sign()).await, 200);
+    assert_eq!(
+        app.auth_status(&kc.token().key(&second).alg(jsonwebtoken::Algorithm::ES256).sign()).await,
+        200
+    );
+}
+
+fn res_has_no_identity(body: &Value) -> bool {
+    body.get("sub").is_none() && body.get("x-identity-subject").is_none()
+}
+
+#[tokio::test]
+async fn explicit_typing_accepts_an_at_jwt_header_without_a_typ_claim() {
+    let kc = FakeKeycloak::start().await;
+    let app = TestApp::spawn(&kc).await;
+    let token = kc.token().remove_claim("typ").header("typ", json!("at+jwt")).sign();
+    assert_eq!(app.auth_status(&token).await, 200);
+    let token = kc.token().remove_claim("typ").header("typ", json!("application/at+jwt")).sign();
+    assert_eq!(app.auth_status(&token).await, 200);
+}
+
+#[tokio::test]
+async fn the_audience_may_be_in_aud_or_azp() {
+    let kc = FakeKeycloak::start().await;
+    let app = TestApp::spawn(&kc).await;
+    assert_eq!(app.auth_status(&kc.token().aud(json!(["x", "app"])).azp("other").sign()).await, 200);
+    assert_eq!(app.auth_status(&kc.token().aud(json!("account")).azp("app").sign()).await, 200);
+}
+
+#[tokio::test]
+async fn every_accepted_algorithm_verifies_with_a_key_of_its_type() {
+    use jsonwebtoken::Algorithm::*;
+    let kc = FakeKeycloak::start().await;
+    // Keycloak publishes one JWK per key provider, its `alg` naming the one algorithm it signs.
+    let mut keys = vec![(kc.default_kid(), RS256)];
+    for alg in [RS384, RS512, PS256, PS384, PS512] {
+        keys.push((kc.add_key_with_alg(KeyKind::Rs256, alg), alg));
+    }
+    let es256 = kc.add_key(KeyKind::Es256);
+    keys.push((es256.clone(), ES256));
+    keys.push((kc.add_key(KeyKind::Es384), ES384));
+    keys.push((kc.add_key(KeyKind::EdDSA), EdDSA));
+    let app = TestApp::spawn(&kc).await;
+    for (kid, alg) in &keys {
+        assert_eq!(app.auth_status(&kc.token().key(kid).alg(*alg).sign()).await, 200, "{alg:?}");
+    }
+    // A JWK restricted to RS256 does not verify PS256, even though both are RSA.
+    assert_eq!(app.auth_status(&kc.token().key(&keys[0].0).alg(PS256).sign()).await, 401);
+}
+
+#[tokio::test]
+async fn algorithms_come_from_config_only() {
+    let kc = FakeKeycloak::start().await;
+    let ps256 = kc.add_key_with_alg(KeyKind::Rs256, jsonwebtoken::Algorithm::PS256);
+    let mut env = base_env(&kc);
+    set(&mut env, "SIDECAR__OIDC__ALGORITHMS", r#"["PS256"]"#);
+    let app = TestApp::spawn_with(env).await;
+    assert_eq!(app.auth_status(&kc.token().sign()).await, 401, "RS256 is not configured");
+    let token = kc.token().key(&ps256).alg(jsonwebtoken::Algorithm::PS256).sign();
+    assert_eq!(app.auth_status(&token).await, 200);
+}
+
+#[tokio::test]
+async fn a_rotated_key_is_picked_up_after_one_refetch() {
+    let kc = FakeKeycloak::start().await;
+    let app = TestApp::spawn(&kc).await;
+    assert_eq!(app.auth_status(&kc.token().sign()).await, 200);
+    let before = kc.jwks_fetches();
+    kc.rotate(KeyKind::Es256);
+    assert_eq!(app.auth_status(&kc.token().sign()).await, 200);
+    assert_eq!(kc.jwks_fetches() - before, 1);
+    // A second token with the new key needs no fetch.
+    assert_eq!(app.auth_status(&kc.token().sub("other").sign()).await, 200);
+    assert_eq!(kc.jwks_fetches() - before, 1);
+}
+
+#[tokio::test]
+async fn random_unknown_kids_cause_at_most_a_handful_of_jwks_fetches() {
+    let kc = FakeKeycloak::start().await;
+    let app = TestApp::spawn(&kc).await;
+    let before = kc.jwks_fetches();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let token = kc.token().kid(&format!("random-{i}")).sign();
+        let (client, url) = (app.http.clone(), app.url("/_sidecar/auth"));
+        tasks
+            .spawn(async move { client.get(url).bearer_auth(token).send().await.unwrap().status().as_u16() });
+    }
+    while let Some(status) = tasks.join_next().await {
+        assert_eq!(status.unwrap(), 401);
+    }
+    let fetches = kc.jwks_fetches() - before;
+    assert!(fetches <= 2, "{fetches} JWKS fetches for 200 unknown kids");
+}
+
+#[tokio::test]
+async fn waiters_on_an_unknown_kid_share_one_slow_fetch() {
+    let kc = FakeKeycloak::start().await;
+    let app = TestApp::spawn(&kc).await;
+    kc.rotate(KeyKind::Es256);
+    kc.set_jwks_delay(Duration::from_millis(300));
+    let before = kc.jwks_fetches();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let token = kc.token().sub(&format!("u{i}")).sign();
+        let (client, url) = (app.http.clone(), app.url("/_sidecar/auth"));
+        tasks
+            .spawn(async move { client.get(url).bearer_auth(token).send().await.unwrap().status().as_u16() });
+    }
+    while let Some(status) = tasks.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    assert_eq!(kc.jwks_fetches() - before, 1);
+}
+
+#[tokio::test]
+async fn keycloak_down_after_start_keeps_known_keys_working() {
+    let kc = FakeKeycloak::start().await;
+    let mut env = base_env(&kc);
+    set(&mut env, "SIDECAR__OIDC__JWKS_MIN_REFRESH_SECS", "0");
+    set(&mut env, "SIDECAR__OIDC__HTTP_TIMEOUT_SECS", "1");
+    let app = TestApp::spawn_with(env).await;
+    let good = kc.token().sign();
+    for mode in [Mode::Fail, Mode::Hang] {
+        kc.set_mode(mode);
+        assert_eq!(app.auth_status(&good).await, 200);
+        assert_eq!(app.auth_status(&kc.token().sub("fresh").sign()).await, 200, "new token, known key");
+        // An unknown kid is refused promptly (within the fetch timeout), not hung.
+        let started = std::time::Instant::now();
+        assert_eq!(app.auth_status(&kc.token().kid("unknown").sign()).await, 401);
+        assert!(started.elapsed() < Duration::from_secs(3), "{mode:?}: {:?}", started.elapsed());
+    }
+    kc.stop();
+    assert_eq!(app.auth_status(&kc.token().sub("after-stop").sign()).await, 200);
+    let ready = app.http.get(app.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+}
+
+#[tokio::test]
+async fn encryption_keys_in_the_jwks_are_ignored() {
+    let kc = FakeKeycloak::start().await;
+    let app = TestApp::spawn(&kc).await;
+    // The enc key is published next to the signing key; a token naming it is refused and a
+    // token without kid still finds the only signing key.
+    assert_eq!(app.auth_status(&kc.token().kid(&kc.enc_kid()).sign()).await, 401);
+    assert_eq!(app.auth_status(&kc.token().no_kid().sign()).await, 200);
+}
+
+#[tokio::test]
+async fn readiness_waits_for_a_key_set_and_tokens_get_503_meanwhile() {
+    let kc = FakeKeycloak::start().await;
+    kc.set_mode(Mode::Fail);
+    let app = TestApp::start(base_env(&kc)).await;
+    let ready = app.http.get(app.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let healthy = app.http.get(app.admin_url("/healthz")).send().await.unwrap();
+    assert_eq!(healthy.status(), 200);
+    let res = app.forward_auth("GET", "/").bearer_auth(kc.token().sign()).send().await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().contains_key("retry-after"));
+    kc.set_mode(Mode::Normal);
+    app.wait_ready(Duration::from_secs(10)).await;
+    assert_eq!(app.auth_status(&kc.token().sign()).await, 200);
+}
+
+#[tokio::test]
+async fn discovery_and_jwks_urls_can_be_overridden() {
+    let kc = FakeKeycloak::start().await;
+    kc.patch_discovery(json!({"jwks_uri": "http://127.0.0.1:9/unreachable"}));
+    let mut env = base_env(&kc);
+    set(&mut env, "SIDECAR__OIDC__JWKS_URL", kc.jwks_url());
+    let app = TestApp::spawn_with(env).await;
+    assert_eq!(app.auth_status(&kc.token().sign()).await, 200);
+
+    let kc2 = FakeKeycloak::start().await;
+    let mut env = base_env(&kc2);
+    set(&mut env, "SIDECAR__OIDC__DISCOVERY_URL", kc2.discovery_url());
+    set(&mut env, "SIDECAR__OIDC__ISSUER", "https://public.example/realms/test");
+    let app = TestApp::spawn_with(env).await;
+    let token = kc2.token().iss("https://public.example/realms/test").sign();
+    assert_eq!(app.auth_status(&token).await, 200);
+}
+
+async fn rules_app(kc: &FakeKeycloak) -> TestApp {
+    let mut env = base_env(kc);
+    set(
+        &mut env,
+        "SIDECAR__AUTH__RULES",
+        json!([
+            {"prefix": "/api", "require": true},
+            {"prefix": "/api/admin", "require": true, "roles_any": ["admin"]},
+            {"prefix": "/api/public", "require": false},
+            {"prefix": "/staff", "roles_any": ["staff"]},
+        ])
+        .to_string(),
+    );
+    TestApp::spawn_with(env).await
+}
+
+#[tokio::test]
+async fn path_rules_match_whole_segments_and_the_longest_prefix() {
+    let kc = FakeKeycloak::start().await;
+    let app = rules_app(&kc).await;
+    let learner = kc.token().realm_roles(&["learner"]).sign();
+    let admin = kc.token().realm_roles(&["admin"]).sign();
+    let status = |method: &'static str, uri: &'static str, token: Option<String>| {
+        let req = app.forward_auth(method, uri);
+        let req = match token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status("GET", "/api", None).await, 401);
+    assert_eq!(status("GET", "/api/x", None).await, 401);
+    assert_eq!(status("GET", "/apix", None).await, 200, "not a whole segment");
+    assert_eq!(status("GET", "/api?x=1", None).await, 401, "query dropped");
+    assert_eq!(status("GET", "/other/../api/x", None).await, 400, ".. rejected");
+    assert_eq!(status("GET", "/other/%2e%2e/api/x", None).await, 400, "encoded .. rejected");
+    assert_eq!(status("GET", "/%61pi/x", None).await, 401, "percent-decoded before matching");
+    assert_eq!(status("GET", "/api/public/x", None).await, 200, "longest prefix wins");
+    assert_eq!(status("GET", "/api/x", Some(learner.clone())).await, 200);
+    assert_eq!(status("GET", "/api/admin/x", Some(learner.clone())).await, 403);
+    assert_eq!(status("GET", "/api/admin/x", Some(admin.clone())).await, 200);
+    assert_eq!(status("GET", "/api/admin/x", None).await, 401, "401 before 403");
+    assert_eq!(status("GET", "/staff", None).await, 401, "a roles rule implies a login");
+    assert_eq!(status("GET", "/free", None).await, 200, "no rule: anonymous passes");
+}
+
+#[tokio::test]
+async fn a_cors_preflight_passes_without_a_token() {
+    let kc = FakeKeycloak::start().await;
+    let app = rules_app(&kc).await;
+    let res = app
+        .forward_auth("OPTIONS", "/api/x")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(header(&res, "x-identity-status"), "anonymous");
+    // A bare OPTIONS is no preflight.
+    assert_eq!(app.forward_auth("OPTIONS", "/api/x").send().await.unwrap().status(), 401);
+    let denied = app.forward_auth("GET", "/api/x").send().await.unwrap();
+    assert_eq!(header(&denied, "www-authenticate"), "Bearer");
+}
+
+#[tokio::test]
+async fn forwarded_method_and_uri_are_believed_only_from_trusted_peers() {
+    let kc = FakeKeycloak::start().await;
+    let mut env = base_env(&kc);
+    set(
+        &mut env,
+        "SIDECAR__AUTH__RULES",
+        r#"[{"prefix":"/","require":true},{"prefix":"/open","require":false}]"#,
+    );
+    set(&mut env, "SIDECAR__SERVER__TRUSTED_PROXIES", r#"["10.0.0.0/8"]"#);
+    let app = TestApp::spawn_with(env).await;
+    // Loopback is not trusted here: X-Forwarded-Uri is ignored and the auth path itself is
+    // matched (and requires a login).
+    let res = app.forward_auth("GET", "/open").send().await.unwrap();
+    assert_eq!(res.status(), 401);
+}
+
+#[tokio::test]
+async fn the_request_id_is_kept_or_generated() {
+    let kc = FakeKeycloak::start().await;
+    let app = TestApp::spawn(&kc).await;
+    let res = app.forward_auth("GET", "/").header("x-request-id", "req-42").send().await.unwrap();
+    assert_eq!(header(&res, "x-request-id"), "req-42");
+    let res = app.forward_auth("GET", "/").send().await.unwrap();
+    assert_eq!(header(&res, "x-request-id").len(), 36);
+}
+
+#[tokio::test]
+async fn me_returns_the_callers_identity() {
+    let kc = FakeKeycloak::start().await;
+    let app = TestApp::spawn(&kc).await;
+    let token = kc.token().sub("u-me").email("me@x.org").realm_roles(&["learner"]).sign();
+    let me: Value = app.get("/_sidecar/me").bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    assert_eq!(me["sub"], "u-me");
+    assert_eq!(me["email"], "me@x.org");
+    assert_eq!(me["roles"], json!(["learner"]));
+    assert_eq!(app.get("/_sidecar/me").send().await.unwrap().status(), 401);
+    let bad = app.get("/_sidecar/me").bearer_auth("garbage").send().await.unwrap();
+    assert_eq!(bad.status(), 401);
+}
+
+#[tokio::test]
+async fn metrics_count_auth_decisions_jwks_fetches_and_requests() {
+    let kc = FakeKeycloak::start().await;
+    let app = TestApp::spawn(&kc).await;
+    app.auth_status(&kc.token().sign()).await;
+    app.auth_status(&kc.token().exp_in(-100).sign()).await;
+    app.forward_auth("GET", "/").send().await.unwrap();
+    let text = app.metrics().await;
+    assert_eq!(metric(&text, "identity_sidecar_auth_decisions_total{reason=\"ok\"}"), 1.0, "{text}");
+    assert_eq!(metric(&text, "identity_sidecar_auth_decisions_total{reason=\"expired\"}"), 1.0);
+    assert_eq!(metric(&text, "identity_sidecar_auth_decisions_total{reason=\"anonymous\"}"), 1.0);
+    assert!(metric(&text, "identity_sidecar_jwks_fetches_total{result=\"ok\"}") >= 1.0);
+    assert_eq!(metric(&text, "identity_sidecar_requests_total{mode=\"forward_auth\",class=\"2xx\"}"), 2.0);
+    assert_eq!(metric(&text, "identity_sidecar_requests_total{mode=\"forward_auth\",class=\"4xx\"}"), 1.0);
+}
+
+#[tokio::test]
+async fn the_admin_port_does_not_serve_public_paths_and_vice_versa() {
+    let kc = FakeKeycloak::start().await;
+    let app = TestApp::spawn(&kc).await;
+    assert_eq!(app.get("/metrics").send().await.unwrap().status(), 404);
+    assert_eq!(app.get("/readyz").send().await.unwrap().status(), 404);
+    let res = app.http.get(app.admin_url("/_sidecar/auth")).send().await.unwrap();
+    assert_eq!(res.status(), 404);
+}

@@ -435,3 +435,95 @@ async fn the_admin_port_does_not_serve_public_paths_and_vice_versa() {
     let res = app.http.get(app.admin_url("/_sidecar/auth")).send().await.unwrap();
     assert_eq!(res.status(), 404);
 }
+
+#[tokio::test]
+async fn the_real_binary_started_from_a_toml_file_answers_forward_auth() {
+    use crate::helpers::binary::Binary;
+    let kc = FakeKeycloak::start().await;
+    let toml = format!(
+        r#"
+[server]
+listen = "127.0.0.1:{{public}}"
+admin_listen = "127.0.0.1:{{admin}}"
+
+[oidc]
+issuer = "{issuer}"
+audiences = ["app"]
+
+[database]
+url = "sqlite://{{dir}}/sidecar.db?mode=rwc"
+
+[[auth.rules]]
+prefix = "/private"
+require = true
+
+[log]
+format = "json"
+level = "debug"
+"#,
+        issuer = kc.issuer()
+    );
+    let mut bin = Binary::start(&toml);
+    bin.wait_ready(Duration::from_secs(20)).await;
+    let http = reqwest::Client::new();
+    let token = kc.token().sub("bin-user").email("bin@x.org").sign();
+    let res = http
+        .get(bin.url("/_sidecar/auth"))
+        .header("x-forwarded-method", "GET")
+        .header("x-forwarded-uri", "/private/page")
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(header(&res, "x-identity-subject"), "bin-user");
+    let anonymous =
+        http.get(bin.url("/_sidecar/auth")).header("x-forwarded-uri", "/private/page").send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    bin.terminate();
+    assert!(bin.wait_exit(Duration::from_secs(10)).await.success());
+    // Logs are JSON lines and never contain the token.
+    let logs = bin.stderr();
+    assert!(logs.lines().any(|l| l.starts_with('{')), "{logs}");
+    assert!(!logs.contains(&token), "the token reached a log line");
+}
+
+#[tokio::test]
+async fn check_config_prints_the_effective_config_with_secrets_redacted() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_identity-sidecar"))
+        .arg("check-config")
+        .env("SIDECAR__OIDC__ISSUER", "https://kc.example/realms/r")
+        .env("SIDECAR__OIDC__AUDIENCES", r#"["app"]"#)
+        .env("SIDECAR__DATABASE__URL", "postgres://sidecar:hunter2@db/sidecar")
+        .env("SIDECAR__KEYCLOAK_ADMIN__CLIENT_SECRET", "s3cret")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains("issuer = \"https://kc.example/realms/r\""), "{text}");
+    assert!(!text.contains("hunter2") && !text.contains("s3cret"), "{text}");
+    assert!(text.contains("[REDACTED]"));
+}
+
+#[tokio::test]
+async fn a_config_with_an_unknown_key_or_no_audience_refuses_to_start() {
+    let run = |vars: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_identity-sidecar"));
+        cmd.arg("check-config");
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let out = run(&[("SIDECAR__OIDC__ISSUER", "https://kc/realms/r")]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("oidc.audiences"));
+    let out = run(&[
+        ("SIDECAR__OIDC__ISSUER", "https://kc/realms/r"),
+        ("SIDECAR__OIDC__AUDIENCES", r#"["app"]"#),
+        ("SIDECAR__OIDC__AUDIENCE", "typo"),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("audience"));
+}

@@ -67,6 +67,7 @@
 #![allow(dead_code, reason = "shared test helpers; usage grows with the test suite")]
 
 pub mod app;
+pub mod binary;
 pub mod keycloak;
 pub mod keys;
 pub mod tokens;

@@ -7,5 +7,6 @@
 
 pub mod auth;
 pub mod config;
+pub mod store;
 
 pub use config::Config;

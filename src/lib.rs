@@ -17,6 +17,7 @@ pub mod proxy;
 pub mod public;
 pub mod reconcile;
 pub mod state;
+pub mod store;
 pub mod telemetry;
 
 pub use app::{App, AppHandle};

@@ -9,6 +9,6 @@ pub mod plan;
 
 pub use plan::{
     AliasMismatch, AttachmentSource, ContractRef, CurrentAttachment, CurrentMembership, KnownContract,
-    KnownOrg, LearnedId, MembershipSource, MembershipType, OrgRef, ParseEnumError, Plan, UserSnapshot,
-    contract_is_full, contract_valid_today, plan, removal_is_authoritative,
+    KnownOrg, LearnedId, MembershipSource, MembershipType, OrgRef, Plan, UserSnapshot, contract_is_full,
+    contract_valid_today, plan, removal_is_authoritative,
 };

@@ -18,119 +18,15 @@
 //!   tell whether it is Keycloak-linked.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::fmt;
-use std::str::FromStr;
 
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Serialize, Serializer};
 use time::Date;
 use uuid::Uuid;
 
 use crate::auth::org_claim::ClaimedOrg;
 use crate::config::Removal;
 
-/// Where a membership came from (SPEC §1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MembershipSource {
-    /// Added by reconciliation from the token's organization claim.
-    Claim,
-    /// Added by redeeming an enrollment code.
-    Code,
-    /// Added through the admin API.
-    Admin,
-}
-
-/// Where a contract attachment came from (SPEC §1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AttachmentSource {
-    /// Attached by reconciliation (an `auto` or `managed` contract of a member organization).
-    Sso,
-    /// Attached by redeeming an enrollment code.
-    Code,
-    /// Attached through the admin API.
-    Admin,
-}
-
-/// How learners get a contract (SPEC §1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MembershipType {
-    /// Every member of the organization, through reconciliation.
-    Auto,
-    /// Every member of the organization, through reconciliation; seats are usually paid.
-    Managed,
-    /// Only learners who redeem an enrollment code.
-    Code,
-}
-
-impl MembershipType {
-    /// `auto` and `managed` contracts are the ones reconciliation attaches and detaches.
-    pub fn is_sso(self) -> bool {
-        matches!(self, Self::Auto | Self::Managed)
-    }
-}
-
-/// A string that names none of an enum's values.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParseEnumError {
-    /// What was being parsed, e.g. `membership_type`.
-    pub what: &'static str,
-    /// The rejected value.
-    pub value: String,
-}
-
-impl fmt::Display for ParseEnumError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unknown {} {:?}", self.what, self.value)
-    }
-}
-
-impl std::error::Error for ParseEnumError {}
-
-/// `as_str` / `FromStr` with the wire names of SPEC §1, for mapping text columns.
-macro_rules! wire_names {
-    ($ty:ident, $what:literal, { $($variant:ident => $name:literal),+ $(,)? }) => {
-        impl $ty {
-            /// The wire and column name.
-            pub fn as_str(self) -> &'static str {
-                match self { $(Self::$variant => $name),+ }
-            }
-        }
-
-        impl FromStr for $ty {
-            type Err = ParseEnumError;
-            fn from_str(s: &str) -> Result<Self, Self::Err> {
-                match s {
-                    $($name => Ok(Self::$variant),)+
-                    _ => Err(ParseEnumError { what: $what, value: s.to_owned() }),
-                }
-            }
-        }
-
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
-
-wire_names!(MembershipSource, "membership source", {
-    Claim => "claim",
-    Code => "code",
-    Admin => "admin",
-});
-wire_names!(AttachmentSource, "attachment source", {
-    Sso => "sso",
-    Code => "code",
-    Admin => "admin",
-});
-wire_names!(MembershipType, "membership_type", {
-    Auto => "auto",
-    Managed => "managed",
-    Code => "code",
-});
+pub use crate::store::model::{AttachmentSource, MembershipSource, MembershipType};
 
 /// An organization the plan may match or touch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -945,7 +841,7 @@ mod tests {
         assert_eq!("sso".parse::<AttachmentSource>(), Ok(AttachmentSource::Sso));
         assert_eq!("claim".parse::<MembershipSource>(), Ok(MembershipSource::Claim));
         let err = "SSO".parse::<AttachmentSource>().unwrap_err();
-        assert_eq!(err.to_string(), "unknown attachment source \"SSO\"");
+        assert_eq!(err.to_string(), "unknown AttachmentSource \"SSO\"");
     }
 
     #[test]

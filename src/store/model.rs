@@ -88,7 +88,7 @@ impl From<&Organization> for NewOrganization {
 }
 
 /// How users come to hold a contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MembershipType {
     /// Every member of the organization, attached on login.
@@ -221,7 +221,7 @@ pub struct Profile {
 }
 
 /// Why a user is a member of an organization.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MembershipSource {
     /// Added by reconciliation from the token's organization claim.
@@ -260,7 +260,7 @@ impl Membership {
 }
 
 /// Why a user holds a contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AttachmentSource {
     /// Attached by reconciliation (an `auto` or `managed` contract of a member organization).
@@ -393,7 +393,7 @@ pub struct CachedJwks {
 }
 
 /// How often an enrollment code can be redeemed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Redemption {
     /// By one user (that user may redeem it again: the answer is "already attached").
     #[serde(rename = "one-time")]
@@ -448,7 +448,7 @@ pub struct NewEnrollmentCode {
 }
 
 /// Where a durable job is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
     /// Waiting for `next_run_at`.

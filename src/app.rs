@@ -75,7 +75,33 @@ impl App {
             Some(url) => Some(crate::proxy::Upstream::new(url, &config.upstream)?),
             None => None,
         };
+        let store = crate::store::Store::connect(config.database_url(), config.database.max_connections)
+            .await
+            .context("cannot open database.url")?;
+        if config.database.migrate_on_start {
+            store.migrate().await.context("database migrations failed")?;
+        }
+        let (signer, ephemeral) = crate::entitlements::Signer::from_files(
+            config.entitlements.signing_key_file.as_deref(),
+            &config.entitlements.previous_key_files,
+        )?;
+        if ephemeral {
+            tracing::warn!(
+                "entitlements.signing_key_file is not set: using an ephemeral signing key; \
+                 replicas will disagree and tokens will not verify after a restart"
+            );
+        }
+        load_persisted_keys(&store, &jwks, &config.oidc.issuer).await;
+        let logins = crate::entitlements::logins::Logins::new(
+            config.cache.max_entries,
+            Duration::from_secs(config.reconcile.max_age_secs),
+        );
+        let last_known = moka::sync::Cache::new(config.cache.max_entries);
         let state = AppState::new(Inner {
+            store,
+            signer,
+            logins,
+            last_known,
             upstream,
             rules: Rules::new(&config.auth.rules),
             trusted_proxies: config.server.trusted_proxies.clone(),
@@ -133,6 +159,38 @@ fn with_request_id(router: Router) -> Router {
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
 }
 
+/// A restart during a Keycloak outage: serve the last good key set from the store (marked
+/// stale) until a fetch succeeds.
+async fn load_persisted_keys(store: &crate::store::Store, jwks: &Jwks, issuer: &str) {
+    let loaded = async {
+        let mut conn = store.conn().await?;
+        crate::store::jwks::load(&mut conn, issuer).await
+    }
+    .await;
+    match loaded {
+        Ok(Some(cached)) => match crate::auth::jwks::KeySet::parse(cached.jwks.as_bytes()) {
+            Ok(set) if !set.is_empty() => jwks.install(set, true),
+            _ => tracing::warn!("the persisted JWKS is unusable; waiting for Keycloak"),
+        },
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the persisted JWKS"),
+    }
+}
+
+/// Persists a freshly fetched JWKS (best effort: the store being down must not stop keys).
+async fn persist_keys(state: &AppState, body: &[u8]) {
+    let Ok(text) = std::str::from_utf8(body) else { return };
+    let saved = async {
+        let mut conn = state.store.conn().await?;
+        crate::store::jwks::save(&mut conn, &state.config.oidc.issuer, text, time::OffsetDateTime::now_utc())
+            .await
+    }
+    .await;
+    if let Err(e) = saved {
+        tracing::warn!(error = %e, "cannot persist the JWKS");
+    }
+}
+
 /// Loads keys at start (retrying with backoff while none are loaded), then refreshes them
 /// every `oidc.jwks_refresh_secs`.
 async fn refresh_keys(state: AppState, stop: CancellationToken) -> anyhow::Result<()> {
@@ -140,7 +198,8 @@ async fn refresh_keys(state: AppState, stop: CancellationToken) -> anyhow::Resul
     let mut backoff = Duration::from_millis(200);
     loop {
         let wait = match state.jwks.refresh().await {
-            Ok(_) => {
+            Ok(body) => {
+                persist_keys(&state, &body).await;
                 backoff = Duration::from_millis(200);
                 every
             }

@@ -88,7 +88,7 @@ pub enum Status {
 }
 
 impl Status {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Status::Authenticated => "authenticated",
             Status::Anonymous => "anonymous",

@@ -12,6 +12,7 @@ pub mod config;
 pub mod entitlements;
 pub mod error;
 pub mod headers;
+pub mod identity;
 pub mod metrics;
 pub mod proxy;
 pub mod public;

@@ -29,6 +29,16 @@ pub struct Metrics {
     pub upstream_responses: Family<Labels, Counter>,
     /// Time to the upstream's response headers.
     pub upstream_latency: Histogram,
+    /// Reconciliations by `result` (ok, error) and whether they `changed` anything.
+    pub reconciliations: Family<Labels, Counter>,
+    /// Changes written by reconciliation, by `kind`.
+    pub reconcile_changes: Family<Labels, Counter>,
+    /// SSO contracts skipped because they were full.
+    pub seat_limit_skips: Counter,
+    /// Claimed organizations that match no known organization.
+    pub unknown_organizations: Counter,
+    /// Store statements issued (a cached login must not move it).
+    pub store_queries: Counter,
 }
 
 impl Default for Metrics {
@@ -64,7 +74,30 @@ impl Metrics {
             "Time to upstream response headers",
             upstream_latency.clone(),
         );
+        let reconciliations = Family::default();
+        registry.register("reconciliations", "Login reconciliations by result", reconciliations.clone());
+        let reconcile_changes = Family::default();
+        registry.register(
+            "reconcile_changes",
+            "Changes written by reconciliation",
+            reconcile_changes.clone(),
+        );
+        let seat_limit_skips = Counter::default();
+        registry.register("seat_limit_skips", "SSO contracts skipped because full", seat_limit_skips.clone());
+        let unknown_organizations = Counter::default();
+        registry.register(
+            "unknown_organizations",
+            "Claimed organizations not known here",
+            unknown_organizations.clone(),
+        );
+        let store_queries = Counter::default();
+        registry.register("store_queries", "Store statements issued", store_queries.clone());
         Metrics {
+            reconciliations,
+            reconcile_changes,
+            seat_limit_skips,
+            unknown_organizations,
+            store_queries,
             registry,
             requests,
             auth_decisions,

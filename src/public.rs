@@ -6,12 +6,15 @@
 //! the proxy strips the client's identity headers and injects them.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::json;
 
 use crate::auth::gate::{Caller, Failure};
@@ -25,7 +28,8 @@ pub fn router(state: AppState) -> Router {
     let prefix = state.config.server.reserved_prefix.trim_end_matches('/').to_owned();
     let router = Router::new()
         .route(&format!("{prefix}/auth"), any(forward_auth))
-        .route(&format!("{prefix}/me"), get(me));
+        .route(&format!("{prefix}/me"), get(me))
+        .route(&format!("{prefix}/jwks.json"), get(entitlement_jwks));
     // Reserved paths the sidecar does not serve stay 404, never proxied.
     let router = router.route(&prefix, any(fallback)).route(&format!("{prefix}/{{*rest}}"), any(fallback));
     if state.upstream.is_some() {
@@ -58,15 +62,12 @@ pub async fn admit(
         // handling whatever the rules say.
         Caller::Anonymous
     } else {
-        state.auth.authenticate(headers).await.map_err(|failure| match failure {
-            Failure::Rejected(reject) => ApiError::InvalidToken(reject),
-            Failure::KeysUnavailable => ApiError::Unavailable {
-                retry_after_secs: 5,
-                detail: "The identity provider's keys are not available yet.".into(),
-            },
-        })?
+        state.auth.authenticate(headers).await.map_err(failure_to_error)?
     };
-    let b2b = B2b::default();
+    let (b2b, status) = match &caller {
+        Caller::Authenticated(p) => state.b2b(p).await?,
+        Caller::Anonymous => (Arc::new(B2b::default()), Status::Anonymous),
+    };
     if !preflight {
         let holdings = match &caller {
             Caller::Anonymous => None,
@@ -87,7 +88,7 @@ pub async fn admit(
     let userinfo = state.config.headers.userinfo;
     let headers = match &caller {
         Caller::Anonymous => headers::render(Status::Anonymous, None, userinfo),
-        Caller::Authenticated(p) => headers::render(Status::Authenticated, Some((p, &b2b)), userinfo),
+        Caller::Authenticated(p) => headers::render(status, Some((p, &b2b)), userinfo),
     };
     Ok(Admission { caller, headers })
 }
@@ -118,30 +119,48 @@ async fn forward_auth(
     response
 }
 
-/// `/_sidecar/me`: the caller's identity and entitlements as JSON.
+/// `/_sidecar/me`: the caller's identity and entitlements as JSON — the claims of the
+/// entitlement token the headers carry, plus the identity status and roles.
 async fn me(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let result = state.auth.authenticate(&headers).await;
-    let response = match result {
-        Ok(Caller::Authenticated(p)) => axum::Json(json!({
-            "sub": p.sub,
-            "email": p.email,
-            "preferred_username": p.preferred_username,
-            "name": p.name,
-            "roles": p.roles,
-            "organizations": [],
-            "contracts": [],
-        }))
-        .into_response(),
-        Ok(Caller::Anonymous) => ApiError::Unauthenticated.into_response(),
-        Err(Failure::Rejected(r)) => ApiError::InvalidToken(r).into_response(),
-        Err(Failure::KeysUnavailable) => ApiError::Unavailable {
-            retry_after_secs: 5,
-            detail: "The identity provider's keys are not available yet.".into(),
-        }
-        .into_response(),
+    let response = match me_json(&state, &headers).await {
+        Ok(body) => axum::Json(body).into_response(),
+        Err(e) => e.into_response(),
     };
     state.count("me", response.status().as_u16());
     response
+}
+
+async fn me_json(state: &AppState, headers: &HeaderMap) -> Result<serde_json::Value, ApiError> {
+    let principal = match state.auth.authenticate(headers).await {
+        Ok(Caller::Authenticated(p)) => p,
+        Ok(Caller::Anonymous) => return Err(ApiError::Unauthenticated),
+        Err(failure) => return Err(failure_to_error(failure)),
+    };
+    let (b2b, status) = state.b2b(&principal).await?;
+    let payload = b2b.entitlements.split('.').nth(1).unwrap_or_default();
+    let mut claims: serde_json::Value = URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_else(|| json!({"sub": principal.sub}));
+    claims["status"] = json!(status.as_str());
+    claims["roles"] = json!(principal.roles);
+    Ok(claims)
+}
+
+/// `/_sidecar/jwks.json`: the entitlement token's public keys.
+pub async fn entitlement_jwks(State(state): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], state.signer.jwks_bytes()).into_response()
+}
+
+fn failure_to_error(failure: Failure) -> ApiError {
+    match failure {
+        Failure::Rejected(reject) => ApiError::InvalidToken(reject),
+        Failure::KeysUnavailable => ApiError::Unavailable {
+            retry_after_secs: 5,
+            detail: "The identity provider's keys are not available yet.".into(),
+        },
+    }
 }
 
 async fn fallback(State(state): State<AppState>) -> Response {

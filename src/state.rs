@@ -36,6 +36,14 @@ pub struct Inner {
     pub metrics: Arc<Metrics>,
     /// The app behind the sidecar, in reverse proxy mode.
     pub upstream: Option<crate::proxy::Upstream>,
+    /// Organizations, contracts, memberships, users, audit, jobs, the persisted JWKS.
+    pub store: crate::store::Store,
+    /// The entitlement token's signing keys; also served as a JWKS on both ports.
+    pub signer: crate::entitlements::Signer,
+    /// Reconciled logins (memory tier) and the invalidation generation.
+    pub logins: crate::entitlements::logins::Logins,
+    /// Last known B2B facts per user, for `reconcile.on_store_error = "degrade"`.
+    pub last_known: moka::sync::Cache<String, Arc<crate::reconcile::apply::Snapshot>>,
 }
 
 impl AppState {

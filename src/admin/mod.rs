@@ -15,6 +15,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/.well-known/jwks.json", get(crate::public::entitlement_jwks))
         .with_state(state)
 }
 
@@ -34,6 +35,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    let counted = state.metrics.store_queries.get();
+    state.metrics.store_queries.inc_by(state.store.queries().saturating_sub(counted));
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],

@@ -4,6 +4,7 @@
 //! build on these types.
 
 pub mod claims;
+pub mod logins;
 pub mod signer;
 
 pub use claims::{EntitledContract, EntitledOrganization, EntitlementClaims, exp_for};

@@ -5,6 +5,7 @@
 //! the store holds for one user and lists the changes. Applying them in one transaction is the
 //! store's job; this module performs no IO.
 
+pub mod apply;
 pub mod plan;
 
 pub use plan::{

@@ -36,14 +36,20 @@ async fn a_valid_token_gets_200_with_identity_headers() {
     assert_eq!(header(&res, "x-identity-username"), "zoe");
     assert_eq!(header(&res, "x-identity-name"), "Zo%C3%AB%2C Q");
     assert_eq!(header(&res, "x-identity-roles"), "app:editor,learner,staff");
-    for empty in [
-        "x-identity-organizations",
-        "x-identity-managed-organizations",
-        "x-identity-contracts",
-        "x-identity-entitlements",
-    ] {
+    // No organization is known locally, so the B2B lists are empty.
+    for empty in ["x-identity-organizations", "x-identity-managed-organizations", "x-identity-contracts"] {
         assert_eq!(header(&res, empty), "", "{empty}");
     }
+    let entitlements = header(&res, "x-identity-entitlements").to_owned();
+    let jwks: jsonwebtoken::jwk::JwkSet =
+        app.get("/_sidecar/jwks.json").send().await.unwrap().json().await.unwrap();
+    let key = jsonwebtoken::DecodingKey::from_jwk(&jwks.keys[0]).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    validation.set_audience(&["apps"]);
+    validation.set_issuer(&["identity-sidecar"]);
+    let claims = jsonwebtoken::decode::<Value>(&entitlements, &key, &validation).unwrap().claims;
+    assert_eq!(claims["sub"], "u-1");
+    assert_eq!(claims["organizations"], json!([]));
     let userinfo: Value = serde_json::from_slice(
         &base64::engine::general_purpose::STANDARD.decode(header(&res, "x-userinfo")).unwrap(),
     )

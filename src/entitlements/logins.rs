@@ -1,0 +1,215 @@
+//! Login detection and the entitlement cache (SPEC §4).
+//!
+//! A *login* is identified by (sub, sid, claimed organization set, removal authority, and the
+//! profile fields the user row records). The first request of a login reconciles it; every
+//! other request of that login is answered from memory and touches no database, until
+//! `reconcile.max_age_secs` passes, the token expires, or an invalidation drops it.
+//!
+//! Invalidations (an admin write, a code redemption) bump `generation`; a reconciliation that
+//! started before the bump does not cache its result, so a write can never be hidden by a
+//! slower, older read. With Redis, invalidations reach every replica (see [`crate::cache`]).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use moka::Expiry;
+use sha2::{Digest, Sha256};
+use time::Date;
+
+use crate::auth::validate::Principal;
+use crate::entitlements::{EntitlementClaims, Signer, exp_for};
+use crate::headers::B2b;
+use crate::reconcile::apply::Snapshot;
+
+/// A login's cache key: a hash of everything that makes it a new login.
+pub type LoginKey = [u8; 32];
+
+/// Computes the login key of a principal.
+pub fn login_key(p: &Principal, authoritative: bool) -> LoginKey {
+    let mut h = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    field(p.sub.as_bytes());
+    field(p.sid.as_deref().unwrap_or("").as_bytes());
+    field(&[u8::from(authoritative)]);
+    for org in &p.organizations.orgs {
+        field(org.alias.as_bytes());
+        field(org.id.map(|id| id.into_bytes()).as_ref().map_or(&[][..], |b| &b[..]));
+    }
+    field(b"|");
+    for v in [&p.email, &p.preferred_username, &p.name] {
+        field(v.as_deref().unwrap_or("").as_bytes());
+    }
+    h.finalize().into()
+}
+
+/// A reconciled login.
+pub struct LoginEntry {
+    pub sub: String,
+    pub snapshot: Arc<Snapshot>,
+    /// Latest token expiry seen for this login; the entry never outlives it.
+    token_exp: u64,
+    /// The last rendered B2B facts (incl. the signed token), reused while still right.
+    rendered: Mutex<Option<Rendered>>,
+}
+
+struct Rendered {
+    b2b: Arc<B2b>,
+    day: Date,
+    /// Expiry of the entitlement token inside `b2b`.
+    jws_exp: u64,
+    /// The access token expiry it was signed for (the JWS never outlives it).
+    token_exp: u64,
+}
+
+struct EntryExpiry {
+    max_age: Duration,
+}
+
+impl Expiry<LoginKey, Arc<LoginEntry>> for EntryExpiry {
+    fn expire_after_create(&self, _: &LoginKey, v: &Arc<LoginEntry>, _: Instant) -> Option<Duration> {
+        let until_exp = Duration::from_secs(v.token_exp.saturating_sub(crate::auth::gate::unix_now()));
+        Some(self.max_age.min(until_exp))
+    }
+}
+
+/// The in-memory tier of reconciled logins.
+pub struct Logins {
+    cache: moka::sync::Cache<LoginKey, Arc<LoginEntry>>,
+    generation: AtomicU64,
+}
+
+impl Logins {
+    pub fn new(max_entries: u64, max_age: Duration) -> Logins {
+        Logins {
+            cache: moka::sync::Cache::builder()
+                .max_capacity(max_entries)
+                .expire_after(EntryExpiry { max_age })
+                .support_invalidation_closures()
+                .build(),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// The invalidation generation; capture it before reading the store.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// A reconciled login, if cached and not past its token's expiry.
+    pub fn get(&self, key: &LoginKey) -> Option<Arc<LoginEntry>> {
+        self.cache.get(key)
+    }
+
+    /// Caches a reconciliation's result unless an invalidation happened since `generation`.
+    pub fn put(
+        &self,
+        key: LoginKey,
+        sub: &str,
+        snapshot: Snapshot,
+        token_exp: u64,
+        generation: u64,
+    ) -> Arc<LoginEntry> {
+        let entry = Arc::new(LoginEntry {
+            sub: sub.to_owned(),
+            snapshot: Arc::new(snapshot),
+            token_exp,
+            rendered: Mutex::new(None),
+        });
+        if self.generation() == generation {
+            self.cache.insert(key, entry.clone());
+        }
+        entry
+    }
+
+    /// Drops every cached login (any organization or contract write).
+    pub fn invalidate_all(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.cache.invalidate_all();
+    }
+
+    /// Drops one user's cached logins (admin change to the user, code redemption).
+    pub fn invalidate_user(&self, sub: &str) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        let sub = sub.to_owned();
+        // Only fails when closures are not enabled, which `new` does.
+        let _ = self.cache.invalidate_entries_if(move |_, v| v.sub == sub);
+    }
+
+    /// Number of cached logins (metrics, memory benchmark).
+    pub fn len(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.entry_count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What the entitlement token and the headers are built from.
+pub struct RenderContext<'a> {
+    pub signer: &'a Signer,
+    pub issuer: &'a str,
+    pub audience: &'a str,
+    pub ttl_secs: u64,
+}
+
+impl LoginEntry {
+    /// The B2B facts for this request: contracts valid `today`, and a signed entitlement
+    /// token, re-signed only when the day changed, half its lifetime passed, or this access
+    /// token expires sooner than the one it was signed for.
+    pub fn b2b(&self, principal: &Principal, ctx: &RenderContext<'_>, now: u64, today: Date) -> Arc<B2b> {
+        let mut slot = self.rendered.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = slot.as_ref()
+            && r.day == today
+            && r.token_exp <= principal.exp
+            && r.jws_exp > now + ctx.ttl_secs / 2
+            && r.jws_exp <= principal.exp
+        {
+            return r.b2b.clone();
+        }
+        let b2b = Arc::new(render(&self.snapshot, principal, ctx, now, today));
+        let jws_exp = exp_for(now, ctx.ttl_secs, principal.exp);
+        *slot = Some(Rendered { b2b: b2b.clone(), day: today, jws_exp, token_exp: principal.exp });
+        b2b
+    }
+}
+
+/// Renders the B2B facts and signs the entitlement token.
+pub fn render(snapshot: &Snapshot, p: &Principal, ctx: &RenderContext<'_>, now: u64, today: Date) -> B2b {
+    let contracts: Vec<_> = snapshot.valid_contracts(today).cloned().collect();
+    let claims = EntitlementClaims {
+        iss: ctx.issuer.to_owned(),
+        aud: ctx.audience.to_owned(),
+        sub: p.sub.clone(),
+        iat: now,
+        exp: exp_for(now, ctx.ttl_secs, p.exp),
+        email: p.email.clone(),
+        preferred_username: p.preferred_username.clone(),
+        name: p.name.clone(),
+        organizations: snapshot.organizations.clone(),
+        contracts: contracts.clone(),
+    };
+    let entitlements = match ctx.signer.sign(&claims) {
+        Ok(jws) => jws,
+        Err(e) => {
+            tracing::error!(error = %e, "signing the entitlement token failed");
+            String::new()
+        }
+    };
+    B2b {
+        organizations: snapshot.organizations.iter().map(|o| o.key.clone()).collect(),
+        managed_organizations: snapshot
+            .organizations
+            .iter()
+            .filter(|o| o.manager)
+            .map(|o| o.key.clone())
+            .collect(),
+        contracts: contracts.iter().map(|c| c.key.clone()).collect(),
+        entitlements,
+    }
+}

@@ -1,0 +1,252 @@
+//! Reconciliation against the store: load what the plan needs, plan, apply, all in one
+//! transaction that starts by locking the user's row (`Store::begin_user`), so two replicas
+//! reconciling the same user at once run one after the other and never duplicate or lose a
+//! row. Seats are re-checked atomically by `attachments::attach` whatever the plan predicted.
+
+use serde::Serialize;
+use time::Date;
+
+use crate::auth::org_claim::ClaimedOrg;
+use crate::entitlements::{EntitledContract, EntitledOrganization};
+use crate::reconcile::plan::{
+    ContractRef, CurrentAttachment, CurrentMembership, KnownContract, KnownOrg, Plan, UserSnapshot, plan,
+};
+use crate::store::model::{
+    AttachOutcome, AttachmentSource, Membership, MembershipSource, NewAuditEvent, Profile,
+};
+use crate::store::{Store, StoreError, Tx, attachments, audit, memberships, organizations};
+
+/// A user's B2B facts after reconciliation: what headers and the entitlement token show.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    /// Sorted by key.
+    pub organizations: Vec<EntitledOrganization>,
+    /// Every attached contract with what validity needs; filtered per request.
+    pub contracts: Vec<HeldContract>,
+}
+
+/// An attached contract; whether it counts is judged when headers are served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct HeldContract {
+    pub contract: EntitledContract,
+    pub active: bool,
+}
+
+impl Snapshot {
+    /// Contracts valid on `today`, sorted by key.
+    pub fn valid_contracts(&self, today: Date) -> impl Iterator<Item = &EntitledContract> {
+        self.contracts
+            .iter()
+            .filter(move |c| {
+                crate::reconcile::plan::contract_valid_today(
+                    c.active,
+                    c.contract.starts_on,
+                    c.contract.ends_on,
+                    today,
+                )
+            })
+            .map(|c| &c.contract)
+    }
+}
+
+/// What a reconciliation did (the admin API's answer; the login path counts it).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Outcome {
+    pub plan: Plan,
+    /// Contracts the plan wanted to attach but the atomic seat check refused.
+    pub full_at_apply: Vec<ContractRef>,
+    /// Whether anything was written.
+    pub changed: bool,
+}
+
+/// Who causes a change, for audit events: `login`, `admin:<who>`, `code`.
+#[derive(Debug, Clone)]
+pub struct Actor(pub String);
+
+/// Reconciles one user in one transaction. With `dry_run`, plans and rolls back.
+#[allow(clippy::too_many_arguments, reason = "each input is a distinct fact of the login")]
+pub async fn reconcile_user(
+    store: &Store,
+    sub: &str,
+    profile: Option<&Profile>,
+    claimed: &[ClaimedOrg],
+    authoritative: bool,
+    today: Date,
+    actor: &Actor,
+    dry_run: bool,
+) -> Result<(Outcome, Snapshot), StoreError> {
+    let (mut tx, _user) = store.begin_user(sub, profile).await?;
+    let ids: Vec<uuid::Uuid> = claimed.iter().filter_map(|c| c.id).collect();
+    let aliases: Vec<String> = claimed.iter().map(|c| c.alias.clone()).collect();
+    let state = crate::store::reconcile::load(&mut tx, sub, &ids, &aliases).await?;
+    let before = to_plan_input(&state);
+    let plan = plan(claimed, authoritative, &before, today);
+    let mut outcome = Outcome { changed: !plan.is_empty(), ..Outcome::default() };
+    if dry_run {
+        tx.rollback().await?;
+        outcome.plan = plan;
+        return Ok((outcome, snapshot(&state.memberships, &state.attachments)));
+    }
+    outcome.full_at_apply = apply(&mut tx, sub, &plan, actor).await?;
+    let after_memberships = memberships::list_for_user(&mut tx, sub).await?;
+    let after_attachments = attachments::list_for_user(&mut tx, sub).await?;
+    tx.commit().await?;
+    outcome.plan = plan;
+    Ok((outcome, snapshot(&after_memberships, &after_attachments)))
+}
+
+/// Reads a user's current snapshot without reconciling (degraded paths, admin views).
+pub async fn current_snapshot(store: &Store, sub: &str) -> Result<Snapshot, StoreError> {
+    let mut conn = store.conn().await?;
+    let m = memberships::list_for_user(&mut conn, sub).await?;
+    let a = attachments::list_for_user(&mut conn, sub).await?;
+    Ok(snapshot(&m, &a))
+}
+
+fn to_plan_input(state: &crate::store::reconcile::ReconcileState) -> UserSnapshot {
+    let mut organizations: Vec<KnownOrg> = state
+        .claimed
+        .iter()
+        .map(|o| KnownOrg {
+            id: o.id,
+            key: o.key.clone(),
+            keycloak_id: o.keycloak_id,
+            keycloak_alias: o.keycloak_alias.clone(),
+        })
+        .collect();
+    for m in &state.memberships {
+        if !organizations.iter().any(|o| o.id == m.organization_id) {
+            organizations.push(KnownOrg {
+                id: m.organization_id,
+                key: m.organization.clone(),
+                keycloak_id: m.keycloak_id,
+                keycloak_alias: m.keycloak_alias.clone(),
+            });
+        }
+    }
+    UserSnapshot {
+        organizations,
+        memberships: state
+            .memberships
+            .iter()
+            .map(|m| CurrentMembership {
+                organization_id: m.organization_id,
+                keep_until_seen: m.keep_until_seen,
+                manager: m.manager,
+                source: m.source,
+            })
+            .collect(),
+        contracts: state
+            .sso_contracts
+            .iter()
+            .map(|c| KnownContract {
+                id: c.id,
+                key: c.key.clone(),
+                organization_id: c.organization_id,
+                membership_type: c.membership_type,
+                active: c.active,
+                starts_on: c.starts_on,
+                ends_on: c.ends_on,
+                max_learners: c.max_learners,
+                seats_used: c.seats_used,
+            })
+            .collect(),
+        attachments: state
+            .attachments
+            .iter()
+            .map(|a| CurrentAttachment { contract_id: a.contract_id, source: a.source })
+            .collect(),
+    }
+}
+
+/// Writes the plan; returns the contracts the atomic seat check refused.
+async fn apply(tx: &mut Tx, sub: &str, plan: &Plan, actor: &Actor) -> Result<Vec<ContractRef>, StoreError> {
+    let event =
+        |action: &str, organization: Option<&str>, contract: Option<&str>, reason: &str| NewAuditEvent {
+            actor: actor.0.clone(),
+            action: action.to_owned(),
+            sub: Some(sub.to_owned()),
+            organization: organization.map(str::to_owned),
+            contract: contract.map(str::to_owned),
+            reason: Some(reason.to_owned()),
+            detail: None,
+        };
+    for learned in &plan.learn_keycloak_ids {
+        organizations::set_keycloak_id(tx, learned.organization.id, learned.keycloak_id).await?;
+        let e =
+            event("organization.learn_keycloak_id", Some(&learned.organization.key), None, "claimed with id");
+        audit::insert(tx, &e).await?;
+    }
+    for org in &plan.add_memberships {
+        if memberships::add(tx, sub, org.id, MembershipSource::Claim, false, false).await? {
+            audit::insert(tx, &event("membership.add", Some(&org.key), None, "claimed")).await?;
+        }
+    }
+    for org in &plan.unflag_memberships {
+        memberships::set_flags(tx, sub, org.id, Some(false), None).await?;
+        audit::insert(tx, &event("membership.unflag", Some(&org.key), None, "seen in claim")).await?;
+    }
+    for contract in &plan.detach_contracts {
+        if attachments::detach(tx, sub, contract.id).await? {
+            let e = event("attachment.remove", None, Some(&contract.key), "organization no longer claimed");
+            audit::insert(tx, &e).await?;
+        }
+    }
+    for org in &plan.remove_memberships {
+        if memberships::delete(tx, sub, org.id).await? {
+            audit::insert(tx, &event("membership.remove", Some(&org.key), None, "not claimed")).await?;
+        }
+    }
+    for contract in &plan.skipped_full {
+        audit::insert(tx, &event("attachment.skipped_full", None, Some(&contract.key), "contract full"))
+            .await?;
+    }
+    // Ascending contract id: concurrent transactions lock contract rows in one order.
+    let mut attach: Vec<&ContractRef> = plan.attach_contracts.iter().collect();
+    attach.sort_by_key(|c| c.id);
+    let mut full = Vec::new();
+    for contract in attach {
+        match attachments::attach(tx, sub, contract.id, AttachmentSource::Sso).await? {
+            AttachOutcome::Attached => {
+                audit::insert(tx, &event("attachment.add", None, Some(&contract.key), "sso contract"))
+                    .await?;
+            }
+            AttachOutcome::AlreadyAttached => {}
+            AttachOutcome::Full => {
+                let e = event("attachment.skipped_full", None, Some(&contract.key), "contract full");
+                audit::insert(tx, &e).await?;
+                full.push(contract.clone());
+            }
+        }
+    }
+    Ok(full)
+}
+
+/// The header/token view of memberships and attachments.
+pub fn snapshot(memberships: &[Membership], attachments: &[crate::store::model::Attachment]) -> Snapshot {
+    let mut organizations: Vec<EntitledOrganization> = memberships
+        .iter()
+        .map(|m| EntitledOrganization {
+            key: m.organization.clone(),
+            name: m.organization_name.clone(),
+            keycloak_id: m.keycloak_id,
+            manager: m.manager,
+        })
+        .collect();
+    organizations.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut contracts: Vec<HeldContract> = attachments
+        .iter()
+        .map(|a| HeldContract {
+            contract: EntitledContract {
+                key: a.contract.clone(),
+                organization: a.organization.clone(),
+                membership_type: a.membership_type,
+                starts_on: a.starts_on,
+                ends_on: a.ends_on,
+            },
+            active: a.active,
+        })
+        .collect();
+    contracts.sort_by(|a, b| a.contract.key.cmp(&b.contract.key));
+    Snapshot { organizations, contracts }
+}

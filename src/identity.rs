@@ -100,3 +100,17 @@ impl AppState {
         m.unknown_organizations.inc_by(plan.unknown_count() as u64);
     }
 }
+
+impl AppState {
+    /// An organization or contract changed: every cached login is stale (on every replica
+    /// once the Redis bus carries it).
+    pub async fn invalidate_all(&self) {
+        self.logins.invalidate_all();
+    }
+
+    /// One user's memberships or attachments changed outside a login (admin, code).
+    pub async fn invalidate_user(&self, sub: &str) {
+        self.logins.invalidate_user(sub);
+        self.last_known.invalidate(sub);
+    }
+}

@@ -16,6 +16,15 @@ pub struct TestApp {
     handle: Option<AppHandle>,
     /// Keeps the SQLite file (and anything else on disk) alive as long as the app.
     pub dir: tempfile::TempDir,
+    /// The app's database URL (a SQLite file in `dir`, or a PostgreSQL test database).
+    pub database_url: String,
+}
+
+/// Which database a test app runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
 }
 
 /// Config pairs every test app starts from: the fake Keycloak as issuer, audience `app`,
@@ -60,11 +69,18 @@ impl TestApp {
             let db = dir.path().join("sidecar.db");
             env.push(("SIDECAR__DATABASE__URL".into(), format!("sqlite://{}?mode=rwc", db.display())));
         }
+        let database_url =
+            env.iter().find(|(k, _)| k == "SIDECAR__DATABASE__URL").map(|(_, v)| v.clone()).unwrap();
         let config = Config::load(None, env).expect("test config is valid");
         let app = App::build(config).await.expect("app builds");
         let (public, admin) = (app.public_addr(), app.admin_addr());
         let http = reqwest::Client::builder().no_proxy().build().expect("client");
-        TestApp { public, admin, http, handle: Some(app.spawn()), dir }
+        TestApp { public, admin, http, handle: Some(app.spawn()), dir, database_url }
+    }
+
+    /// A store handle on the app's own database, for seeding and asserting on rows.
+    pub async fn store(&self) -> identity_sidecar::store::Store {
+        identity_sidecar::store::Store::connect(&self.database_url, 2).await.expect("test store connects")
     }
 
     pub async fn wait_ready(&self, within: Duration) {

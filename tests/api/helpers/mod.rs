@@ -70,12 +70,13 @@ pub mod app;
 pub mod binary;
 pub mod keycloak;
 pub mod keys;
+pub mod pg;
 pub mod tokens;
 pub mod upstream;
 
 // The short paths tests import; some are only named by tests the lead is still writing.
 #[allow(unused_imports, reason = "re-exports for tests not written yet")]
-pub use app::{TestApp, base_env, metric, set};
+pub use app::{Db, TestApp, base_env, metric, set};
 #[allow(unused_imports, reason = "re-exports for tests not written yet")]
 pub use keycloak::{FakeKeycloak, Kid, Mode};
 #[allow(unused_imports, reason = "re-exports for tests not written yet")]

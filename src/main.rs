@@ -24,6 +24,8 @@ struct Cli {
 enum Command {
     /// Serve the public and admin ports (the default).
     Serve,
+    /// Apply database migrations and exit (for a migration Job or init container).
+    Migrate,
     /// Print the effective configuration, secrets redacted, and exit.
     CheckConfig,
 }
@@ -40,6 +42,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::CheckConfig => config.redacted_toml().map(|t| print!("{t}")),
         Command::Serve => run(serve(config)),
+        Command::Migrate => run(migrate(config)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -65,6 +68,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         stop.cancel();
     });
     handle.wait().await
+}
+
+async fn migrate(config: Config) -> anyhow::Result<()> {
+    identity_sidecar::telemetry::init(&config.log)?;
+    let store =
+        identity_sidecar::store::Store::connect(config.database_url(), config.database.max_connections)
+            .await?;
+    store.migrate().await?;
+    tracing::info!("migrations applied");
+    Ok(())
 }
 
 async fn wait_for_signal() {

@@ -533,3 +533,22 @@ async fn a_config_with_an_unknown_key_or_no_audience_refuses_to_start() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("audience"));
 }
+
+#[tokio::test]
+async fn migrate_applies_the_schema_and_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/m.db?mode=rwc", dir.path().display());
+    for _ in 0..2 {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_identity-sidecar"))
+            .arg("migrate")
+            .env("SIDECAR__OIDC__ISSUER", "https://kc/realms/r")
+            .env("SIDECAR__OIDC__AUDIENCES", r#"["app"]"#)
+            .env("SIDECAR__DATABASE__URL", &url)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let store = identity_sidecar::store::Store::connect(&url, 1).await.unwrap();
+    let mut conn = store.conn().await.unwrap();
+    assert_eq!(identity_sidecar::store::organizations::count(&mut conn).await.unwrap(), 0);
+}

@@ -5,4 +5,5 @@
 
 mod harness_selftest;
 mod helpers;
+mod nginx;
 mod token_gate;

@@ -5,3 +5,4 @@
 
 mod harness_selftest;
 mod helpers;
+mod proxy;

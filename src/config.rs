@@ -78,7 +78,8 @@ impl Default for ServerConfig {
 pub struct UpstreamConfig {
     /// The app behind the sidecar; unset = forward-auth only.
     pub url: Option<String>,
-    /// Time allowed for the upstream's response headers (not its body).
+    /// Time allowed for the upstream's response headers, counted from when the request body
+    /// last moved (a slow upload is not cut; neither is a response body).
     pub timeout_secs: u64,
     /// Time allowed to open a connection to the upstream.
     pub connect_timeout_secs: u64,

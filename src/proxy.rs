@@ -4,13 +4,19 @@
 //! Header discipline, in order: drop hop-by-hop headers (including those named by
 //! `Connection`), strip every client-sent identity header, inject the fresh set, set
 //! `X-Forwarded-*` (appended to only for trusted peers). WebSocket upgrades are tunnelled.
+//! `upstream.timeout_secs` bounds the wait for response headers after the request body last
+//! moved; it never cuts a response body, a slow upload or a WebSocket.
 //! Dropping the handler future (client gone) drops the upstream request with it.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use axum::body::Body;
+use anyhow::Context as _;
+use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::uri::{PathAndQuery, Scheme};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
@@ -68,9 +74,12 @@ impl Upstream {
 }
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// `Proxy-Connection` was never standard, but old clients and some apps still send it, and
+/// RFC 9110 §7.6.1 lists it among the fields an intermediary should remove.
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
@@ -179,13 +188,14 @@ async fn proxy(
     parts.uri = target;
     // The upstream speaks HTTP/1.1 whatever the client spoke.
     parts.version = axum::http::Version::HTTP_11;
-    let outbound = axum::http::Request::from_parts(parts, body);
-
     let started = Instant::now();
-    let sent = tokio::time::timeout(upstream.timeout, upstream.client.request(outbound)).await;
+    let progress = Progress::new(started);
+    let outbound = axum::http::Request::from_parts(parts, Body::new(progress.track(body)));
+
+    let sent = await_headers(upstream.client.request(outbound), &progress, upstream.timeout).await;
     state.metrics.upstream_latency.observe(started.elapsed().as_secs_f64());
     let mut response = match sent {
-        Err(_) => {
+        Err(TimedOut) => {
             state.upstream_outcome("timeout");
             return Err(ApiError::GatewayTimeout);
         }
@@ -220,6 +230,87 @@ async fn proxy(
     Ok(Response::from_parts(parts, Body::new(body)))
 }
 
+/// The response-header timeout ran out.
+struct TimedOut;
+
+/// Waits for the upstream's response headers. The timeout runs from the moment the request
+/// body last moved (or from the start, for a body sent at once): an upload that keeps
+/// flowing is not cut however long it takes, while an upstream that stops reading it, or
+/// that has it all and stays silent, is given up on after `timeout`.
+async fn await_headers<F: std::future::Future>(
+    pending: F,
+    progress: &Progress,
+    timeout: Duration,
+) -> Result<F::Output, TimedOut> {
+    let mut pending = std::pin::pin!(pending);
+    loop {
+        let deadline = tokio::time::Instant::from_std(progress.last() + timeout);
+        tokio::select! {
+            result = &mut pending => return Ok(result),
+            _ = tokio::time::sleep_until(deadline) => {
+                if progress.last() + timeout <= Instant::now() {
+                    return Err(TimedOut);
+                }
+            }
+        }
+    }
+}
+
+/// When the outbound request body last yielded a frame (or ended), shared between the body
+/// (which hyper polls only as fast as the upstream accepts data) and [`await_headers`].
+#[derive(Clone)]
+struct Progress {
+    origin: Instant,
+    /// Milliseconds after `origin`.
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Progress {
+    fn new(origin: Instant) -> Progress {
+        Progress { origin, last_ms: Arc::new(AtomicU64::new(0)) }
+    }
+
+    fn last(&self) -> Instant {
+        self.origin + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+
+    fn track(&self, inner: Body) -> Tracked {
+        Tracked { inner, progress: self.clone() }
+    }
+}
+
+/// A request body that reports each frame to its [`Progress`].
+struct Tracked {
+    inner: Body,
+    progress: Progress,
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if polled.is_ready() {
+            let elapsed = u64::try_from(self.progress.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+            self.progress.last_ms.store(elapsed, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    // Keeps an exact length exact, so the upstream gets Content-Length rather than chunks.
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 impl AppState {
     fn upstream_outcome(&self, outcome: &'static str) {
         self.metrics.upstream_responses.get_or_create(&vec![("outcome", outcome)]).inc();
@@ -237,6 +328,7 @@ mod tests {
         h.insert("x-custom", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
         h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);

@@ -6,4 +6,5 @@
 mod harness_selftest;
 mod helpers;
 mod nginx;
+mod proxy;
 mod token_gate;

@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
+use crate::helpers::binary::Binary;
 use crate::helpers::upstream::{HOP_RESPONSE_HEADERS, big_body, sha256_hex};
 use crate::helpers::{
     Echo, EchoUpstream, FakeKeycloak, HangingServer, TestApp, base_env, closed_port, metric, set,
@@ -827,17 +828,11 @@ async fn in_flight_proxied_requests_complete_during_a_graceful_shutdown() {
 async fn the_binary_drains_an_in_flight_request_on_sigterm_and_exits_zero() {
     let kc = FakeKeycloak::start().await;
     let upstream = EchoUpstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let public_port = closed_port();
-    let admin_port = std::iter::repeat_with(closed_port).find(|p| *p != public_port).unwrap();
-    let config = dir.path().join("sidecar.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
+    let mut bin = Binary::start(&format!(
+        r#"
 [server]
-listen = "127.0.0.1:{public_port}"
-admin_listen = "127.0.0.1:{admin_port}"
+listen = "127.0.0.1:{{public}}"
+admin_listen = "127.0.0.1:{{admin}}"
 shutdown_grace_secs = 10
 
 [upstream]
@@ -848,72 +843,34 @@ issuer = "{issuer}"
 audiences = ["app"]
 
 [database]
-url = "sqlite://{db}?mode=rwc"
+url = "sqlite://{{dir}}/sidecar.db?mode=rwc"
 
 [log]
 format = "json"
 level = "info"
 "#,
-            upstream = upstream.url(),
-            issuer = kc.issuer(),
-            db = dir.path().join("sidecar.db").display(),
-        ),
-    )
-    .unwrap();
-    let log_path = dir.path().join("sidecar.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_identity-sidecar"));
-    command
-        .arg("--config")
-        .arg(&config)
-        .arg("serve")
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .kill_on_drop(true);
-    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("SIDECAR")) {
-        command.env_remove(key);
-    }
-    let mut child = command.spawn().expect("the binary starts");
-    let show_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+        upstream = upstream.url(),
+        issuer = kc.issuer(),
+    ));
+    bin.wait_ready(Duration::from_secs(20)).await;
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-
-    let ready = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            let res = http.get(format!("http://127.0.0.1:{admin_port}/readyz")).send().await;
-            if res.is_ok_and(|r| r.status() == 200) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-    assert!(ready.is_ok(), "the binary did not become ready; its log:\n{}", show_log());
 
     let token = kc.token().sub("draining").sign();
     let in_flight = tokio::spawn({
-        let request = http
-            .get(format!("http://127.0.0.1:{public_port}/_test/slow-chunks?n=5&ms=300"))
-            .bearer_auth(&token)
-            .send();
+        let request = http.get(bin.url("/_test/slow-chunks?n=5&ms=300")).bearer_auth(&token).send();
         async move {
             let res = request.await?;
             Ok::<_, reqwest::Error>((res.status(), res.text().await?))
         }
     });
     wait_for_requests(&upstream, 1).await;
-    let pid = child.id().expect("running").to_string();
-    let kill = std::process::Command::new("kill").arg("-TERM").arg(&pid).status().unwrap();
-    assert!(kill.success());
+    bin.terminate();
 
-    let (status, body) = in_flight.await.unwrap().unwrap_or_else(|e| panic!("{e}; log:\n{}", show_log()));
+    let (status, body) = in_flight.await.unwrap().unwrap_or_else(|e| panic!("{e}; log:\n{}", bin.stderr()));
     assert_eq!(status, 200);
     assert_eq!(body, "chunk 0\nchunk 1\nchunk 2\nchunk 3\nchunk 4\n");
-    let exit = tokio::time::timeout(Duration::from_secs(15), child.wait())
-        .await
-        .unwrap_or_else(|_| panic!("the binary did not exit; log:\n{}", show_log()))
-        .unwrap();
-    assert_eq!(exit.code(), Some(0), "log:\n{}", show_log());
+    let exit = bin.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(exit.code(), Some(0), "log:\n{}", bin.stderr());
 }
 
 #[tokio::test]

@@ -30,14 +30,17 @@ impl Binary {
             .replace("{dir}", &dir.path().display().to_string());
         let config: PathBuf = dir.path().join("config.toml");
         std::fs::write(&config, text).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_identity-sidecar"))
-            .arg("--config")
-            .arg(&config)
-            .arg("serve")
-            .env_remove("RUST_LOG")
+        // Logs go to a file, not a pipe nobody drains (a full pipe would block the process).
+        let log = std::fs::File::create(dir.path().join("sidecar.log")).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_identity-sidecar"));
+        command.arg("--config").arg(&config).arg("serve").env_remove("RUST_LOG");
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("SIDECAR")) {
+            command.env_remove(key);
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(log)
             .spawn()
             .expect("the binary starts");
         Binary { child, public, admin, dir }
@@ -63,7 +66,6 @@ impl Binary {
                 panic!("the binary exited early with {status}: {}", self.stderr());
             }
             if tokio::time::Instant::now() > deadline {
-                let _ = self.child.kill();
                 panic!("the binary did not become ready: {}", self.stderr());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -88,15 +90,9 @@ impl Binary {
         }
     }
 
-    /// Everything the process wrote to stderr so far (after it exited or was killed).
+    /// Everything the process logged (stderr) so far.
     pub fn stderr(&mut self) -> String {
-        use std::io::Read;
-        let mut out = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = self.child.kill();
-            let _ = e.read_to_string(&mut out);
-        }
-        out
+        std::fs::read_to_string(self.dir.path().join("sidecar.log")).unwrap_or_default()
     }
 }
 

@@ -134,6 +134,13 @@ fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr, trusted: bool) {
     let proto = keep(headers, &proto_name).unwrap_or(HeaderValue::from_static("http"));
     let host = keep(headers, &host_name).or_else(|| headers.get(header::HOST).cloned());
     headers.remove(&for_name);
+    if !trusted {
+        // Other spellings of the same claims, which apps also read: only a trusted proxy
+        // may state them.
+        for name in ["forwarded", "x-real-ip", "x-forwarded-port"] {
+            headers.remove(name);
+        }
+    }
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert(for_name, v);
     }
@@ -346,8 +353,14 @@ mod tests {
         assert_eq!(trusted["x-forwarded-for"], "1.2.3.4, 10.0.0.5");
         assert_eq!(trusted["x-forwarded-proto"], "https");
         assert_eq!(trusted["x-forwarded-host"], "app.example");
+        h.insert("forwarded", HeaderValue::from_static("for=1.2.3.4"));
+        h.insert("x-real-ip", HeaderValue::from_static("1.2.3.4"));
+        let mut kept = h.clone();
+        set_forwarded(&mut kept, peer, true);
+        assert_eq!(kept["x-real-ip"], "1.2.3.4");
         set_forwarded(&mut h, peer, false);
         assert_eq!(h["x-forwarded-for"], "10.0.0.5");
         assert_eq!(h["x-forwarded-proto"], "http");
+        assert!(!h.contains_key("forwarded") && !h.contains_key("x-real-ip"));
     }
 }

@@ -5,4 +5,5 @@
 
 mod harness_selftest;
 mod helpers;
+mod redis;
 mod token_gate;

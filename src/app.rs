@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::http::{HeaderName, Request};
+use secrecy::ExposeSecret as _;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -97,11 +98,24 @@ impl App {
             Duration::from_secs(config.reconcile.max_age_secs),
         );
         let last_known = moka::sync::Cache::new(config.cache.max_entries);
+        let shared = match &config.cache.redis_url {
+            Some(url) => {
+                let shared = crate::cache::SharedCache::new(url.expose_secret(), metrics.clone())?;
+                if !shared.ping().await {
+                    tracing::warn!(
+                        "cache.redis_url: Redis does not answer; caching in memory only until it does"
+                    );
+                }
+                Some(Arc::new(shared))
+            }
+            None => None,
+        };
         let state = AppState::new(Inner {
             store,
             signer,
             logins,
             last_known,
+            shared,
             upstream,
             rules: Rules::new(&config.auth.rules),
             trusted_proxies: config.server.trusted_proxies.clone(),
@@ -141,6 +155,10 @@ impl App {
             });
         }
         tasks.spawn(refresh_keys(self.state.clone(), shutdown.clone()));
+        if let Some(shared) = self.state.shared.clone() {
+            let state = self.state.clone();
+            tasks.spawn(shared.run_subscriber(move |inv| state.apply_invalidation(inv), shutdown.clone()));
+        }
         tracing::info!(%public_addr, %admin_addr, "identity-sidecar serving");
         AppHandle { shutdown, tasks, public_addr, admin_addr, grace }
     }

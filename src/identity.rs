@@ -1,6 +1,7 @@
 //! From a verified principal to its B2B facts: the cached login when there is one, else a
 //! reconciliation (SPEC §4), else — when the store is down — the last known facts marked
-//! `stale` or a 503, as `reconcile.on_store_error` says.
+//! `stale` or a 503, as `reconcile.on_store_error` says. With Redis, a login missing from
+//! memory is looked up in the shared tier before it is reconciled (see [`crate::cache`]).
 
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use time::OffsetDateTime;
 
 use crate::auth::gate::unix_now;
 use crate::auth::validate::Principal;
+use crate::cache::{Invalidation, Lookup};
 use crate::config::OnStoreError;
 use crate::entitlements::logins::{RenderContext, login_key, render};
 use crate::error::ApiError;
@@ -38,7 +40,24 @@ impl AppState {
         }
         self.metrics.cache.get_or_create(&vec![("cache", "login"), ("result", "miss")]).inc();
 
+        // Captured before anything is read (Redis or the store): an invalidation from here on
+        // keeps what is read out of the memory tier.
         let generation = self.logins.generation();
+        let mut epochs = None;
+        if let Some(shared) = &self.shared {
+            match shared.lookup(&key, &p.sub).await {
+                Lookup::Hit(login) => {
+                    // Reconciled by another replica: its deadline stays, so the login is still
+                    // reconciled again `max_age_secs` after that replica did it.
+                    let until = p.exp.min(login.expires_at);
+                    let entry = self.logins.put(key, &p.sub, login.snapshot, until, generation);
+                    self.last_known.insert(p.sub.clone(), entry.snapshot.clone());
+                    return Ok((entry.b2b(p, &self.render_context(), now, today), Status::Authenticated));
+                }
+                Lookup::Miss(current) => epochs = Some(current),
+                Lookup::Unavailable => {}
+            }
+        }
         let profile =
             Profile { email: p.email.clone(), username: p.preferred_username.clone(), name: p.name.clone() };
         let actor = Actor("login".into());
@@ -57,6 +76,10 @@ impl AppState {
             Ok((outcome, snapshot)) => {
                 self.count_reconciliation(&outcome);
                 self.last_known.insert(p.sub.clone(), Arc::new(snapshot.clone()));
+                if let (Some(shared), Some(epochs)) = (&self.shared, epochs) {
+                    let until = p.exp.min(now.saturating_add(reconcile.max_age_secs));
+                    shared.store(&key, &p.sub, &snapshot, epochs, until).await;
+                }
                 let entry = self.logins.put(key, &p.sub, snapshot, p.exp, generation);
                 Ok((entry.b2b(p, &self.render_context(), now, today), Status::Authenticated))
             }
@@ -102,15 +125,37 @@ impl AppState {
 }
 
 impl AppState {
-    /// An organization or contract changed: every cached login is stale (on every replica
-    /// once the Redis bus carries it).
+    /// An organization or contract changed: every cached login is stale, here and — through
+    /// Redis, when configured — on every replica. Call it after the write committed.
     pub async fn invalidate_all(&self) {
-        self.logins.invalidate_all();
+        self.invalidate(Invalidation::All).await;
     }
 
-    /// One user's memberships or attachments changed outside a login (admin, code).
+    /// One user's memberships or attachments changed outside a login (admin, code): that
+    /// user's cached logins are stale everywhere. Call it after the write committed.
     pub async fn invalidate_user(&self, sub: &str) {
-        self.logins.invalidate_user(sub);
-        self.last_known.invalidate(sub);
+        self.invalidate(Invalidation::User(sub.to_owned())).await;
+    }
+
+    /// Redis first, memory second: a request here that misses memory in between must not
+    /// find the old Redis entry still current and put it back into memory (its generation,
+    /// captured before its Redis lookup, predates the memory bump, so `Logins::put` refuses).
+    async fn invalidate(&self, inv: Invalidation) {
+        if let Some(shared) = &self.shared {
+            shared.publish(&inv).await;
+        }
+        self.apply_invalidation(&inv);
+    }
+
+    /// Applies an invalidation to this process's memory only (the Redis subscriber calls it
+    /// for other replicas' invalidations).
+    pub fn apply_invalidation(&self, inv: &Invalidation) {
+        match inv {
+            Invalidation::All => self.logins.invalidate_all(),
+            Invalidation::User(sub) => {
+                self.logins.invalidate_user(sub);
+                self.last_known.invalidate(sub);
+            }
+        }
     }
 }

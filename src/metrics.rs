@@ -23,7 +23,7 @@ pub struct Metrics {
     pub jwks_fetches: Family<Labels, Counter>,
     /// 1 while the key set in use came from the store, not from Keycloak.
     pub jwks_stale: Gauge,
-    /// Cache lookups by `cache` (token, login) and `result` (hit, miss).
+    /// Cache lookups by `cache` (token, login, redis) and `result` (hit, miss).
     pub cache: Family<Labels, Counter>,
     /// Upstream responses by status `class` (2xx …, or error kinds).
     pub upstream_responses: Family<Labels, Counter>,
@@ -39,6 +39,13 @@ pub struct Metrics {
     pub unknown_organizations: Counter,
     /// Store statements issued (a cached login must not move it).
     pub store_queries: Counter,
+    /// Redis commands that failed, by `op` (lookup, store, publish, subscribe) and `kind`
+    /// (error, timeout, decode).
+    pub redis_errors: Family<Labels, Counter>,
+    /// Invalidations carried by Redis, by `direction` (published, received).
+    pub redis_invalidations: Family<Labels, Counter>,
+    /// 1 while subscribed to Redis invalidations.
+    pub redis_subscribed: Gauge,
 }
 
 impl Default for Metrics {
@@ -92,7 +99,28 @@ impl Metrics {
         );
         let store_queries = Counter::default();
         registry.register("store_queries", "Store statements issued", store_queries.clone());
+        let redis_errors = Family::default();
+        registry.register(
+            "redis_errors",
+            "Failed Redis commands by operation and kind",
+            redis_errors.clone(),
+        );
+        let redis_invalidations = Family::default();
+        registry.register(
+            "redis_invalidations",
+            "Invalidations published to or received from Redis",
+            redis_invalidations.clone(),
+        );
+        let redis_subscribed = Gauge::default();
+        registry.register(
+            "redis_subscribed",
+            "1 while subscribed to Redis invalidations",
+            redis_subscribed.clone(),
+        );
         Metrics {
+            redis_errors,
+            redis_invalidations,
+            redis_subscribed,
             reconciliations,
             reconcile_changes,
             seat_limit_skips,

@@ -44,6 +44,9 @@ pub struct Inner {
     pub logins: crate::entitlements::logins::Logins,
     /// Last known B2B facts per user, for `reconcile.on_store_error = "degrade"`.
     pub last_known: moka::sync::Cache<String, Arc<crate::reconcile::apply::Snapshot>>,
+    /// The Redis tier (`cache.redis_url`): logins shared between replicas and the
+    /// invalidation bus. `None`: this process caches on its own.
+    pub shared: Option<Arc<crate::cache::SharedCache>>,
 }
 
 impl AppState {

@@ -7,4 +7,5 @@ mod harness_selftest;
 mod helpers;
 mod nginx;
 mod proxy;
+mod redis;
 mod token_gate;

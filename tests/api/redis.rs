@@ -1,0 +1,456 @@
+//! The Redis tier (`cache.redis_url`): logins shared between replicas, the invalidation bus,
+//! and what happens when Redis goes away, comes back, or hangs.
+//!
+//! Every test runs against a real Redis: the shared one at 127.0.0.1:6379, or one started by
+//! the test on a port of its own when the test kills it. Keys are per login and per user, and
+//! subs are random per test, so tests share Redis without seeing each other; epochs are random
+//! tokens, never asserted on.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use identity_sidecar::cache::{Invalidation, Lookup, SharedCache};
+use identity_sidecar::entitlements::logins::Logins;
+use identity_sidecar::entitlements::{EntitledContract, EntitledOrganization};
+use identity_sidecar::metrics::Metrics;
+use identity_sidecar::reconcile::apply::{HeldContract, Snapshot};
+use identity_sidecar::store::model::{MembershipType, NewContract, NewOrganization};
+use identity_sidecar::store::{contracts, organizations};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::pg::TestDatabase;
+use crate::helpers::{FakeKeycloak, HangingServer, TestApp, base_env, closed_port, metric, set};
+
+const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
+const QUERIES: &str = "identity_sidecar_store_queries_total";
+const SUBSCRIBED: &str = "identity_sidecar_redis_subscribed";
+const RECEIVED: &str = r#"identity_sidecar_redis_invalidations_total{direction="received"}"#;
+const REDIS_HITS: &str = r#"identity_sidecar_cache_lookups_total{cache="redis",result="hit"}"#;
+const REDIS_MISSES: &str = r#"identity_sidecar_cache_lookups_total{cache="redis",result="miss"}"#;
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+fn header(res: &reqwest::Response, name: &str) -> String {
+    res.headers().get(name).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default()
+}
+
+/// Status, organizations and contracts a forward-auth call reports for this token.
+async fn facts(app: &TestApp, token: &str) -> (u16, String, String) {
+    let res = app.forward_auth("GET", "/").bearer_auth(token).send().await.expect("sidecar answers");
+    let facts = (
+        res.status().as_u16(),
+        header(&res, "x-identity-organizations"),
+        header(&res, "x-identity-contracts"),
+    );
+    assert_eq!(header(&res, "x-identity-status"), "authenticated");
+    facts
+}
+
+/// Waits until `check` holds, polling; panics with `what` after `within`.
+async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The store query count once background work (the JWKS persisted after start) has settled.
+async fn settled_queries(app: &TestApp) -> f64 {
+    let mut last = metric(&app.metrics().await, QUERIES);
+    loop {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let now = metric(&app.metrics().await, QUERIES);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+async fn wait_subscribed(app: &TestApp, within: Duration) {
+    eventually(within, "the app subscribes to Redis invalidations", || async {
+        metric(&app.metrics().await, SUBSCRIBED) == 1.0
+    })
+    .await;
+}
+
+/// An organization claimed as `alias` with one `auto` contract; returns their keys.
+async fn seed_org(app: &TestApp, alias: &str) -> (String, String) {
+    let store = app.store().await;
+    let mut conn = store.conn().await.unwrap();
+    let org = unique("org");
+    organizations::insert(
+        &mut conn,
+        &NewOrganization {
+            key: org.clone(),
+            name: "Acme".into(),
+            description: String::new(),
+            keycloak_id: None,
+            keycloak_alias: Some(alias.into()),
+        },
+    )
+    .await
+    .unwrap();
+    let contract = add_contract(app, &org).await;
+    (org, contract)
+}
+
+async fn add_contract(app: &TestApp, org: &str) -> String {
+    let store = app.store().await;
+    let mut conn = store.conn().await.unwrap();
+    let key = unique("contract");
+    contracts::insert(
+        &mut conn,
+        &NewContract {
+            key: key.clone(),
+            organization: org.into(),
+            name: "Everyone".into(),
+            membership_type: MembershipType::Auto,
+            active: true,
+            starts_on: Some(time::macros::date!(2020 - 01 - 01)),
+            ends_on: Some(time::macros::date!(2099 - 12 - 31)),
+            max_learners: None,
+            price: None,
+        },
+    )
+    .await
+    .unwrap();
+    key
+}
+
+/// Two replicas on one PostgreSQL database and the shared Redis.
+async fn two_replicas(kc: &FakeKeycloak) -> (TestApp, TestApp, TestDatabase) {
+    let db = TestDatabase::create().await;
+    let mut env = base_env(kc);
+    set(&mut env, "SIDECAR__DATABASE__URL", db.url.clone());
+    set(&mut env, "SIDECAR__CACHE__REDIS_URL", SHARED_REDIS);
+    let a = TestApp::spawn_with(env.clone()).await;
+    let b = TestApp::spawn_with(env).await;
+    wait_subscribed(&a, Duration::from_secs(5)).await;
+    wait_subscribed(&b, Duration::from_secs(5)).await;
+    (a, b, db)
+}
+
+/// A stand-in for a third replica (or the admin API of one): a handle on the shared Redis.
+fn shared_redis() -> Arc<SharedCache> {
+    Arc::new(SharedCache::new(SHARED_REDIS, Arc::new(Metrics::new())).unwrap())
+}
+
+#[tokio::test]
+async fn a_login_reconciled_by_one_replica_is_served_by_another_without_the_database() {
+    let kc = FakeKeycloak::start().await;
+    let (a, b, _db) = two_replicas(&kc).await;
+    let alias = unique("acme");
+    let (org, contract) = seed_org(&a, &alias).await;
+    let token = kc.token().sub(&unique("u")).organization(json!([alias])).sign();
+
+    assert_eq!(facts(&a, &token).await, (200, org.clone(), contract.clone()));
+
+    let before = settled_queries(&b).await;
+    assert_eq!(facts(&b, &token).await, (200, org.clone(), contract.clone()));
+    let metrics = b.metrics().await;
+    assert_eq!(metric(&metrics, QUERIES), before, "B reconciled instead of using A's result");
+    assert_eq!(metric(&metrics, REDIS_HITS), 1.0);
+    // And then it is in B's memory: no Redis lookup either.
+    assert_eq!(facts(&b, &token).await, (200, org, contract));
+    let metrics = b.metrics().await;
+    assert_eq!(metric(&metrics, REDIS_HITS) + metric(&metrics, REDIS_MISSES), 1.0);
+    assert_eq!(metric(&metrics, QUERIES), before);
+}
+
+#[tokio::test]
+async fn a_contract_write_invalidated_on_another_replica_reaches_every_replica_and_redis() {
+    let kc = FakeKeycloak::start().await;
+    let (a, b, _db) = two_replicas(&kc).await;
+    let alias = unique("acme");
+    let (org, first) = seed_org(&a, &alias).await;
+    let token = kc.token().sub(&unique("u")).organization(json!([alias])).sign();
+    assert_eq!(facts(&a, &token).await, (200, org.clone(), first.clone()));
+    assert_eq!(facts(&b, &token).await, (200, org.clone(), first.clone()));
+
+    // A new auto contract: until an invalidation, both replicas serve the login from memory.
+    let second = add_contract(&a, &org).await;
+    assert_eq!(facts(&a, &token).await.2, first);
+    assert_eq!(facts(&b, &token).await.2, first);
+
+    // What the admin API of a third replica does after the write.
+    let received = (metric(&a.metrics().await, RECEIVED), metric(&b.metrics().await, RECEIVED));
+    shared_redis().publish(&Invalidation::All).await;
+    for (app, before) in [(&a, received.0), (&b, received.1)] {
+        eventually(Duration::from_secs(1), "the invalidation is received", || async {
+            metric(&app.metrics().await, RECEIVED) > before
+        })
+        .await;
+    }
+    let both = {
+        let mut keys = [first, second];
+        keys.sort();
+        keys.join(",")
+    };
+    // B goes first: A's Redis entry predates the invalidation, so B must reconcile.
+    let before = settled_queries(&b).await;
+    assert_eq!(facts(&b, &token).await, (200, org.clone(), both.clone()));
+    assert!(metric(&b.metrics().await, QUERIES) > before, "B served a stale Redis entry");
+    assert_eq!(facts(&a, &token).await, (200, org, both));
+}
+
+#[tokio::test]
+async fn an_invalidation_published_on_one_process_empties_the_others_memory_within_a_second() {
+    let publisher = shared_redis();
+    let subscriber = shared_redis();
+    let logins = Arc::new(Logins::new(100, Duration::from_secs(300)));
+    let stop = CancellationToken::new();
+    let task = {
+        let logins = logins.clone();
+        tokio::spawn(subscriber.clone().run_subscriber(
+            move |inv| match inv {
+                Invalidation::All => logins.invalidate_all(),
+                Invalidation::User(sub) => logins.invalidate_user(sub),
+            },
+            stop.clone(),
+        ))
+    };
+    eventually(Duration::from_secs(2), "subscribed", || async { subscriber.is_subscribed() }).await;
+
+    let exp = identity_sidecar::auth::gate::unix_now() + 300;
+    let (u1, u2) = (unique("u"), unique("u"));
+    let g = logins.generation();
+    logins.put([1; 32], &u1, Snapshot::default(), exp, g);
+    logins.put([2; 32], &u2, Snapshot::default(), exp, g);
+
+    publisher.publish(&Invalidation::User(u1.clone())).await;
+    eventually(Duration::from_secs(1), "u1's login is dropped", || async { logins.get(&[1; 32]).is_none() })
+        .await;
+    assert!(logins.get(&[2; 32]).is_some(), "only u1 was invalidated");
+
+    publisher.publish(&Invalidation::All).await;
+    eventually(Duration::from_secs(1), "every login is dropped", || async { logins.get(&[2; 32]).is_none() })
+        .await;
+
+    // A process skips its own messages: it applied them before publishing.
+    let g = logins.generation();
+    subscriber.publish(&Invalidation::All).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(logins.generation(), g);
+
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(2), task).await.expect("the subscriber stops").unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_redis_entry_written_before_an_invalidation_is_never_served_after_it() {
+    let replica = shared_redis();
+    let admin = shared_redis();
+    let sub = unique("u");
+    let key: [u8; 32] = *uuid::Uuid::new_v4().as_bytes().repeat(2).first_chunk().unwrap();
+    let snapshot = Snapshot {
+        organizations: vec![EntitledOrganization {
+            key: "acme".into(),
+            name: "Acme".into(),
+            keycloak_id: Some(uuid::Uuid::new_v4()),
+            manager: true,
+        }],
+        contracts: vec![HeldContract {
+            contract: EntitledContract {
+                key: "c1".into(),
+                organization: "acme".into(),
+                membership_type: MembershipType::Managed,
+                starts_on: Some(time::macros::date!(2020 - 01 - 01)),
+                ends_on: None,
+            },
+            active: true,
+        }],
+    };
+    let until = identity_sidecar::auth::gate::unix_now() + 60;
+
+    // The invalidation lands while the reconciliation reads the database.
+    let Lookup::Miss(epochs) = replica.lookup(&key, &sub).await else { panic!("a fresh key misses") };
+    admin.publish(&Invalidation::User(sub.clone())).await;
+    replica.store(&key, &sub, &snapshot, epochs, until).await;
+    assert!(matches!(replica.lookup(&key, &sub).await, Lookup::Miss(_)), "a stale entry was served");
+
+    // Written after it: served, intact, until the next invalidation of that user or of all.
+    for invalidation in [Invalidation::User(sub.clone()), Invalidation::All] {
+        let Lookup::Miss(epochs) = replica.lookup(&key, &sub).await else { panic!("still a miss") };
+        replica.store(&key, &sub, &snapshot, epochs, until).await;
+        match replica.lookup(&key, &sub).await {
+            Lookup::Hit(login) => {
+                assert_eq!(login.snapshot, snapshot);
+                assert_eq!(login.expires_at, until);
+            }
+            other => panic!("expected a hit, got {other:?}"),
+        }
+        admin.publish(&invalidation).await;
+        assert!(matches!(replica.lookup(&key, &sub).await, Lookup::Miss(_)), "{invalidation:?} ignored");
+    }
+}
+
+/// A Redis of the test's own, on a port of its own, that it can kill and restart.
+struct OwnRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    async fn start() -> OwnRedis {
+        let mut redis = OwnRedis { port: closed_port(), child: None };
+        redis.restart().await;
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--daemonize", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        self.child = Some(child);
+        let client = redis::Client::open(self.url()).unwrap();
+        eventually(Duration::from_secs(5), "redis-server answers", || async {
+            match client.get_multiplexed_async_connection().await {
+                Ok(mut c) => redis::cmd("PING").query_async::<String>(&mut c).await.is_ok(),
+                Err(_) => false,
+            }
+        })
+        .await;
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test]
+async fn when_redis_goes_away_requests_keep_working_and_the_bus_comes_back_with_it() {
+    let kc = FakeKeycloak::start().await;
+    let mut redis = OwnRedis::start().await;
+    let mut env = base_env(&kc);
+    set(&mut env, "SIDECAR__CACHE__REDIS_URL", redis.url());
+    let app = TestApp::spawn_with(env).await;
+    wait_subscribed(&app, Duration::from_secs(5)).await;
+    let cached = kc.token().sub(&unique("u")).sign();
+    assert_eq!(app.auth_status(&cached).await, 200);
+
+    redis.kill();
+    eventually(Duration::from_secs(3), "the subscription is lost", || async {
+        metric(&app.metrics().await, SUBSCRIBED) == 0.0
+    })
+    .await;
+    // From memory, and by reconciling a new login without Redis.
+    assert_eq!(app.auth_status(&cached).await, 200);
+    let started = Instant::now();
+    assert_eq!(app.auth_status(&kc.token().sub(&unique("u")).sign()).await, 200);
+    assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+
+    redis.restart().await;
+    wait_subscribed(&app, Duration::from_secs(5)).await;
+    // Messages may have been missed while away: the memory tier was dropped.
+    let before = settled_queries(&app).await;
+    assert_eq!(app.auth_status(&cached).await, 200);
+    assert!(metric(&app.metrics().await, QUERIES) > before, "the login was not reconciled again");
+
+    let received = metric(&app.metrics().await, RECEIVED);
+    let other = SharedCache::new(&redis.url(), Arc::new(Metrics::new())).unwrap();
+    other.publish(&Invalidation::All).await;
+    eventually(Duration::from_secs(2), "an invalidation is received again", || async {
+        metric(&app.metrics().await, RECEIVED) > received
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_redis_url_on_a_closed_port_does_not_stop_the_app_from_serving() {
+    let kc = FakeKeycloak::start().await;
+    let mut env = base_env(&kc);
+    set(&mut env, "SIDECAR__CACHE__REDIS_URL", format!("redis://127.0.0.1:{}", closed_port()));
+    let app = TestApp::spawn_with(env).await;
+    let token = kc.token().sub(&unique("u")).sign();
+    assert_eq!(app.auth_status(&token).await, 200);
+    assert_eq!(app.auth_status(&token).await, 200);
+    let metrics = app.metrics().await;
+    assert_eq!(metric(&metrics, SUBSCRIBED), 0.0);
+    assert!(metrics.contains("identity_sidecar_redis_errors_total{op=\"lookup\""), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_hung_redis_never_holds_a_request_for_more_than_a_second() {
+    let kc = FakeKeycloak::start().await;
+    let hung = HangingServer::start().await;
+    let mut env = base_env(&kc);
+    set(&mut env, "SIDECAR__CACHE__REDIS_URL", format!("redis://{}", hung.addr()));
+    let app = TestApp::spawn_with(env).await;
+    for _ in 0..3 {
+        let token = kc.token().sub(&unique("u")).sign();
+        for _ in 0..2 {
+            let started = Instant::now();
+            assert_eq!(app.auth_status(&token).await, 200);
+            assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+        }
+    }
+    assert!(hung.accepted() > 0, "the app never tried Redis");
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("identity_sidecar_redis_errors_total{op=\"lookup\",kind=\"timeout\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn an_invalidation_that_could_not_be_published_is_sent_as_all_once_redis_is_back() {
+    let mut redis = OwnRedis::start().await;
+    let stop = CancellationToken::new();
+    let (publisher, peer_metrics) = (Arc::new(Metrics::new()), Arc::new(Metrics::new()));
+    let publisher = Arc::new(SharedCache::new(&redis.url(), publisher).unwrap());
+    let peer = Arc::new(SharedCache::new(&redis.url(), peer_metrics.clone()).unwrap());
+    for cache in [&publisher, &peer] {
+        tokio::spawn(cache.clone().run_subscriber(|_| {}, stop.clone()));
+    }
+    for cache in [&publisher, &peer] {
+        eventually(Duration::from_secs(2), "subscribed", || async { cache.is_subscribed() }).await;
+    }
+
+    redis.kill();
+    let started = Instant::now();
+    publisher.publish(&Invalidation::User(unique("u"))).await;
+    assert!(started.elapsed() < Duration::from_millis(500), "publishing waited {:?}", started.elapsed());
+
+    redis.restart().await;
+    eventually(Duration::from_secs(5), "the owed invalidation reaches the peer", || async {
+        metric(&peer_metrics.render(), RECEIVED) >= 1.0
+    })
+    .await;
+    stop.cancel();
+}

@@ -552,3 +552,26 @@ async fn migrate_applies_the_schema_and_is_idempotent() {
     let mut conn = store.conn().await.unwrap();
     assert_eq!(identity_sidecar::store::organizations::count(&mut conn).await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn a_restart_during_a_keycloak_outage_becomes_ready_with_the_persisted_keys() {
+    let kc = FakeKeycloak::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = base_env(&kc);
+    set(&mut env, "SIDECAR__DATABASE__URL", format!("sqlite://{}/keys.db?mode=rwc", dir.path().display()));
+    let first = TestApp::spawn_with(env.clone()).await;
+    assert_eq!(first.auth_status(&kc.token().sign()).await, 200);
+    first.shutdown().await.unwrap();
+
+    kc.set_mode(Mode::Fail);
+    let second = TestApp::spawn_with(env).await;
+    assert_eq!(second.auth_status(&kc.token().sub("after-restart").sign()).await, 200);
+    let text = second.metrics().await;
+    assert_eq!(metric(&text, "identity_sidecar_jwks_stale"), 1.0, "{text}");
+
+    // Keycloak back: the next background fetch replaces the stale set.
+    kc.set_mode(Mode::Normal);
+    let fresh = kc.rotate(KeyKind::Es256);
+    assert_eq!(second.auth_status(&kc.token().key(&fresh).sign()).await, 200);
+    assert_eq!(metric(&second.metrics().await, "identity_sidecar_jwks_stale"), 0.0);
+}

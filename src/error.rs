@@ -135,6 +135,35 @@ fn with_retry_after(mut response: Response, secs: u64) -> Response {
     response
 }
 
+/// The one mapping from store failures to HTTP (SPEC §6): a missing row is 404, a taken unique
+/// key is 409 naming the column, a row still referenced is 409, a database that cannot be
+/// reached is 503 with `Retry-After`, anything else is a 500 whose detail is logged once (by
+/// [`ApiError::into_response`]). Handlers that can say more (which organization is missing,
+/// what still references it) map those cases themselves and fall back to this.
+impl From<crate::store::StoreError> for ApiError {
+    fn from(error: crate::store::StoreError) -> Self {
+        use crate::store::StoreError;
+        match error {
+            StoreError::NotFound => ApiError::NotFound("Not found.".into()),
+            StoreError::Conflict { ref what } => {
+                let field = error.conflict_column().unwrap_or(what);
+                ApiError::Conflict(format!("The {field} is already in use."))
+            }
+            StoreError::InUse => {
+                ApiError::Conflict("Other records still refer to this one; remove them first.".into())
+            }
+            StoreError::Unavailable(e) => {
+                tracing::warn!(error = %e, "the store is unavailable");
+                ApiError::Unavailable {
+                    retry_after_secs: 5,
+                    detail: "The database is unavailable; retry later.".into(),
+                }
+            }
+            StoreError::Other(e) => ApiError::Internal(anyhow::Error::new(e).context("store")),
+        }
+    }
+}
+
 impl From<anyhow::Error> for ApiError {
     fn from(error: anyhow::Error) -> Self {
         ApiError::Internal(error)

@@ -153,7 +153,7 @@ pub async fn entitlement_jwks(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], state.signer.jwks_bytes()).into_response()
 }
 
-fn failure_to_error(failure: Failure) -> ApiError {
+pub(crate) fn failure_to_error(failure: Failure) -> ApiError {
     match failure {
         Failure::Rejected(reject) => ApiError::InvalidToken(reject),
         Failure::KeysUnavailable => ApiError::Unavailable {

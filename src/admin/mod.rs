@@ -1,22 +1,91 @@
-//! The admin port: health, readiness and metrics now; the admin API joins it later.
-//! It binds `127.0.0.1` by default and must never be routed through the gateway.
+//! The admin port: health, readiness, metrics and the entitlement JWKS (unauthenticated), and
+//! the admin API under `/admin/v1` (every route behind [`guard::require_admin`]). It binds
+//! `127.0.0.1` by default and must never be routed through the gateway.
+//!
+//! One file per resource; each exposes a `router()` merged below. Conventions shared by all:
+//! - bodies are read by [`extract::AdminJson`] (400/422 naming the field), query strings by
+//!   [`extract::Params`] (unknown parameters refused);
+//! - lists answer the envelope [`Page`]: `{items, total, limit, offset}`;
+//! - a write runs in one store transaction together with its audit event(s) (actor
+//!   `admin:<who>`), and only after the commit are caches invalidated: every organization or
+//!   contract write drops every cached login, a user's membership or attachment change drops
+//!   that user's;
+//! - store failures map to HTTP through `From<StoreError> for ApiError`, after a handler has
+//!   said what it knows better (which organization is missing, what still refers to a row).
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use serde::Serialize;
 
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::store::StoreError;
+
+mod audit;
+mod contracts;
+pub mod extract;
+pub mod guard;
+mod organizations;
+mod users;
 
 pub fn router(state: AppState) -> Router {
+    guard::warn_about_unreachable_roles(&state.config);
+    let api = Router::new()
+        .merge(organizations::router())
+        .merge(contracts::router())
+        .merge(users::router())
+        .merge(audit::router())
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), guard::require_admin));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/.well-known/jwks.json", get(crate::public::entitlement_jwks))
+        .nest("/admin/v1", api)
+        .fallback(not_found)
         .with_state(state)
+}
+
+/// One page of a list: `items`, the `total` number of matching rows, and the `limit` and
+/// `offset` that produced the page.
+#[derive(Debug, Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub total: i64,
+    pub limit: u32,
+    pub offset: u32,
+}
+
+impl<T> Page<T> {
+    fn new(items: Vec<T>, total: i64, page: extract::PageQuery) -> Page<T> {
+        Page { items, total, limit: page.limit, offset: page.offset }
+    }
+}
+
+/// A 201 answer with the new resource and its `Location`.
+fn created(location: String, body: impl Serialize) -> Response {
+    (StatusCode::CREATED, [(header::LOCATION, location)], axum::Json(body)).into_response()
+}
+
+/// Store results whose `NotFound` deserves a better sentence than the generic one.
+trait OrNotFound<T> {
+    fn or_not_found(self, detail: impl FnOnce() -> String) -> Result<T, ApiError>;
+}
+
+impl<T> OrNotFound<T> for Result<T, StoreError> {
+    fn or_not_found(self, detail: impl FnOnce() -> String) -> Result<T, ApiError> {
+        self.map_err(|e| match e {
+            StoreError::NotFound => ApiError::NotFound(detail()),
+            other => other.into(),
+        })
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("No such path.".into())
 }
 
 /// Alive: the process answers.

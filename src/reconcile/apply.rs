@@ -3,13 +3,16 @@
 //! reconciling the same user at once run one after the other and never duplicate or lose a
 //! row. Seats are re-checked atomically by `attachments::attach` whatever the plan predicted.
 
+use std::collections::HashSet;
+
 use serde::Serialize;
 use time::Date;
 
 use crate::auth::org_claim::ClaimedOrg;
 use crate::entitlements::{EntitledContract, EntitledOrganization};
 use crate::reconcile::plan::{
-    ContractRef, CurrentAttachment, CurrentMembership, KnownContract, KnownOrg, Plan, UserSnapshot, plan,
+    ContractRef, CurrentAttachment, CurrentMembership, KnownContract, KnownOrg, OrgRef, Plan, UserSnapshot,
+    detached_on_removal, plan,
 };
 use crate::store::model::{
     AttachOutcome, AttachmentSource, Membership, MembershipSource, NewAuditEvent, Profile,
@@ -161,16 +164,9 @@ fn to_plan_input(state: &crate::store::reconcile::ReconcileState) -> UserSnapsho
 
 /// Writes the plan; returns the contracts the atomic seat check refused.
 async fn apply(tx: &mut Tx, sub: &str, plan: &Plan, actor: &Actor) -> Result<Vec<ContractRef>, StoreError> {
-    let event =
-        |action: &str, organization: Option<&str>, contract: Option<&str>, reason: &str| NewAuditEvent {
-            actor: actor.0.clone(),
-            action: action.to_owned(),
-            sub: Some(sub.to_owned()),
-            organization: organization.map(str::to_owned),
-            contract: contract.map(str::to_owned),
-            reason: Some(reason.to_owned()),
-            detail: None,
-        };
+    let event = |action: &str, organization: Option<&str>, contract: Option<&str>, reason: &str| {
+        audit_event(actor, sub, action, organization, contract, reason)
+    };
     for learned in &plan.learn_keycloak_ids {
         organizations::set_keycloak_id(tx, learned.organization.id, learned.keycloak_id).await?;
         let e =
@@ -186,17 +182,7 @@ async fn apply(tx: &mut Tx, sub: &str, plan: &Plan, actor: &Actor) -> Result<Vec
         memberships::set_flags(tx, sub, org.id, Some(false), None).await?;
         audit::insert(tx, &event("membership.unflag", Some(&org.key), None, "seen in claim")).await?;
     }
-    for contract in &plan.detach_contracts {
-        if attachments::detach(tx, sub, contract.id).await? {
-            let e = event("attachment.remove", None, Some(&contract.key), "organization no longer claimed");
-            audit::insert(tx, &e).await?;
-        }
-    }
-    for org in &plan.remove_memberships {
-        if memberships::delete(tx, sub, org.id).await? {
-            audit::insert(tx, &event("membership.remove", Some(&org.key), None, "not claimed")).await?;
-        }
-    }
+    write_removals(tx, sub, &plan.detach_contracts, &plan.remove_memberships, actor, &NOT_CLAIMED).await?;
     for contract in &plan.skipped_full {
         audit::insert(tx, &event("attachment.skipped_full", None, Some(&contract.key), "contract full"))
             .await?;
@@ -220,6 +206,86 @@ async fn apply(tx: &mut Tx, sub: &str, plan: &Plan, actor: &Actor) -> Result<Vec
         }
     }
     Ok(full)
+}
+
+/// Why memberships are removed, as the audit trail records it.
+#[derive(Debug, Clone, Copy)]
+pub struct RemovalReasons {
+    /// Reason of each `membership.remove` event.
+    pub membership: &'static str,
+    /// Reason of each `attachment.remove` event that follows from it.
+    pub attachment: &'static str,
+}
+
+/// Reconciliation's step 3: the claim no longer names the organization.
+const NOT_CLAIMED: RemovalReasons =
+    RemovalReasons { membership: "not claimed", attachment: "organization no longer claimed" };
+
+/// Removes one membership exactly as step 3 of a reconciliation removes one (the admin API's
+/// `DELETE /admin/v1/users/{sub}/organizations/{org}`): detaches the user from the
+/// organization's `auto` and `managed` contracts except code attachments
+/// ([`detached_on_removal`]), deletes the membership, and writes one audit event per change.
+/// Run it in a per-user transaction. Returns the detached contracts, or `None` when the user is
+/// not a member (nothing written).
+pub async fn remove_membership(
+    tx: &mut Tx,
+    sub: &str,
+    organization_id: i64,
+    actor: &Actor,
+    reasons: &RemovalReasons,
+) -> Result<Option<Vec<ContractRef>>, StoreError> {
+    let state = crate::store::reconcile::load(tx, sub, &[], &[]).await?;
+    let Some(membership) = state.memberships.iter().find(|m| m.organization_id == organization_id) else {
+        return Ok(None);
+    };
+    let organization = OrgRef { id: organization_id, key: membership.organization.clone() };
+    let detach = detached_on_removal(&to_plan_input(&state), &HashSet::from([organization_id]));
+    write_removals(tx, sub, &detach, std::slice::from_ref(&organization), actor, reasons).await?;
+    Ok(Some(detach))
+}
+
+/// Detaches, then deletes memberships, auditing each row that really went.
+async fn write_removals(
+    tx: &mut Tx,
+    sub: &str,
+    detach: &[ContractRef],
+    remove: &[OrgRef],
+    actor: &Actor,
+    reasons: &RemovalReasons,
+) -> Result<(), StoreError> {
+    for contract in detach {
+        if attachments::detach(tx, sub, contract.id).await? {
+            let e =
+                audit_event(actor, sub, "attachment.remove", None, Some(&contract.key), reasons.attachment);
+            audit::insert(tx, &e).await?;
+        }
+    }
+    for org in remove {
+        if memberships::delete(tx, sub, org.id).await? {
+            let e = audit_event(actor, sub, "membership.remove", Some(&org.key), None, reasons.membership);
+            audit::insert(tx, &e).await?;
+        }
+    }
+    Ok(())
+}
+
+fn audit_event(
+    actor: &Actor,
+    sub: &str,
+    action: &str,
+    organization: Option<&str>,
+    contract: Option<&str>,
+    reason: &str,
+) -> NewAuditEvent {
+    NewAuditEvent {
+        actor: actor.0.clone(),
+        action: action.to_owned(),
+        sub: Some(sub.to_owned()),
+        organization: organization.map(str::to_owned),
+        contract: contract.map(str::to_owned),
+        reason: Some(reason.to_owned()),
+        detail: None,
+    }
 }
 
 /// The header/token view of memberships and attachments.

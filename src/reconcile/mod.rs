@@ -11,5 +11,5 @@ pub mod plan;
 pub use plan::{
     AliasMismatch, AttachmentSource, ContractRef, CurrentAttachment, CurrentMembership, KnownContract,
     KnownOrg, LearnedId, MembershipSource, MembershipType, OrgRef, Plan, UserSnapshot, contract_is_full,
-    contract_valid_today, plan, removal_is_authoritative,
+    contract_valid_today, detached_on_removal, plan, removal_is_authoritative,
 };

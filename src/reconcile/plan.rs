@@ -353,6 +353,24 @@ fn match_claims(claimed: &[ClaimedOrg], organizations: &[KnownOrg]) -> Matches {
     m
 }
 
+/// Step 3's rule for attachments: when the user's memberships of the `removed` organizations
+/// go, the user leaves those organizations' `auto` and `managed` contracts, except attachments
+/// made by a code (see the module docs). Shared by [`plan`] and the admin API's membership
+/// removal, so both remove the same way. Sorted by key.
+pub fn detached_on_removal(state: &UserSnapshot, removed: &HashSet<i64>) -> Vec<ContractRef> {
+    let contracts: HashMap<i64, &KnownContract> = state.contracts.iter().map(|c| (c.id, c)).collect();
+    let mut detach: Vec<ContractRef> = state
+        .attachments
+        .iter()
+        .filter(|a| a.source != AttachmentSource::Code)
+        .filter_map(|a| contracts.get(&a.contract_id))
+        .filter(|c| removed.contains(&c.organization_id) && c.membership_type.is_sso())
+        .map(|c| c.to_ref())
+        .collect();
+    detach.sort_by(|a, b| a.key.cmp(&b.key));
+    detach
+}
+
 /// Plans one reconciliation (SPEC §4 steps 1–4) of `claimed` against `state`.
 ///
 /// `removal_authoritative` comes from [`removal_is_authoritative`]; `today` is the UTC date.
@@ -385,15 +403,7 @@ pub fn plan(claimed: &[ClaimedOrg], removal_authoritative: bool, state: &UserSna
     };
 
     let removed: HashSet<i64> = remove_memberships.iter().map(|o| o.id).collect();
-    let contracts: HashMap<i64, &KnownContract> = state.contracts.iter().map(|c| (c.id, c)).collect();
-    let detach_contracts: Vec<ContractRef> = state
-        .attachments
-        .iter()
-        .filter(|a| a.source != AttachmentSource::Code)
-        .filter_map(|a| contracts.get(&a.contract_id))
-        .filter(|c| removed.contains(&c.organization_id) && c.membership_type.is_sso())
-        .map(|c| c.to_ref())
-        .collect();
+    let detach_contracts = detached_on_removal(state, &removed);
 
     let member_after: HashSet<i64> = state
         .memberships

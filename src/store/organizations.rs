@@ -250,3 +250,13 @@ pub async fn members(
         .await
     })?)
 }
+
+/// Number of an organization's members (for paging).
+pub async fn count_members(conn: &mut Conn, organization_id: i64) -> Result<i64, StoreError> {
+    Ok(run!(conn, |c| {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM memberships WHERE organization_id = $1")
+            .bind(organization_id)
+            .fetch_one(c)
+            .await
+    })?)
+}

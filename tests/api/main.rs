@@ -3,6 +3,7 @@
 //! `helpers` holds the fakes (Keycloak, the upstream app, failing servers) and token minting;
 //! `harness_selftest` proves those helpers behave before any sidecar test relies on them.
 
+mod admin;
 mod b2b;
 mod harness_selftest;
 mod helpers;

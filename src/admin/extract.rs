@@ -1,0 +1,374 @@
+//! Request bodies and query strings of the admin API, read so that every failure is problem
+//! JSON naming the field (SPEC §6). axum's own `Json` and `Query` answer plain text and lose
+//! the field, hence these.
+//!
+//! How a body failure is classified:
+//! - not JSON at all (syntax, truncated) → 400;
+//! - a value of the wrong JSON type (`"name": 1`) → 400, field named;
+//! - a field the resource does not have → 400, field named (a typo must not be ignored);
+//! - a required field missing → 422, field named;
+//! - a value of the right type that breaks a rule (`"membership_type": "sometimes"`, a
+//!   `keycloak_id` that is not a UUID, a date that is not `YYYY-MM-DD`) → 422, field named.
+//!
+//! The body is read as JSON whatever its `Content-Type` (`curl -d` without `-H` works, and
+//! `application/merge-patch+json` needs no special case); the admin port is never reached by
+//! browsers and needs a bearer token, so there is no cross-site form to guard against.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::error::{ApiError, FieldError, problem};
+
+/// A JSON request body of type `T`; failures are 400/422 problem answers naming the field.
+pub struct AdminJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AdminJson<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
+        let bytes = read_body(req, state).await?;
+        parse(&bytes).map(AdminJson).map_err(IntoResponse::into_response)
+    }
+}
+
+/// Like [`AdminJson`], but an empty body means `T::default()` (`PUT` with optional fields).
+pub struct OptionalJson<T>(pub T);
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
+        let bytes = read_body(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(T::default()));
+        }
+        parse(&bytes).map(OptionalJson).map_err(IntoResponse::into_response)
+    }
+}
+
+async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Response> {
+    // Keeps axum's status (413 over the body limit), in our problem format.
+    Bytes::from_request(req, state).await.map_err(|e| problem(e.status(), Some(&e.body_text()), &[]))
+}
+
+/// Parses a JSON object into `T`, classifying failures as the module docs say.
+///
+/// The body must be an object: serde would otherwise fill a struct from an array by position
+/// (`["acme", "Acme"]` as an organization), which no client means.
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| classify(".", e))?;
+    if !value.is_object() {
+        return Err(not_an_object());
+    }
+    from_value(value)
+}
+
+fn not_an_object() -> ApiError {
+    ApiError::BadRequest {
+        detail: "The body must be a JSON object.".into(),
+        errors: vec![FieldError::new("body", "must be a JSON object")],
+    }
+}
+
+/// Deserializes an already parsed JSON value into `T` (a merge-patched document).
+pub fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        classify(&path, e.into_inner())
+    })
+}
+
+/// Maps a serde error at `path` (serde_path_to_error's form: `.` for the root, `a.b` below it)
+/// to a 400 or 422 answer.
+fn classify(path: &str, error: serde_json::Error) -> ApiError {
+    use serde_json::error::Category;
+    let message = without_location(&error);
+    if !matches!(error.classify(), Category::Data) {
+        return ApiError::BadRequest {
+            detail: format!("The body is not valid JSON: {message}."),
+            errors: vec![],
+        };
+    }
+    let field = |name: Option<&str>| {
+        let parent = if path == "." { "" } else { path };
+        match name {
+            // serde_path_to_error may or may not have pushed the key itself already.
+            Some(name) if parent.is_empty() || parent == name || parent.ends_with(&format!(".{name}")) => {
+                if parent.is_empty() {
+                    name.to_owned()
+                } else {
+                    parent.to_owned()
+                }
+            }
+            Some(name) => format!("{parent}.{name}"),
+            None if parent.is_empty() => "body".to_owned(),
+            None => parent.to_owned(),
+        }
+    };
+    if let Some(name) = quoted_after(&message, "unknown field `") {
+        return ApiError::BadRequest {
+            detail: format!("Unknown field `{name}`."),
+            errors: vec![FieldError::new(field(Some(name)), "unknown field")],
+        };
+    }
+    if let Some(name) = quoted_after(&message, "missing field `") {
+        return ApiError::Unprocessable(vec![FieldError::new(field(Some(name)), "is required")]);
+    }
+    if message.starts_with("invalid type:") {
+        let field = field(None);
+        return ApiError::BadRequest {
+            detail: format!("`{field}` has the wrong JSON type."),
+            errors: vec![FieldError::new(field, message)],
+        };
+    }
+    ApiError::Unprocessable(vec![FieldError::new(field(None), message)])
+}
+
+/// serde_json's message without its ` at line L column C` suffix.
+fn without_location(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    if error.line() == 0 {
+        return text;
+    }
+    let suffix = format!(" at line {} column {}", error.line(), error.column());
+    text.strip_suffix(&suffix).map(str::to_owned).unwrap_or(text)
+}
+
+/// The text between `prefix` and the next backtick, when the message starts with `prefix`.
+fn quoted_after<'m>(message: &'m str, prefix: &str) -> Option<&'m str> {
+    message.strip_prefix(prefix)?.split('`').next()
+}
+
+/// Applies a JSON merge patch (RFC 7396) to the writable form of a resource and reads the
+/// result back as that form.
+///
+/// - The patch must be a JSON object (anything else would replace the whole resource) → 400;
+///   [`AdminJson`] already refuses anything else.
+/// - `not_null` lists the fields that cannot be cleared: `null` for one of them is 422 (a
+///   merge patch's `null` means "remove", which would otherwise silently reset the field to
+///   its default).
+/// - Unknown fields and wrong types fail as in a create body (400, field named).
+pub fn merge_patch<T: Serialize + DeserializeOwned>(
+    current: &T,
+    patch: &Value,
+    not_null: &[&str],
+) -> Result<T, ApiError> {
+    let Value::Object(fields) = patch else {
+        return Err(not_an_object());
+    };
+    let nulls: Vec<FieldError> = not_null
+        .iter()
+        .filter(|name| fields.get(**name).is_some_and(Value::is_null))
+        .map(|name| FieldError::new(*name, "cannot be null"))
+        .collect();
+    if !nulls.is_empty() {
+        return Err(ApiError::Unprocessable(nulls));
+    }
+    let mut target = serde_json::to_value(current).map_err(|e| ApiError::Internal(e.into()))?;
+    apply_merge_patch(&mut target, patch);
+    from_value(target)
+}
+
+/// RFC 7396 §2, as written there.
+fn apply_merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(serde_json::Map::new());
+    }
+    let target = target.as_object_mut().expect("made an object above");
+    for (name, value) in patch {
+        if value.is_null() {
+            target.remove(name);
+        } else {
+            apply_merge_patch(target.entry(name.clone()).or_insert(Value::Null), value);
+        }
+    }
+}
+
+/// The query string as name/value pairs, read field by field so that a bad or unknown
+/// parameter is answered with its name: a value of the wrong form (`limit=abc`) → 400, a value
+/// out of range → 422, a parameter the endpoint does not know (`?organisation=`) → 400.
+pub struct Params(Vec<(String, String)>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(pairs) = Query::<Vec<(String, String)>>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::BadRequest { detail: e.body_text(), errors: vec![] })?;
+        Ok(Params(pairs))
+    }
+}
+
+/// Default and largest page size of list endpoints.
+pub const DEFAULT_LIMIT: u32 = 100;
+pub const MAX_LIMIT: u32 = 1000;
+
+/// `?limit=&offset=` of a list endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageQuery {
+    pub limit: u32,
+    pub offset: u32,
+}
+
+impl Params {
+    /// Takes the parameter `name` out (400 if it is given twice).
+    pub fn string(&mut self, name: &str) -> Result<Option<String>, ApiError> {
+        let mut found = None;
+        let mut twice = false;
+        self.0.retain(|(k, v)| {
+            if k != name {
+                return true;
+            }
+            twice |= found.is_some();
+            found = Some(v.clone());
+            false
+        });
+        if twice {
+            return Err(bad_param(name, "is given more than once"));
+        }
+        Ok(found)
+    }
+
+    /// A non-negative integer parameter (`N` is an unsigned type, or `i64` for row ids).
+    pub fn number<N: std::str::FromStr + Default + PartialOrd>(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<N>, ApiError> {
+        self.string(name)?
+            .map(|v| match v.parse::<N>() {
+                Ok(n) if n >= N::default() => Ok(n),
+                _ => Err(bad_param(name, "must be a non-negative integer")),
+            })
+            .transpose()
+    }
+
+    /// A `true`/`false` parameter.
+    pub fn boolean(&mut self, name: &str) -> Result<Option<bool>, ApiError> {
+        self.string(name)?
+            .map(|v| match v.as_str() {
+                "true" => Ok(true),
+                "false" => Ok(false),
+                _ => Err(bad_param(name, "must be true or false")),
+            })
+            .transpose()
+    }
+
+    /// `limit` (default 100, 1 to 1000) and `offset` (default 0).
+    pub fn page(&mut self) -> Result<PageQuery, ApiError> {
+        let limit = self.limit()?;
+        let offset = self.number("offset")?.unwrap_or(0);
+        Ok(PageQuery { limit, offset })
+    }
+
+    /// `limit` alone (default 100, 1 to 1000), for lists that page by cursor.
+    pub fn limit(&mut self) -> Result<u32, ApiError> {
+        let limit: u32 = self.number("limit")?.unwrap_or(DEFAULT_LIMIT);
+        if !(1..=MAX_LIMIT).contains(&limit) {
+            return Err(ApiError::Unprocessable(vec![FieldError::new(
+                "limit",
+                format!("must be between 1 and {MAX_LIMIT}"),
+            )]));
+        }
+        Ok(limit)
+    }
+
+    /// Fails on any parameter not taken yet: the endpoint does not know it.
+    pub fn finish(self) -> Result<(), ApiError> {
+        match self.0.first() {
+            None => Ok(()),
+            Some((name, _)) => Err(ApiError::BadRequest {
+                detail: format!("Unknown query parameter `{name}`."),
+                errors: vec![FieldError::new(name.clone(), "unknown parameter")],
+            }),
+        }
+    }
+}
+
+fn bad_param(name: &str, detail: &str) -> ApiError {
+    ApiError::BadRequest {
+        detail: format!("Query parameter `{name}` {detail}."),
+        errors: vec![FieldError::new(name, detail)],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+    use serde_json::json;
+
+    use super::*;
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Thing {
+        name: String,
+        #[serde(default)]
+        note: Option<String>,
+        kind: Kind,
+    }
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(rename_all = "lowercase")]
+    enum Kind {
+        Big,
+    }
+
+    fn fields(e: &ApiError) -> Vec<(String, &'static str)> {
+        let (kind, errors) = match e {
+            ApiError::BadRequest { errors, .. } => ("400", errors),
+            ApiError::Unprocessable(errors) => ("422", errors),
+            other => panic!("unexpected {other:?}"),
+        };
+        errors.iter().map(|f| (f.field.clone(), kind)).collect()
+    }
+
+    #[test]
+    fn failures_name_the_field_and_separate_types_from_rules() {
+        let err = |body: &str| parse::<Thing>(body.as_bytes()).unwrap_err();
+        assert_eq!(fields(&err(r#"{"name": 1, "kind": "big"}"#)), [("name".into(), "400")]);
+        assert_eq!(fields(&err(r#"{"name": "n", "kind": "big", "nmae": 1}"#)), [("nmae".into(), "400")]);
+        assert_eq!(fields(&err(r#"{"kind": "big"}"#)), [("name".into(), "422")]);
+        assert_eq!(fields(&err(r#"{"name": "n", "kind": "small"}"#)), [("kind".into(), "422")]);
+        assert_eq!(fields(&err(r#"["n", "big"]"#)), [("body".into(), "400")]);
+        assert!(matches!(err(r#"{"name": "#), ApiError::BadRequest { errors, .. } if errors.is_empty()));
+        assert!(matches!(err(r#"{"name": "n", "kind": "big"} x"#), ApiError::BadRequest { .. }));
+    }
+
+    #[test]
+    fn a_merge_patch_changes_given_fields_clears_nulls_and_refuses_null_for_required_ones() {
+        let current = Thing { name: "a".into(), note: Some("n".into()), kind: Kind::Big };
+        let patched: Thing = merge_patch(&current, &json!({"note": null}), &["name"]).unwrap();
+        assert_eq!(patched, Thing { name: "a".into(), note: None, kind: Kind::Big });
+        let patched: Thing = merge_patch(&current, &json!({"name": "b"}), &["name"]).unwrap();
+        assert_eq!(patched.note.as_deref(), Some("n"));
+        let err = merge_patch(&current, &json!({"name": null}), &["name"]).unwrap_err();
+        assert_eq!(fields(&err), [("name".into(), "422")]);
+        let err = merge_patch(&current, &json!({"colour": "red"}), &["name"]).unwrap_err();
+        assert_eq!(fields(&err), [("colour".into(), "400")]);
+        let err = merge_patch(&current, &json!(["name"]), &["name"]).unwrap_err();
+        assert_eq!(fields(&err), [("body".into(), "400")]);
+    }
+
+    #[test]
+    fn query_parameters_are_checked_by_name() {
+        let mut p = Params(vec![("limit".into(), "abc".into())]);
+        assert_eq!(fields(&p.page().unwrap_err()), [("limit".into(), "400")]);
+        let mut p = Params(vec![("limit".into(), "5000".into())]);
+        assert_eq!(fields(&p.page().unwrap_err()), [("limit".into(), "422")]);
+        let mut p = Params(vec![("offset".into(), "5".into()), ("organisation".into(), "x".into())]);
+        assert_eq!(p.page().unwrap(), PageQuery { limit: 100, offset: 5 });
+        assert_eq!(fields(&p.finish().unwrap_err()), [("organisation".into(), "400")]);
+        let mut p = Params(vec![("force".into(), "true".into()), ("force".into(), "false".into())]);
+        assert!(p.boolean("force").is_err());
+    }
+}

@@ -1,0 +1,189 @@
+//! `/admin/v1/organizations`: list, create, show, merge-patch, delete, members.
+//!
+//! Every write invalidates every cached login after its commit (SPEC §4: a new alias or id can
+//! make a claim match, a deleted organization takes its memberships with it).
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use super::extract::{AdminJson, Params, merge_patch};
+use super::guard::Admin;
+use super::{OrNotFound, Page, created};
+use crate::error::{ApiError, FieldError};
+use crate::state::AppState;
+use crate::store::model::{NewAuditEvent, NewOrganization, Organization, OrganizationMember, is_valid_key};
+use crate::store::{StoreError, audit, organizations};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/organizations", get(list).post(create))
+        .route("/organizations/{key}", get(show).patch(update).delete(remove))
+        .route("/organizations/{key}/members", get(members))
+}
+
+/// Fields a merge patch may not set to `null`.
+const NOT_NULL: &[&str] = &["key", "name", "description"];
+
+/// The rules a well-typed organization must follow (422 when broken).
+fn validate(new: &NewOrganization) -> Result<(), ApiError> {
+    let mut errors = Vec::new();
+    if !is_valid_key(&new.key) {
+        errors.push(FieldError::new("key", "must match [a-z0-9_-]{1,64}"));
+    }
+    if new.name.trim().is_empty() {
+        errors.push(FieldError::new("name", "must not be empty"));
+    }
+    if new.keycloak_alias.as_deref().is_some_and(|a| a.trim().is_empty()) {
+        errors.push(FieldError::new("keycloak_alias", "must not be empty (use null to clear it)"));
+    }
+    if errors.is_empty() { Ok(()) } else { Err(ApiError::Unprocessable(errors)) }
+}
+
+fn no_such(key: &str) -> impl FnOnce() -> String + '_ {
+    move || format!("No organization with key `{key}`.")
+}
+
+async fn list(
+    State(state): State<AppState>,
+    mut params: Params,
+) -> Result<Json<Page<Organization>>, ApiError> {
+    let page = params.page()?;
+    params.finish()?;
+    let mut conn = state.store.conn().await?;
+    let items = organizations::list(&mut conn, page.limit, page.offset).await?;
+    let total = organizations::count(&mut conn).await?;
+    Ok(Json(Page::new(items, total, page)))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    admin: Admin,
+    AdminJson(new): AdminJson<NewOrganization>,
+) -> Result<Response, ApiError> {
+    validate(&new)?;
+    let mut tx = state.store.begin().await?;
+    let org = organizations::insert(&mut tx, &new).await?;
+    let event = admin.event("organization.create", "admin API");
+    audit::insert(&mut tx, &with_org(event, &org.key, json!(new))).await?;
+    tx.commit().await?;
+    state.invalidate_all().await;
+    Ok(created(format!("/admin/v1/organizations/{}", org.key), org))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+) -> Result<Json<Organization>, ApiError> {
+    let mut conn = state.store.conn().await?;
+    Ok(Json(organizations::get(&mut conn, &key).await.or_not_found(no_such(&key))?))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(key): Path<String>,
+    AdminJson(patch): AdminJson<Value>,
+) -> Result<Json<Organization>, ApiError> {
+    let mut tx = state.store.begin().await?;
+    let current = organizations::get(&mut tx, &key).await.or_not_found(no_such(&key))?;
+    let wanted: NewOrganization = merge_patch(&NewOrganization::from(&current), &patch, NOT_NULL)?;
+    if wanted.key != current.key {
+        return Err(ApiError::Unprocessable(vec![FieldError::new("key", "cannot be changed")]));
+    }
+    validate(&wanted)?;
+    let org = organizations::update(&mut tx, &wanted).await?;
+    audit::insert(&mut tx, &with_org(admin.event("organization.update", "admin API"), &key, patch)).await?;
+    tx.commit().await?;
+    state.invalidate_all().await;
+    Ok(Json(org))
+}
+
+/// Deletes an organization without contracts (409 otherwise). Its memberships go with it (the
+/// database cascades); each is recorded in the audit trail first, since the rows will not be
+/// there to ask later.
+async fn remove(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(key): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let mut tx = state.store.begin().await?;
+    let org = organizations::get(&mut tx, &key).await.or_not_found(no_such(&key))?;
+    let mut members = Vec::new();
+    loop {
+        let page = organizations::members(&mut tx, org.id, 1000, members.len() as u32).await?;
+        let done = page.len() < 1000;
+        members.extend(page);
+        if done {
+            break;
+        }
+    }
+    organizations::delete(&mut tx, &key).await.map_err(|e| match e {
+        StoreError::InUse => {
+            ApiError::Conflict("The organization still has contracts; delete or move them first.".into())
+        }
+        other => other.into(),
+    })?;
+    for member in &members {
+        let event = admin.event("membership.remove", "organization deleted");
+        let event = NewAuditEvent { sub: Some(member.sub.clone()), ..event };
+        audit::insert(&mut tx, &with_org(event, &key, Value::Null)).await?;
+    }
+    let detail = json!({"members": members.len()});
+    audit::insert(&mut tx, &with_org(admin.event("organization.delete", "admin API"), &key, detail)).await?;
+    tx.commit().await?;
+    state.invalidate_all().await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn members(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    mut params: Params,
+) -> Result<Json<Page<OrganizationMember>>, ApiError> {
+    let page = params.page()?;
+    params.finish()?;
+    let mut conn = state.store.conn().await?;
+    let org = organizations::get(&mut conn, &key).await.or_not_found(no_such(&key))?;
+    let items = organizations::members(&mut conn, org.id, page.limit, page.offset).await?;
+    let total = organizations::count_members(&mut conn, org.id).await?;
+    Ok(Json(Page::new(items, total, page)))
+}
+
+/// An organization-level audit event; `detail` null means none.
+fn with_org(event: NewAuditEvent, key: &str, detail: Value) -> NewAuditEvent {
+    NewAuditEvent {
+        organization: Some(key.to_owned()),
+        detail: (!detail.is_null()).then_some(detail),
+        ..event
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn org(key: &str, name: &str, alias: Option<&str>) -> NewOrganization {
+        NewOrganization {
+            key: key.into(),
+            name: name.into(),
+            description: String::new(),
+            keycloak_id: None,
+            keycloak_alias: alias.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn keys_names_and_aliases_are_checked_together() {
+        assert!(validate(&org("acme", "Acme", Some("acme"))).is_ok());
+        let Err(ApiError::Unprocessable(errors)) = validate(&org("Acme!", " ", Some(""))) else {
+            panic!("expected 422");
+        };
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["key", "name", "keycloak_alias"]);
+    }
+}

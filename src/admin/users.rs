@@ -1,0 +1,233 @@
+//! `/admin/v1/users/{sub}`: a user's row, memberships and attachments; admin changes to
+//! memberships (`PUT|DELETE …/organizations/{org}`) and attachments
+//! (`PUT|DELETE …/contracts/{contract}`).
+//!
+//! Every change runs in a per-user transaction ([`crate::store::Store::begin_user`]: it
+//! creates the user row a membership or attachment needs, and serialises with the user's
+//! reconciliations), writes its audit events in that transaction, and invalidates the user's
+//! cached logins after the commit, so the very next request shows it. A request that changes
+//! nothing (404, 409) rolls back, user row included.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, put};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use time::OffsetDateTime;
+
+use super::OrNotFound;
+use super::extract::{OptionalJson, Params};
+use super::guard::Admin;
+use crate::error::ApiError;
+use crate::reconcile::apply::{RemovalReasons, remove_membership};
+use crate::state::AppState;
+use crate::store::model::{
+    AttachOutcome, Attachment, AttachmentSource, Membership, MembershipSource, NewAuditEvent, User,
+};
+use crate::store::{Tx, attachments, audit, contracts, memberships, organizations, users};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/users/{sub}", get(show))
+        .route("/users/{sub}/organizations/{org}", put(put_membership).delete(delete_membership))
+        .route("/users/{sub}/contracts/{contract}", put(attach).delete(detach))
+}
+
+/// A user as the admin sees them.
+#[derive(Debug, Serialize)]
+struct UserView {
+    #[serde(flatten)]
+    user: User,
+    memberships: Vec<Membership>,
+    attachments: Vec<AttachmentView>,
+}
+
+/// An attachment, with whether the contract counts today (is in `X-Identity-Contracts`).
+#[derive(Debug, Serialize)]
+struct AttachmentView {
+    #[serde(flatten)]
+    attachment: Attachment,
+    valid_today: bool,
+}
+
+impl From<Attachment> for AttachmentView {
+    fn from(attachment: Attachment) -> Self {
+        let valid_today = attachment.is_valid_on(OffsetDateTime::now_utc().date());
+        AttachmentView { attachment, valid_today }
+    }
+}
+
+async fn show(State(state): State<AppState>, Path(sub): Path<String>) -> Result<Json<UserView>, ApiError> {
+    let mut conn = state.store.conn().await?;
+    let user = users::get(&mut conn, &sub).await.or_not_found(|| format!("No user with sub `{sub}`."))?;
+    let memberships = memberships::list_for_user(&mut conn, &sub).await?;
+    let attachments = attachments::list_for_user(&mut conn, &sub).await?;
+    let attachments = attachments.into_iter().map(AttachmentView::from).collect();
+    Ok(Json(UserView { user, memberships, attachments }))
+}
+
+/// The body of `PUT …/organizations/{org}`; absent (or null) fields keep their value, or take
+/// the default of a new admin membership.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MembershipFlags {
+    keep_until_seen: Option<bool>,
+    manager: Option<bool>,
+}
+
+/// Creates an admin membership (`keep_until_seen` defaults to true, so the next login without
+/// the organization in its claim does not remove it; `manager` to false) → 201, or sets the
+/// given flags of an existing one, whatever its source → 200.
+async fn put_membership(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path((sub, org_key)): Path<(String, String)>,
+    OptionalJson(flags): OptionalJson<MembershipFlags>,
+) -> Result<(StatusCode, Json<Membership>), ApiError> {
+    let (mut tx, _user) = state.store.begin_user(&sub, None).await?;
+    let org = organizations::get(&mut tx, &org_key)
+        .await
+        .or_not_found(|| format!("No organization with key `{org_key}`."))?;
+    let event = |action: &str, detail| NewAuditEvent {
+        sub: Some(sub.clone()),
+        organization: Some(org.key.clone()),
+        detail: Some(detail),
+        ..admin.event(action, "admin API")
+    };
+    let status = match memberships::get(&mut tx, &sub, org.id).await? {
+        None => {
+            let keep_until_seen = flags.keep_until_seen.unwrap_or(true);
+            let manager = flags.manager.unwrap_or(false);
+            memberships::add(&mut tx, &sub, org.id, MembershipSource::Admin, keep_until_seen, manager)
+                .await?;
+            let detail = json!({"keep_until_seen": keep_until_seen, "manager": manager, "source": "admin"});
+            audit::insert(&mut tx, &event("membership.add", detail)).await?;
+            StatusCode::CREATED
+        }
+        Some(before) => {
+            let keep_until_seen = flags.keep_until_seen.unwrap_or(before.keep_until_seen);
+            let manager = flags.manager.unwrap_or(before.manager);
+            if (keep_until_seen, manager) != (before.keep_until_seen, before.manager) {
+                memberships::set_flags(&mut tx, &sub, org.id, Some(keep_until_seen), Some(manager)).await?;
+                let detail = json!({
+                    "before": {"keep_until_seen": before.keep_until_seen, "manager": before.manager},
+                    "after": {"keep_until_seen": keep_until_seen, "manager": manager},
+                });
+                audit::insert(&mut tx, &event("membership.update", detail)).await?;
+            }
+            StatusCode::OK
+        }
+    };
+    let membership = memberships::get(&mut tx, &sub, org.id).await?.ok_or_else(|| {
+        ApiError::Internal(anyhow::anyhow!("membership missing right after it was written"))
+    })?;
+    tx.commit().await?;
+    state.invalidate_user(&sub).await;
+    Ok((status, Json(membership)))
+}
+
+/// What a membership removal did.
+#[derive(Debug, Serialize)]
+struct Removed {
+    organization: String,
+    /// Keys of the `auto`/`managed` contracts the user was detached from.
+    detached_contracts: Vec<String>,
+}
+
+/// Removes a membership as reconciliation removes one: the organization's `auto` and `managed`
+/// contracts go with it, code attachments stay (shared logic: `reconcile::apply`).
+async fn delete_membership(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path((sub, org_key)): Path<(String, String)>,
+) -> Result<Json<Removed>, ApiError> {
+    let (mut tx, _user) = state.store.begin_user(&sub, None).await?;
+    let org = organizations::get(&mut tx, &org_key)
+        .await
+        .or_not_found(|| format!("No organization with key `{org_key}`."))?;
+    let reasons =
+        RemovalReasons { membership: "removed by admin", attachment: "membership removed by admin" };
+    let Some(detached) = remove_membership(&mut tx, &sub, org.id, &admin.actor(), &reasons).await? else {
+        return Err(ApiError::NotFound(format!("`{sub}` is not a member of `{org_key}`.")));
+    };
+    tx.commit().await?;
+    state.invalidate_user(&sub).await;
+    let detached_contracts = detached.into_iter().map(|c| c.key).collect();
+    Ok(Json(Removed { organization: org.key, detached_contracts }))
+}
+
+/// Attaches the user to a contract (`source=admin`) → 201, or 200 if already attached. A full
+/// contract is 409 `Contract is full.` unless `?force=true`, which takes a seat beyond
+/// `max_learners`. Does not create a membership in the contract's organization.
+async fn attach(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path((sub, key)): Path<(String, String)>,
+    mut params: Params,
+) -> Result<(StatusCode, Json<AttachmentView>), ApiError> {
+    let force = params.boolean("force")?.unwrap_or(false);
+    params.finish()?;
+    let (mut tx, _user) = state.store.begin_user(&sub, None).await?;
+    let contract =
+        contracts::get(&mut tx, &key).await.or_not_found(|| format!("No contract with key `{key}`."))?;
+    let attached = if force {
+        attachments::force_attach(&mut tx, &sub, contract.id, AttachmentSource::Admin).await?
+    } else {
+        match attachments::attach(&mut tx, &sub, contract.id, AttachmentSource::Admin).await? {
+            AttachOutcome::Attached => true,
+            AttachOutcome::AlreadyAttached => false,
+            AttachOutcome::Full => return Err(ApiError::Conflict("Contract is full.".into())),
+        }
+    };
+    if attached {
+        // Over the limit only if the contract was already full: forced.
+        let forced = force && contract.is_full();
+        let event = NewAuditEvent {
+            sub: Some(sub.clone()),
+            organization: Some(contract.organization.clone()),
+            contract: Some(contract.key.clone()),
+            detail: Some(json!({"source": "admin", "forced": forced})),
+            ..admin.event("attachment.add", "admin API")
+        };
+        audit::insert(&mut tx, &event).await?;
+    }
+    let attachment = attachment_of(&mut tx, &sub, &key).await?;
+    tx.commit().await?;
+    state.invalidate_user(&sub).await;
+    let status = if attached { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(attachment.into())))
+}
+
+/// Detaches the user from a contract, whatever the attachment's source, freeing its seat.
+async fn detach(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path((sub, key)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let (mut tx, _user) = state.store.begin_user(&sub, None).await?;
+    let contract =
+        contracts::get(&mut tx, &key).await.or_not_found(|| format!("No contract with key `{key}`."))?;
+    if !attachments::detach(&mut tx, &sub, contract.id).await? {
+        return Err(ApiError::NotFound(format!("`{sub}` does not hold `{key}`.")));
+    }
+    let event = NewAuditEvent {
+        sub: Some(sub.clone()),
+        organization: Some(contract.organization.clone()),
+        contract: Some(contract.key.clone()),
+        ..admin.event("attachment.remove", "admin API")
+    };
+    audit::insert(&mut tx, &event).await?;
+    tx.commit().await?;
+    state.invalidate_user(&sub).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn attachment_of(tx: &mut Tx, sub: &str, key: &str) -> Result<Attachment, ApiError> {
+    attachments::list_for_user(tx, sub)
+        .await?
+        .into_iter()
+        .find(|a| a.contract == key)
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("attachment missing right after it was written")))
+}

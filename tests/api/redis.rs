@@ -454,3 +454,46 @@ async fn an_invalidation_that_could_not_be_published_is_sent_as_all_once_redis_i
     .await;
     stop.cancel();
 }
+
+/// Issue "B2B core", done when: two app instances sharing PostgreSQL + Redis agree after an
+/// admin change without a restart. The change goes through A's admin API over HTTP; B learns
+/// of it through the bus (asynchronous: milliseconds on loopback).
+#[tokio::test]
+async fn two_replicas_agree_after_an_admin_change_made_on_one_of_them() {
+    use sha2::Digest as _;
+    let kc = FakeKeycloak::start().await;
+    let db = TestDatabase::create().await;
+    let admin_token = "replica-admin-token";
+    let mut env = base_env(&kc);
+    set(&mut env, "SIDECAR__DATABASE__URL", db.url.clone());
+    set(&mut env, "SIDECAR__CACHE__REDIS_URL", SHARED_REDIS);
+    let sha = hex::encode(sha2::Sha256::digest(admin_token.as_bytes()));
+    set(&mut env, "SIDECAR__ADMIN__TOKEN_SHA256", json!([{"name": "ops", "sha256": sha}]).to_string());
+    let a = TestApp::spawn_with(env.clone()).await;
+    let b = TestApp::spawn_with(env).await;
+    wait_subscribed(&a, Duration::from_secs(5)).await;
+    wait_subscribed(&b, Duration::from_secs(5)).await;
+
+    let alias = unique("acme");
+    let (org, first) = seed_org(&a, &alias).await;
+    let token = kc.token().sub(&unique("u")).organization(json!([alias])).sign();
+    assert_eq!(facts(&a, &token).await, (200, org.clone(), first.clone()));
+    assert_eq!(facts(&b, &token).await, (200, org.clone(), first.clone()));
+
+    // Deactivate the contract through A's admin API.
+    let res = a
+        .http
+        .patch(a.admin_url(&format!("/admin/v1/contracts/{first}")))
+        .bearer_auth(admin_token)
+        .json(&json!({"active": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    // A sees it on its very next request; B as soon as the invalidation arrives.
+    assert_eq!(facts(&a, &token).await, (200, org.clone(), String::new()));
+    eventually(Duration::from_secs(2), "B drops the deactivated contract", || async {
+        facts(&b, &token).await == (200, org.clone(), String::new())
+    })
+    .await;
+}

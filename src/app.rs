@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::http::{HeaderName, Request};
+use futures_util::FutureExt as _;
 use secrecy::ExposeSecret as _;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -145,14 +146,9 @@ impl App {
 
         let public = with_request_id(crate::public::router(self.state.clone()));
         let admin = with_request_id(crate::admin::router(self.state.clone()));
+        let limits = crate::server::Limits::from_config(&self.state.config.server);
         for (listener, router) in [(self.public, public), (self.admin, admin)] {
-            let stop = shutdown.clone();
-            tasks.spawn(async move {
-                axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await
-                    .context("server failed")
-            });
+            tasks.spawn(crate::server::serve(listener, router, limits, shutdown.clone()).map(Ok));
         }
         tasks.spawn(refresh_keys(self.state.clone(), shutdown.clone()));
         if let Some(shared) = self.state.shared.clone() {

@@ -49,6 +49,12 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// How long in-flight requests may run after SIGTERM before they are cut.
     pub shutdown_grace_secs: u64,
+    /// A client must send its request head within this time (slow-header clients are cut).
+    pub header_read_timeout_secs: u64,
+    /// More request header fields than this: 431.
+    pub max_headers: usize,
+    /// A request head (request line + headers) larger than this: 431.
+    pub max_header_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +75,9 @@ impl Default for ServerConfig {
             .map(|n| n.parse().expect("valid"))
             .collect(),
             shutdown_grace_secs: 30,
+            header_read_timeout_secs: 10,
+            max_headers: 100,
+            max_header_bytes: 64 * 1024,
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod public;
 pub mod reconcile;
+pub mod server;
 pub mod state;
 pub mod store;
 pub mod telemetry;

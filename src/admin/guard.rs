@@ -62,7 +62,9 @@ pub async fn require_admin(State(state): State<AppState>, mut request: Request, 
 }
 
 async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Admin, ApiError> {
-    let Some(token) = extract_token(headers, &[TokenSource::Authorization]) else {
+    let Some(token) =
+        extract_token(headers, &[TokenSource::Authorization]).map_err(ApiError::InvalidToken)?
+    else {
         return Err(ApiError::Unauthenticated);
     };
     let admin = &state.config.admin;

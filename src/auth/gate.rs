@@ -58,20 +58,31 @@ pub fn unix_now() -> u64 {
 }
 
 /// The token of a request, from the configured sources in order. A non-Bearer
-/// `Authorization` (Basic for the app, say) is not ours and is skipped.
-pub fn extract_token<'h>(headers: &'h HeaderMap, sources: &[TokenSource]) -> Option<&'h str> {
-    sources.iter().find_map(|source| match source {
-        TokenSource::Authorization => {
-            let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-            let (scheme, token) = value.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+/// `Authorization` (Basic for the app, say) is not ours and is skipped; a credential header
+/// that is not visible ASCII is a malformed token, never an anonymous request.
+pub fn extract_token<'h>(headers: &'h HeaderMap, sources: &[TokenSource]) -> Result<Option<&'h str>, Reject> {
+    for source in sources {
+        let token = match source {
+            TokenSource::Authorization => {
+                let Some(value) = headers.get(header::AUTHORIZATION) else { continue };
+                let value = value.to_str().map_err(|_| Reject::Malformed)?;
+                let Some((scheme, token)) = value.split_once(' ') else { continue };
+                if !scheme.eq_ignore_ascii_case("bearer") {
+                    continue;
+                }
+                token.trim()
+            }
+            TokenSource::XAccessToken => {
+                let Some(value) = headers.get("x-access-token") else { continue };
+                let value = value.to_str().map_err(|_| Reject::Malformed)?.trim();
+                value.strip_prefix("Bearer ").unwrap_or(value)
+            }
+        };
+        if !token.is_empty() {
+            return Ok(Some(token));
         }
-        TokenSource::XAccessToken => {
-            let value = headers.get("x-access-token")?.to_str().ok()?.trim();
-            let value = value.strip_prefix("Bearer ").unwrap_or(value);
-            (!value.is_empty()).then_some(value)
-        }
-    })
+    }
+    Ok(None)
 }
 
 /// Authentication dependencies, shared by every request.
@@ -86,9 +97,16 @@ pub struct Authenticator {
 impl Authenticator {
     /// Classifies a request by its headers.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, Failure> {
-        let Some(token) = extract_token(headers, &self.sources) else {
-            self.decision("anonymous");
-            return Ok(Caller::Anonymous);
+        let token = match extract_token(headers, &self.sources) {
+            Ok(Some(token)) => token,
+            Ok(None) => {
+                self.decision("anonymous");
+                return Ok(Caller::Anonymous);
+            }
+            Err(reject) => {
+                self.decision(reject.code());
+                return Err(Failure::Rejected(reject));
+            }
         };
         match self.principal(token).await {
             Ok(p) => {
@@ -164,11 +182,13 @@ mod tests {
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic dXNlcjpwdw=="));
         h.insert("x-access-token", HeaderValue::from_static("abc"));
         let both = [TokenSource::Authorization, TokenSource::XAccessToken];
-        assert_eq!(extract_token(&h, &both), Some("abc"));
-        assert_eq!(extract_token(&h, &[TokenSource::Authorization]), None);
+        assert_eq!(extract_token(&h, &both), Ok(Some("abc")));
+        assert_eq!(extract_token(&h, &[TokenSource::Authorization]), Ok(None));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer xyz"));
-        assert_eq!(extract_token(&h, &both), Some("xyz"));
+        assert_eq!(extract_token(&h, &both), Ok(Some("xyz")));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
-        assert_eq!(extract_token(&h, &[TokenSource::Authorization]), None);
+        assert_eq!(extract_token(&h, &[TokenSource::Authorization]), Ok(None));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_bytes(b"Bearer \xff\xfe").unwrap());
+        assert_eq!(extract_token(&h, &[TokenSource::Authorization]), Err(Reject::Malformed));
     }
 }

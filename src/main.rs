@@ -28,10 +28,23 @@ enum Command {
     Migrate,
     /// Print the effective configuration, secrets redacted, and exit.
     CheckConfig,
+    /// Run a self-contained demo: the real server, a development issuer, an echo app and
+    /// sample data, with ready-to-paste curl commands. Ignores --config.
+    Demo {
+        /// Public port (the admin port is the next one).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Where the demo's SQLite file lives.
+        #[arg(long, default_value = "identity-sidecar-demo")]
+        data_dir: PathBuf,
+    },
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Demo { port, data_dir }) = cli.command {
+        return exit(run(demo(port, data_dir)));
+    }
     let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
         Ok(c) => c,
         Err(e) => {
@@ -43,7 +56,12 @@ fn main() -> std::process::ExitCode {
         Command::CheckConfig => config.redacted_toml().map(|t| print!("{t}")),
         Command::Serve => run(serve(config)),
         Command::Migrate => run(migrate(config)),
+        Command::Demo { .. } => unreachable!("handled before the configuration is loaded"),
     };
+    exit(result)
+}
+
+fn exit(result: anyhow::Result<()>) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -78,6 +96,23 @@ async fn migrate(config: Config) -> anyhow::Result<()> {
     store.migrate().await?;
     tracing::info!("migrations applied");
     Ok(())
+}
+
+async fn demo(port: u16, data_dir: PathBuf) -> anyhow::Result<()> {
+    let quiet = identity_sidecar::config::LogConfig {
+        format: identity_sidecar::config::LogFormat::Pretty,
+        level: "error".into(),
+    };
+    identity_sidecar::telemetry::init(&quiet)?;
+    let options = identity_sidecar::demo::DemoOptions { port, data_dir };
+    let mut running = identity_sidecar::demo::start(options).await?;
+    identity_sidecar::demo::print(&running, port);
+    let stop = running.app.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        stop.cancel();
+    });
+    running.app.wait().await
 }
 
 async fn wait_for_signal() {

@@ -1,0 +1,287 @@
+//! `identity-sidecar demo`: the real server on embedded defaults (SQLite in a data directory,
+//! in-memory cache), a development issuer on loopback, an echo upstream, a sample
+//! organization with contracts, and ready-to-paste `curl` commands with tokens.
+//!
+//! The development issuer lives only here: nothing in the configuration can start it, so
+//! `serve` can never trust tokens it mints. It signs ES256 access tokens shaped like
+//! Keycloak's (with an `organization` claim) using an ephemeral key.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Method, Uri, header};
+use axum::response::IntoResponse;
+use axum::routing::{any, get, post};
+use serde_json::{Value, json};
+use sha2::Digest as _;
+use tokio::net::TcpListener;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::entitlements::Signer;
+use crate::store::model::{MembershipType, NewContract, NewOrganization};
+use crate::store::{Store, contracts, organizations};
+use crate::{App, AppHandle};
+
+/// Where and how the demo runs.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Public port of the sidecar (admin = port + 1).
+    pub port: u16,
+    /// Where the SQLite file goes.
+    pub data_dir: PathBuf,
+}
+
+/// The organization every demo user belongs to, and its Keycloak id.
+const ORG: &str = "acme";
+const ORG_ID: &str = "6b3c8f9e-1f57-4c8a-9d8e-2f3a4b5c6d7e";
+const AUDIENCE: &str = "demo-app";
+
+/// A running demo: the sidecar and its helpers.
+pub struct Demo {
+    pub app: AppHandle,
+    pub issuer: String,
+    pub commands: Vec<(String, String)>,
+    _helpers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// The development issuer: discovery, JWKS and a token endpoint for sample users.
+#[derive(Clone)]
+struct Issuer {
+    url: String,
+    signer: std::sync::Arc<Signer>,
+}
+
+impl Issuer {
+    fn token(&self, user: &str, organizations: Value, roles: &[&str], ttl_secs: u64) -> String {
+        let now = crate::auth::gate::unix_now();
+        let claims = json!({
+            "iss": self.url,
+            "sub": format!("demo-{user}"),
+            "aud": "account",
+            "azp": AUDIENCE,
+            "typ": "Bearer",
+            "iat": now,
+            "exp": now + ttl_secs,
+            "sid": Uuid::new_v4().to_string(),
+            "scope": "openid email profile organization:*",
+            "email": format!("{user}@example.org"),
+            "email_verified": true,
+            "preferred_username": user,
+            "name": format!("{} Example", capitalise(user)),
+            "given_name": capitalise(user),
+            "family_name": "Example",
+            "realm_access": {"roles": roles},
+            "organization": organizations,
+        });
+        self.signer.sign(&claims).expect("an ES256 key signs JSON claims")
+    }
+}
+
+fn capitalise(s: &str) -> String {
+    let mut chars = s.chars();
+    chars.next().map(|c| c.to_uppercase().chain(chars).collect()).unwrap_or_default()
+}
+
+async fn discovery(State(issuer): State<Issuer>) -> impl IntoResponse {
+    axum::Json(json!({
+        "issuer": issuer.url,
+        "jwks_uri": format!("{}/protocol/openid-connect/certs", issuer.url),
+        "token_endpoint": format!("{}/protocol/openid-connect/token", issuer.url),
+        "id_token_signing_alg_values_supported": ["ES256"],
+    }))
+}
+
+async fn certs(State(issuer): State<Issuer>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], issuer.signer.jwks_bytes())
+}
+
+#[derive(serde::Deserialize)]
+struct TokenQuery {
+    user: String,
+}
+
+/// `POST …/token?user=NAME`: a fresh 12-hour token for a sample user (a member of `acme`).
+async fn mint(State(issuer): State<Issuer>, Query(q): Query<TokenQuery>) -> impl IntoResponse {
+    let user: String = q.user.chars().filter(|c| c.is_ascii_alphanumeric()).take(32).collect();
+    axum::Json(json!({
+        "access_token": issuer.token(&user, json!({ORG: {"id": ORG_ID}}), &["learner"], 12 * 3600),
+        "token_type": "Bearer",
+        "expires_in": 12 * 3600,
+    }))
+}
+
+/// The demo app behind the sidecar: answers with what it received.
+async fn echo(method: Method, uri: Uri, headers: HeaderMap) -> impl IntoResponse {
+    let received: serde_json::Map<String, Value> = headers
+        .iter()
+        .filter(|(n, _)| n.as_str().starts_with("x-identity-") || n.as_str() == "x-userinfo")
+        .map(|(n, v)| (n.as_str().to_owned(), json!(v.to_str().unwrap_or("<binary>"))))
+        .collect();
+    axum::Json(
+        json!({"app": "demo upstream", "method": method.as_str(), "uri": uri.to_string(), "identity_headers": received}),
+    )
+}
+
+async fn spawn_router(router: Router) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    Ok((addr, task))
+}
+
+/// Starts everything and returns the commands to print.
+pub async fn start(options: DemoOptions) -> anyhow::Result<Demo> {
+    std::fs::create_dir_all(&options.data_dir)
+        .with_context(|| format!("cannot create {}", options.data_dir.display()))?;
+
+    let issuer_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let issuer_url = format!("http://{}/realms/demo", issuer_listener.local_addr()?);
+    let issuer = Issuer { url: issuer_url.clone(), signer: std::sync::Arc::new(Signer::ephemeral()?) };
+    let issuer_router = Router::new()
+        .route("/realms/demo/.well-known/openid-configuration", get(discovery))
+        .route("/realms/demo/protocol/openid-connect/certs", get(certs))
+        .route("/realms/demo/protocol/openid-connect/token", post(mint))
+        .with_state(issuer.clone());
+    let issuer_task = tokio::spawn(async move {
+        let _ = axum::serve(issuer_listener, issuer_router).await;
+    });
+    let (upstream, upstream_task) = spawn_router(Router::new().fallback(any(echo))).await?;
+
+    let admin_token = Uuid::new_v4().simple().to_string();
+    let admin_sha = hex::encode(sha2::Sha256::digest(admin_token.as_bytes()));
+    let db = options.data_dir.join("demo.db");
+    let (public_port, admin_port) = (options.port, options.port.wrapping_add(1));
+    let env = [
+        ("SIDECAR__OIDC__ISSUER", issuer_url.clone()),
+        ("SIDECAR__OIDC__AUDIENCES", json!([AUDIENCE]).to_string()),
+        ("SIDECAR__SERVER__LISTEN", format!("127.0.0.1:{public_port}")),
+        ("SIDECAR__SERVER__ADMIN_LISTEN", format!("127.0.0.1:{admin_port}")),
+        ("SIDECAR__UPSTREAM__URL", format!("http://{upstream}")),
+        ("SIDECAR__DATABASE__URL", format!("sqlite://{}?mode=rwc", db.display())),
+        ("SIDECAR__AUTH__RULES", r#"[{"prefix":"/courses","require":true}]"#.to_string()),
+        ("SIDECAR__ADMIN__TOKEN_SHA256", json!([{"name": "demo", "sha256": admin_sha}]).to_string()),
+    ];
+    let config = Config::load(None, env.into_iter().map(|(k, v)| (k.to_owned(), v)))?;
+    let store = Store::connect(config.database_url(), 2).await?;
+    store.migrate().await?;
+    seed(&store).await?;
+    store.close().await;
+
+    let app = App::build(config).await?.spawn();
+    wait_ready(admin_port).await?;
+
+    let alice = issuer.token("alice", json!({ORG: {"id": ORG_ID}}), &["learner"], 12 * 3600);
+    let bob = issuer.token("bob", json!([]), &["learner"], 12 * 3600);
+    let public = format!("http://127.0.0.1:{public_port}");
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    let commands = vec![
+        (
+            "Proxy mode: alice (a member of acme) reaches the app; see the identity headers it received"
+                .into(),
+            format!("curl -s -H 'Authorization: Bearer {alice}' {public}/courses/intro"),
+        ),
+        (
+            "Forward-auth: what APISIX or nginx asks the sidecar (the identity headers come back)".into(),
+            format!(
+                "curl -s -i -H 'Authorization: Bearer {alice}' -H 'X-Forwarded-Method: GET' -H 'X-Forwarded-Uri: /courses/intro' {public}/_sidecar/auth"
+            ),
+        ),
+        (
+            "Who am I: alice's identity and entitlements".into(),
+            format!("curl -s -H 'Authorization: Bearer {alice}' {public}/_sidecar/me"),
+        ),
+        ("Anonymous on a protected path: 401".into(), format!("curl -s -i {public}/courses/intro")),
+        (
+            "Bob has no organization yet".into(),
+            format!("curl -s -H 'Authorization: Bearer {bob}' {public}/_sidecar/me"),
+        ),
+        (
+            "Admin: the organizations (static demo admin token)".into(),
+            format!("curl -s -H 'Authorization: Bearer {admin_token}' {admin}/admin/v1/organizations"),
+        ),
+        (
+            "Admin: acme's contracts with seats used".into(),
+            format!(
+                "curl -s -H 'Authorization: Bearer {admin_token}' '{admin}/admin/v1/contracts?organization=acme'"
+            ),
+        ),
+        (
+            "A fresh token for any sample user from the development issuer".into(),
+            format!("curl -s -X POST '{issuer_url}/protocol/openid-connect/token?user=carol'"),
+        ),
+    ];
+    Ok(Demo { app, issuer: issuer_url, commands, _helpers: vec![issuer_task, upstream_task] })
+}
+
+async fn seed(store: &Store) -> anyhow::Result<()> {
+    let mut conn = store.conn().await?;
+    if organizations::get(&mut conn, ORG).await.is_ok() {
+        return Ok(());
+    }
+    organizations::insert(
+        &mut conn,
+        &NewOrganization {
+            key: ORG.into(),
+            name: "Acme University".into(),
+            description: "A sample customer organization".into(),
+            keycloak_id: Some(ORG_ID.parse()?),
+            keycloak_alias: Some(ORG.into()),
+        },
+    )
+    .await?;
+    for (key, name, membership_type, max) in [
+        ("acme-all", "Every Acme learner", MembershipType::Auto, None),
+        ("acme-premium", "Acme premium track", MembershipType::Code, Some(25)),
+    ] {
+        contracts::insert(
+            &mut conn,
+            &NewContract {
+                key: key.into(),
+                organization: ORG.into(),
+                name: name.into(),
+                membership_type,
+                active: true,
+                starts_on: None,
+                ends_on: None,
+                max_learners: max,
+                price: None,
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn wait_ready(admin_port: u16) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{admin_port}/readyz");
+    for _ in 0..100 {
+        if http.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("the demo sidecar did not become ready")
+}
+
+/// Prints the banner and the commands.
+pub fn print(demo: &Demo, public_port: u16) {
+    println!("identity-sidecar demo is running.");
+    println!("  public port  http://127.0.0.1:{public_port}   (proxy → demo app, /_sidecar/*)");
+    println!("  admin port   http://127.0.0.1:{}", public_port.wrapping_add(1));
+    println!("  dev issuer   {}   (demo only; tokens last 12 hours)", demo.issuer);
+    println!();
+    for (what, command) in &demo.commands {
+        println!("# {what}");
+        println!("{command}");
+        println!();
+    }
+    println!("Press Ctrl-C to stop.");
+}

@@ -28,6 +28,19 @@ enum Command {
     Migrate,
     /// Print the effective configuration, secrets redacted, and exit.
     CheckConfig,
+    /// Import Keycloak's organizations (as POST /admin/v1/sync/organizations); prints
+    /// {created, updated, skipped, conflicts} as JSON.
+    SyncOrgs,
+    /// Reconcile one user against their organizations in Keycloak (as
+    /// POST /admin/v1/reconcile/users/{sub} without a body); prints the outcome as JSON.
+    Reconcile {
+        /// The user's subject (Keycloak user id).
+        #[arg(long)]
+        sub: String,
+        /// Plan only: print what would change and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -43,6 +56,14 @@ fn main() -> std::process::ExitCode {
         Command::CheckConfig => config.redacted_toml().map(|t| print!("{t}")),
         Command::Serve => run(serve(config)),
         Command::Migrate => run(migrate(config)),
+        Command::SyncOrgs => run(async {
+            identity_sidecar::telemetry::init(&config.log)?;
+            print_json(&identity_sidecar::keycloak::command::sync_orgs(&config).await?)
+        }),
+        Command::Reconcile { sub, dry_run } => run(async {
+            identity_sidecar::telemetry::init(&config.log)?;
+            print_json(&identity_sidecar::keycloak::command::reconcile_user(&config, &sub, dry_run).await?)
+        }),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -56,6 +77,12 @@ fn main() -> std::process::ExitCode {
 
 fn run(future: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(future)
+}
+
+/// Prints a command's result on stdout (logs go to stderr).
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

@@ -7,6 +7,7 @@ mod admin;
 mod b2b;
 mod harness_selftest;
 mod helpers;
+mod keycloak;
 mod nginx;
 mod proxy;
 mod redis;

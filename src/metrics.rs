@@ -37,7 +37,8 @@ pub struct Metrics {
     pub seat_limit_skips: Counter,
     /// Claimed organizations that match no known organization.
     pub unknown_organizations: Counter,
-    /// Store statements issued (a cached login must not move it).
+    /// Store statements issued by requests and startup (a cached login must not move it);
+    /// the job workers' background statements are not counted.
     pub store_queries: Counter,
     /// Redis commands that failed, by `op` (lookup, store, publish, subscribe) and `kind`
     /// (error, timeout, decode).

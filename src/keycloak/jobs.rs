@@ -47,7 +47,7 @@ use super::reconcile::reconcile_from_keycloak;
 use crate::reconcile::apply::Actor;
 use crate::state::AppState;
 use crate::store::model::Job;
-use crate::store::{jobs, users};
+use crate::store::{Store, StoreError, jobs, users};
 
 /// Adds a user to a Keycloak organization.
 pub const ADD_MEMBER: &str = "keycloak.add_member";
@@ -132,6 +132,8 @@ pub fn lease_for(timeout_secs: u64) -> Duration {
 
 /// A worker for jobs of `kind` until `stop`. Never fails: problems are logged and retried.
 pub async fn run(state: AppState, kind: &'static str, stop: CancellationToken) -> anyhow::Result<()> {
+    // Background statements are counted apart from requests' (see `Store::with_own_counter`).
+    let store = state.store.with_own_counter();
     let mut warned_unconfigured = false;
     // The earliest retry this worker scheduled: it wakes up for it rather than at the next poll.
     let mut retry_due: Option<Instant> = None;
@@ -143,7 +145,7 @@ pub async fn run(state: AppState, kind: &'static str, stop: CancellationToken) -
         if stop.is_cancelled() {
             return Ok(());
         }
-        let depth = refresh_depth(&state, kind).await;
+        let depth = refresh_depth(&state, &store, kind).await;
         match &state.keycloak {
             None => {
                 if depth > 0 && !warned_unconfigured {
@@ -151,9 +153,9 @@ pub async fn run(state: AppState, kind: &'static str, stop: CancellationToken) -
                     warned_unconfigured = true;
                 }
             }
-            Some(keycloak) => match claim(&state, kind).await {
+            Some(keycloak) => match claim(&state, &store, kind).await {
                 Ok(Some(job)) => {
-                    if let Some(due) = run_one(&state, keycloak, job, &stop).await {
+                    if let Some(due) = run_one(&state, &store, keycloak, job, &stop).await {
                         retry_due = Some(retry_due.map_or(due, |d| d.min(due)));
                     }
                     continue;
@@ -177,9 +179,9 @@ pub async fn run(state: AppState, kind: &'static str, stop: CancellationToken) -
 }
 
 /// Sets the queue-depth gauge of `kind`; returns the depth (0 when the store cannot say).
-async fn refresh_depth(state: &AppState, kind: &'static str) -> i64 {
+async fn refresh_depth(state: &AppState, store: &Store, kind: &'static str) -> i64 {
     let depth = async {
-        let mut conn = state.store.conn().await?;
+        let mut conn = store.conn().await?;
         jobs::pending(&mut conn, kind).await
     }
     .await;
@@ -192,16 +194,17 @@ async fn refresh_depth(state: &AppState, kind: &'static str) -> i64 {
     }
 }
 
-async fn claim(state: &AppState, kind: &str) -> Result<Option<Job>, crate::store::StoreError> {
+async fn claim(state: &AppState, store: &Store, kind: &str) -> Result<Option<Job>, StoreError> {
     let now = OffsetDateTime::now_utc();
     let lease = lease_for(state.config.keycloak_admin.timeout_secs);
-    let mut conn = state.store.conn().await?;
+    let mut conn = store.conn().await?;
     jobs::claim(&mut conn, kind, now, now + lease).await
 }
 
 /// Runs one claimed job and records the result; returns when it is due again after a retry.
 async fn run_one(
     state: &AppState,
+    store: &Store,
     keycloak: &KeycloakAdmin,
     job: Job,
     stop: &CancellationToken,
@@ -209,7 +212,7 @@ async fn run_one(
     let kind: &'static str = KINDS.into_iter().find(|k| *k == job.kind).unwrap_or("unknown");
     let attempt = match kind {
         ADD_MEMBER => add_member(keycloak, &job).await,
-        RECONCILE_ALL => reconcile_all(state, keycloak, &job, stop).await,
+        RECONCILE_ALL => reconcile_all(state, store, keycloak, &job, stop).await,
         _ => Attempt::Fail(format!("unknown job kind {:?}", job.kind)),
     };
     let count = |result: &'static str| {
@@ -217,7 +220,7 @@ async fn run_one(
     };
     let mut due = None;
     let recorded = async {
-        let mut conn = state.store.conn().await?;
+        let mut conn = store.conn().await?;
         match &attempt {
             Attempt::Done => {
                 jobs::complete(&mut conn, job.id).await?;
@@ -247,7 +250,7 @@ async fn run_one(
                 tracing::info!(job = job.id, kind, "job interrupted by shutdown; it resumes on the next start");
             }
         }
-        Ok::<_, crate::store::StoreError>(())
+        Ok::<_, StoreError>(())
     }
     .await;
     if let Err(e) = recorded {
@@ -279,6 +282,7 @@ async fn add_member(keycloak: &KeycloakAdmin, job: &Job) -> Attempt {
 
 async fn reconcile_all(
     state: &AppState,
+    store: &Store,
     keycloak: &KeycloakAdmin,
     job: &Job,
     stop: &CancellationToken,
@@ -294,13 +298,13 @@ async fn reconcile_all(
     let save = |progress: &ReconcileProgress| {
         let value = serde_json::to_value(progress).expect("progress serialises");
         async move {
-            let mut conn = state.store.conn().await?;
+            let mut conn = store.conn().await?;
             jobs::set_progress(&mut conn, job.id, &value, OffsetDateTime::now_utc() + lease).await
         }
     };
     if progress.done == 0 {
         let total = async {
-            let mut conn = state.store.conn().await?;
+            let mut conn = store.conn().await?;
             users::count(&mut conn).await
         }
         .await;
@@ -315,7 +319,7 @@ async fn reconcile_all(
     let mut saved_at = Instant::now();
     loop {
         let page = async {
-            let mut conn = state.store.conn().await?;
+            let mut conn = store.conn().await?;
             users::subs_after(&mut conn, progress.after.as_deref(), USERS_PER_PAGE).await
         }
         .await;
@@ -331,7 +335,7 @@ async fn reconcile_all(
                     Err(e) => Attempt::Retry(e.to_string()),
                 };
             }
-            match reconcile_from_keycloak(&state.store, keycloak, &sub, &actor, false).await {
+            match reconcile_from_keycloak(store, keycloak, &sub, &actor, false).await {
                 Ok(done) => {
                     if done.changed {
                         state.invalidate_user(&sub).await;

@@ -428,6 +428,18 @@ async fn queued_jobs_survive_a_restart(db: Db) {
 }
 
 #[tokio::test]
+async fn idle_job_workers_poll_without_moving_the_request_query_counter() {
+    let s = start(Db::Sqlite).await;
+    let queries = async || metric(&s.app.metrics().await, "identity_sidecar_store_queries_total");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = queries().await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(queries().await, before, "two polls of each worker happened meanwhile");
+    let text = s.app.metrics().await;
+    assert!(text.contains("identity_sidecar_jobs_queue_depth{kind=\"reconcile.all\"} 0"), "{text}");
+}
+
+#[tokio::test]
 async fn two_replicas_share_the_queue_without_running_a_job_twice() {
     let kc = FakeKeycloak::start().await;
     let pg = TestDatabase::create().await;

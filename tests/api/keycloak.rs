@@ -185,13 +185,15 @@ on_both_databases!(
 #[tokio::test]
 async fn the_admin_token_is_fetched_once_and_shared_by_concurrent_calls() {
     let s = start(Db::Sqlite).await;
-    for i in 0..5 {
-        let (status, body) = s.post(&format!("/reconcile/users/u{i}"), None).await;
-        assert_eq!(status, 200, "{body}");
-    }
+    // Ten calls at once before any token exists: they wait for one token request.
     let paths: Vec<String> = (0..10).map(|i| format!("/reconcile/users/c{i}")).collect();
     let calls = paths.iter().map(|path| s.post(path, None));
     for (status, body) in futures_util::future::join_all(calls).await {
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(s.kc.token_requests(), 1, "single flight");
+    for i in 0..5 {
+        let (status, body) = s.post(&format!("/reconcile/users/u{i}"), None).await;
         assert_eq!(status, 200, "{body}");
     }
     assert_eq!(s.kc.token_requests(), 1, "15 admin calls, one token");

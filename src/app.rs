@@ -111,6 +111,7 @@ impl App {
             }
             None => None,
         };
+        let keycloak = keycloak_admin(&config)?;
         let state = AppState::new(Inner {
             store,
             signer,
@@ -124,6 +125,8 @@ impl App {
             auth,
             jwks,
             metrics,
+            keycloak,
+            jobs_notify: Arc::new(tokio::sync::Notify::new()),
         });
         Ok(App { state, public, admin })
     }
@@ -155,9 +158,28 @@ impl App {
             let state = self.state.clone();
             tasks.spawn(shared.run_subscriber(move |inv| state.apply_invalidation(inv), shutdown.clone()));
         }
+        for kind in crate::keycloak::jobs::KINDS {
+            tasks.spawn(crate::keycloak::jobs::run(self.state.clone(), kind, shutdown.clone()));
+        }
         tracing::info!(%public_addr, %admin_addr, "identity-sidecar serving");
         AppHandle { shutdown, tasks, public_addr, admin_addr, grace }
     }
+}
+
+/// The Keycloak admin client when `keycloak_admin` is complete; a warning names what is
+/// missing when it is only partly set (a half-done configuration is usually a mistake).
+pub fn keycloak_admin(config: &Config) -> anyhow::Result<Option<Arc<crate::keycloak::KeycloakAdmin>>> {
+    let kc = &config.keycloak_admin;
+    let missing = kc.missing();
+    if !missing.is_empty() && missing.len() < 4 {
+        tracing::warn!(
+            missing = missing.join(", "),
+            "keycloak_admin is partly configured; organization sync, reconciliation from Keycloak \
+             and membership pushes stay off until it is complete"
+        );
+    }
+    let client = crate::keycloak::KeycloakAdmin::from_config(kc).context("keycloak_admin")?;
+    Ok(client.map(Arc::new))
 }
 
 /// Request ids: kept when the caller sent one, generated otherwise, passed on to the

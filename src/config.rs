@@ -331,7 +331,39 @@ pub struct KeycloakAdminConfig {
     pub client_secret: Option<SecretString>,
     pub client_secret_file: Option<PathBuf>,
     pub ca_file: Option<PathBuf>,
+    /// Timeout of each admin API and token request.
     pub timeout_secs: u64,
+    /// Organizations per page when listing them (`max`; Keycloak's own default is 10).
+    pub page_size: u32,
+    /// First delay before a failed Keycloak job is retried; it doubles per attempt (with
+    /// jitter) up to 5 minutes.
+    pub retry_base_ms: u64,
+}
+
+impl KeycloakAdminConfig {
+    /// Whether every setting the admin client needs is there (url, realm, client id, secret).
+    pub fn is_configured(&self) -> bool {
+        self.missing().is_empty()
+    }
+
+    /// The names of the required settings that are not set.
+    pub fn missing(&self) -> Vec<&'static str> {
+        let blank = |v: Option<&str>| v.is_none_or(|v| v.trim().is_empty());
+        let mut missing = Vec::new();
+        if blank(self.url.as_deref()) {
+            missing.push("url");
+        }
+        if blank(self.realm.as_deref()) {
+            missing.push("realm");
+        }
+        if blank(self.client_id.as_deref()) {
+            missing.push("client_id");
+        }
+        if blank(self.client_secret.as_ref().map(|s| s.expose_secret())) {
+            missing.push("client_secret");
+        }
+        missing
+    }
 }
 
 impl Default for KeycloakAdminConfig {
@@ -344,6 +376,8 @@ impl Default for KeycloakAdminConfig {
             client_secret_file: None,
             ca_file: None,
             timeout_secs: 10,
+            page_size: 100,
+            retry_base_ms: 1000,
         }
     }
 }
@@ -491,6 +525,22 @@ impl Config {
             if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                 bail!("admin.token_sha256[{i}].sha256 must be 64 hex characters");
             }
+        }
+        let kc = &self.keycloak_admin;
+        if let Some(url) = &kc.url {
+            let uri: http::Uri = url.parse().with_context(|| format!("keycloak_admin.url {url:?}"))?;
+            if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+                bail!("keycloak_admin.url must be an http:// or https:// URL, e.g. https://sso.example.com");
+            }
+        }
+        if kc.timeout_secs == 0 {
+            bail!("keycloak_admin.timeout_secs must be at least 1");
+        }
+        if !(1..=1000).contains(&kc.page_size) {
+            bail!("keycloak_admin.page_size must be between 1 and 1000");
+        }
+        if kc.retry_base_ms == 0 {
+            bail!("keycloak_admin.retry_base_ms must be at least 1");
         }
         if let Some(url) = &self.upstream.url {
             let uri: http::Uri = url.parse().with_context(|| format!("upstream.url {url:?}"))?;

@@ -169,3 +169,22 @@ impl From<anyhow::Error> for ApiError {
         ApiError::Internal(error)
     }
 }
+
+/// A failed Keycloak admin call is a bad gateway: the detail names the call and Keycloak's
+/// status (never a token or secret). Handlers that can say more (an unknown user) map those
+/// cases themselves first.
+impl From<crate::keycloak::KcError> for ApiError {
+    fn from(error: crate::keycloak::KcError) -> Self {
+        tracing::warn!(error = %error, "Keycloak admin call failed");
+        ApiError::BadGateway(format!("{error}."))
+    }
+}
+
+impl From<crate::keycloak::Error> for ApiError {
+    fn from(error: crate::keycloak::Error) -> Self {
+        match error {
+            crate::keycloak::Error::Keycloak(e) => e.into(),
+            crate::keycloak::Error::Store(e) => e.into(),
+        }
+    }
+}

@@ -15,6 +15,7 @@ pub mod entitlements;
 pub mod error;
 pub mod headers;
 pub mod identity;
+pub mod keycloak;
 pub mod metrics;
 pub mod proxy;
 pub mod public;

@@ -38,6 +38,19 @@ enum Command {
         #[arg(long, default_value = "identity-sidecar-demo")]
         data_dir: PathBuf,
     },
+    /// Import Keycloak's organizations (as POST /admin/v1/sync/organizations); prints
+    /// {created, updated, skipped, conflicts} as JSON.
+    SyncOrgs,
+    /// Reconcile one user against their organizations in Keycloak (as
+    /// POST /admin/v1/reconcile/users/{sub} without a body); prints the outcome as JSON.
+    Reconcile {
+        /// The user's subject (Keycloak user id).
+        #[arg(long)]
+        sub: String,
+        /// Plan only: print what would change and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -57,6 +70,14 @@ fn main() -> std::process::ExitCode {
         Command::Serve => run(serve(config)),
         Command::Migrate => run(migrate(config)),
         Command::Demo { .. } => unreachable!("handled before the configuration is loaded"),
+        Command::SyncOrgs => run(async {
+            identity_sidecar::telemetry::init(&config.log)?;
+            print_json(&identity_sidecar::keycloak::command::sync_orgs(&config).await?)
+        }),
+        Command::Reconcile { sub, dry_run } => run(async {
+            identity_sidecar::telemetry::init(&config.log)?;
+            print_json(&identity_sidecar::keycloak::command::reconcile_user(&config, &sub, dry_run).await?)
+        }),
     };
     exit(result)
 }
@@ -74,6 +95,12 @@ fn exit(result: anyhow::Result<()>) -> std::process::ExitCode {
 
 fn run(future: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(future)
+}
+
+/// Prints a command's result on stdout (logs go to stderr).
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

@@ -37,7 +37,8 @@ pub struct Metrics {
     pub seat_limit_skips: Counter,
     /// Claimed organizations that match no known organization.
     pub unknown_organizations: Counter,
-    /// Store statements issued (a cached login must not move it).
+    /// Store statements issued by requests and startup (a cached login must not move it);
+    /// the job workers' background statements are not counted.
     pub store_queries: Counter,
     /// Redis commands that failed, by `op` (lookup, store, publish, subscribe) and `kind`
     /// (error, timeout, decode).
@@ -46,6 +47,10 @@ pub struct Metrics {
     pub redis_invalidations: Family<Labels, Counter>,
     /// 1 while subscribed to Redis invalidations.
     pub redis_subscribed: Gauge,
+    /// Durable jobs not finished yet (queued or running), by `kind`; refreshed by each poll.
+    pub jobs_queue_depth: Family<Labels, Gauge>,
+    /// Job attempts by `kind` and `result` (ok, retry, failed).
+    pub jobs: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -117,7 +122,17 @@ impl Metrics {
             "1 while subscribed to Redis invalidations",
             redis_subscribed.clone(),
         );
+        let jobs_queue_depth = Family::default();
+        registry.register(
+            "jobs_queue_depth",
+            "Durable jobs queued or running, by kind",
+            jobs_queue_depth.clone(),
+        );
+        let jobs = Family::default();
+        registry.register("jobs", "Job attempts by kind and result", jobs.clone());
         Metrics {
+            jobs_queue_depth,
+            jobs,
             redis_errors,
             redis_invalidations,
             redis_subscribed,

@@ -47,11 +47,24 @@ pub struct Inner {
     /// The Redis tier (`cache.redis_url`): logins shared between replicas and the
     /// invalidation bus. `None`: this process caches on its own.
     pub shared: Option<Arc<crate::cache::SharedCache>>,
+    /// The Keycloak admin client (`keycloak_admin`), when configured: organization sync,
+    /// reconciliation from Keycloak and the job worker's membership pushes. `None`: those
+    /// features answer that it is not configured, and Keycloak jobs wait in the queue.
+    pub keycloak: Option<Arc<crate::keycloak::KeycloakAdmin>>,
+    /// Wakes this process's job workers after an enqueue ([`AppState::kick_jobs`]).
+    pub jobs_notify: Arc<tokio::sync::Notify>,
 }
 
 impl AppState {
     pub fn new(inner: Inner) -> AppState {
         AppState(Arc::new(inner))
+    }
+
+    /// Tells this process's job workers to look for due jobs now rather than at their next
+    /// poll. Call it after committing a transaction that enqueued a job (other replicas find
+    /// the job at their next poll, within a second).
+    pub fn kick_jobs(&self) {
+        self.jobs_notify.notify_waiters();
     }
 
     /// Whether `X-Forwarded-*` from this peer may be believed.

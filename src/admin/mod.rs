@@ -28,7 +28,10 @@ mod audit;
 mod contracts;
 pub mod extract;
 pub mod guard;
+mod jobs;
 mod organizations;
+mod reconcile;
+mod sync;
 mod users;
 
 pub fn router(state: AppState) -> Router {
@@ -38,6 +41,9 @@ pub fn router(state: AppState) -> Router {
         .merge(contracts::router())
         .merge(users::router())
         .merge(audit::router())
+        .merge(sync::router())
+        .merge(reconcile::router())
+        .merge(jobs::router())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), guard::require_admin));
     Router::new()
         .route("/healthz", get(healthz))

@@ -9,6 +9,7 @@ mod demo;
 mod harness_selftest;
 mod helpers;
 mod hostile;
+mod keycloak;
 mod nginx;
 mod proxy;
 mod redis;

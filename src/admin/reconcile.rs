@@ -1,0 +1,204 @@
+//! Admin reconciliation:
+//! - `POST /reconcile/users/{sub}` reconciles one user now against a stated organization set
+//!   (body `{"organizations": …}` in any claim shape) or, without a body, against the user's
+//!   organizations in Keycloak. Removal is authoritative either way: the set is the user's
+//!   complete membership (see [`crate::keycloak::reconcile`]). `?dry_run=true` answers the plan
+//!   and writes nothing.
+//! - `POST /reconcile` queues a `reconcile.all` job (every known user against Keycloak) and
+//!   answers 202 with its id; `GET /admin/v1/jobs/{id}` follows it.
+//! - `POST /reconcile/contracts/{key}` attaches a contract to every current member of its
+//!   organization, in ascending `sub` order, while seats last.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use super::OrNotFound;
+use super::extract::{OptionalJson, Params};
+use super::guard::Admin;
+use super::sync::keycloak;
+use crate::auth::org_claim::parse_org_claim;
+use crate::error::ApiError;
+use crate::keycloak::jobs::{RECONCILE_ALL, ReconcileAllPayload};
+use crate::keycloak::reconcile::{Reconciled, Source, reconcile_from_keycloak, reconcile_stated};
+use crate::state::AppState;
+use crate::store::model::{AttachOutcome, AttachmentSource, NewAuditEvent};
+use crate::store::{attachments, audit, contracts, jobs, organizations};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/reconcile", post(reconcile_all))
+        .route("/reconcile/users/{sub}", post(reconcile_user))
+        .route("/reconcile/contracts/{key}", post(reconcile_contract))
+}
+
+/// The body of `POST /reconcile/users/{sub}`: the user's complete organization set, in any
+/// shape the organization claim takes (`["acme"]`, `{"acme": {"id": "…"}}`, `"acme"`, …;
+/// `null` or `[]` for none).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Stated {
+    organizations: Value,
+}
+
+async fn reconcile_user(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(sub): Path<String>,
+    mut params: Params,
+    OptionalJson(body): OptionalJson<Option<Stated>>,
+) -> Result<Json<Reconciled>, ApiError> {
+    let dry_run = params.boolean("dry_run")?.unwrap_or(false);
+    params.finish()?;
+    let actor = admin.actor();
+    let reconciled = match body {
+        Some(stated) => {
+            let claimed = parse_org_claim(Some(&stated.organizations));
+            reconcile_stated(
+                &state.store,
+                &sub,
+                &claimed.orgs,
+                claimed.ignored,
+                Source::Body,
+                &actor,
+                dry_run,
+            )
+            .await?
+        }
+        None => {
+            let Some(keycloak) = state.keycloak.as_deref() else {
+                return Err(ApiError::BadRequest {
+                    detail: format!(
+                        "Send the user's organizations as {{\"organizations\": [...]}}; without a body \
+                         they are read from Keycloak, but {}",
+                        crate::keycloak::NOT_CONFIGURED
+                    ),
+                    errors: vec![],
+                });
+            };
+            match reconcile_from_keycloak(&state.store, keycloak, &sub, &actor, dry_run).await {
+                Err(crate::keycloak::Error::Keycloak(e)) if e.status() == Some(404) => {
+                    return Err(ApiError::NotFound(format!("Keycloak has no user `{sub}`.")));
+                }
+                other => other?,
+            }
+        }
+    };
+    if reconciled.changed && !dry_run {
+        state.invalidate_user(&sub).await;
+    }
+    Ok(Json(reconciled))
+}
+
+/// Queues a `reconcile.all` job → 202 `{job_id}` with `Location: /admin/v1/jobs/{id}`.
+async fn reconcile_all(
+    State(state): State<AppState>,
+    admin: Admin,
+    params: Params,
+) -> Result<Response, ApiError> {
+    params.finish()?;
+    keycloak(&state)?;
+    let payload = serde_json::to_value(ReconcileAllPayload { actor: admin.actor().0 })
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    let mut tx = state.store.begin().await?;
+    let job = jobs::enqueue(&mut tx, RECONCILE_ALL, &payload, OffsetDateTime::now_utc()).await?;
+    let event = NewAuditEvent {
+        detail: Some(json!({"job_id": job.id})),
+        ..admin.event("reconcile.all.queued", "admin API")
+    };
+    audit::insert(&mut tx, &event).await?;
+    tx.commit().await?;
+    state.kick_jobs();
+    let location = format!("/admin/v1/jobs/{}", job.id);
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(json!({"job_id": job.id})))
+        .into_response())
+}
+
+/// What attaching a contract to its organization's members did (counts of users).
+#[derive(Debug, Serialize)]
+struct ContractReconciled {
+    contract: String,
+    /// Newly attached (`source=admin`).
+    attached: u64,
+    /// Already held the contract.
+    already: u64,
+    /// Not attached: no free seat was left.
+    skipped_full: u64,
+}
+
+/// Members read per page.
+const MEMBERS_PER_PAGE: u32 = 500;
+
+/// Attaches the contract to every current member of its organization in ascending `sub` order
+/// while seats last (any membership type: the admin asks for it; validity is judged when
+/// headers are served, as for every attachment). One per-user transaction each, so every
+/// attachment serialises with that user's reconciliations and takes its seat atomically.
+async fn reconcile_contract(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(key): Path<String>,
+    params: Params,
+) -> Result<Json<ContractReconciled>, ApiError> {
+    params.finish()?;
+    let contract = {
+        let mut conn = state.store.conn().await?;
+        contracts::get(&mut conn, &key).await.or_not_found(|| format!("No contract with key `{key}`."))?
+    };
+    let mut result =
+        ContractReconciled { contract: contract.key.clone(), attached: 0, already: 0, skipped_full: 0 };
+    let mut offset = 0;
+    loop {
+        let members = {
+            let mut conn = state.store.conn().await?;
+            organizations::members(&mut conn, contract.organization_id, MEMBERS_PER_PAGE, offset).await?
+        };
+        offset += members.len() as u32;
+        for member in &members {
+            let (mut tx, _) = state.store.begin_user(&member.sub, None).await?;
+            match attachments::attach(&mut tx, &member.sub, contract.id, AttachmentSource::Admin).await? {
+                AttachOutcome::Attached => {
+                    let event = NewAuditEvent {
+                        sub: Some(member.sub.clone()),
+                        organization: Some(contract.organization.clone()),
+                        contract: Some(contract.key.clone()),
+                        detail: Some(json!({"source": "admin"})),
+                        ..admin.event("attachment.add", "contract reconciled with its organization")
+                    };
+                    audit::insert(&mut tx, &event).await?;
+                    tx.commit().await?;
+                    state.invalidate_user(&member.sub).await;
+                    result.attached += 1;
+                }
+                AttachOutcome::AlreadyAttached => {
+                    tx.rollback().await?;
+                    result.already += 1;
+                }
+                AttachOutcome::Full => {
+                    tx.rollback().await?;
+                    result.skipped_full += 1;
+                }
+            }
+        }
+        if members.len() < MEMBERS_PER_PAGE as usize {
+            break;
+        }
+    }
+    state.metrics.seat_limit_skips.inc_by(result.skipped_full);
+    let event = NewAuditEvent {
+        organization: Some(contract.organization.clone()),
+        contract: Some(contract.key.clone()),
+        detail: Some(json!({
+            "attached": result.attached, "already": result.already, "skipped_full": result.skipped_full,
+        })),
+        ..admin.event("contract.reconcile", "admin API")
+    };
+    let mut conn = state.store.conn().await?;
+    audit::insert(&mut conn, &event).await?;
+    Ok(Json(result))
+}

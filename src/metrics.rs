@@ -46,6 +46,9 @@ pub struct Metrics {
     pub redis_invalidations: Family<Labels, Counter>,
     /// 1 while subscribed to Redis invalidations.
     pub redis_subscribed: Gauge,
+    /// Enrollment-code redemptions by `result` (created, already, invalid, no_contract, full,
+    /// rate_limited).
+    pub code_redemptions: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -117,7 +120,14 @@ impl Metrics {
             "1 while subscribed to Redis invalidations",
             redis_subscribed.clone(),
         );
+        let code_redemptions = Family::default();
+        registry.register(
+            "code_redemptions",
+            "Enrollment-code redemptions by result",
+            code_redemptions.clone(),
+        );
         Metrics {
+            code_redemptions,
             redis_errors,
             redis_invalidations,
             redis_subscribed,

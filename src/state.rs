@@ -47,6 +47,8 @@ pub struct Inner {
     /// The Redis tier (`cache.redis_url`): logins shared between replicas and the
     /// invalidation bus. `None`: this process caches on its own.
     pub shared: Option<Arc<crate::cache::SharedCache>>,
+    /// Failed enrollment-code redemptions per user, for the 429 of SPEC §7 (this replica only).
+    pub code_failures: crate::codes::FailureLimiter,
 }
 
 impl AppState {

@@ -11,6 +11,8 @@
 //! At most [`MAX_PER_REQUEST`] per request. Audit events name how many codes were made or which
 //! code was revoked by its [`fingerprint`], never the code.
 
+use std::collections::{HashMap, HashSet};
+
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, State};
@@ -28,7 +30,7 @@ use crate::codes::{MAX_PER_REQUEST, fingerprint, generate, normalize};
 use crate::error::{ApiError, FieldError};
 use crate::state::AppState;
 use crate::store::model::{Contract, EnrollmentCode, NewAuditEvent, NewEnrollmentCode, Redemption};
-use crate::store::{audit, codes, contracts};
+use crate::store::{Tx, audit, codes, contracts};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -147,6 +149,7 @@ async fn create(
             })
         })
         .collect::<Result<_, ApiError>>()?;
+    let before = codes::count_for_contract(&mut tx, contract.id).await?;
     codes::insert(&mut tx, contract.id, &new).await?;
     if count > 0 {
         let event = NewAuditEvent {
@@ -162,16 +165,48 @@ async fn create(
         };
         audit::insert(&mut tx, &event).await?;
     }
-    let mut items = Vec::with_capacity(new.len());
-    for code in &new {
-        let stored = codes::find(&mut tx, &code.code).await?.ok_or_else(|| {
-            ApiError::Internal(anyhow::anyhow!("a code is missing right after it was written"))
-        })?;
-        items.push(CodeView::from(stored));
-    }
+    let items = read_back(&mut tx, contract.id, before, &new).await?;
     tx.commit().await?;
     let total = items.len();
     Ok((StatusCode::CREATED, Json(Generated { items, total })).into_response())
+}
+
+/// The codes just inserted, as stored, in the order they were made. They are the contract's
+/// newest rows, read in pages from where the contract's codes ended before; a code that is not
+/// there (on PostgreSQL another generation for the same contract may have committed in
+/// between) is looked up on its own.
+async fn read_back(
+    tx: &mut Tx,
+    contract_id: i64,
+    before: i64,
+    new: &[NewEnrollmentCode],
+) -> Result<Vec<CodeView>, ApiError> {
+    let wanted: HashSet<&str> = new.iter().map(|c| c.code.as_str()).collect();
+    let mut found: HashMap<String, EnrollmentCode> = HashMap::with_capacity(new.len());
+    let chunk = super::extract::MAX_LIMIT;
+    let mut offset = u32::try_from(before).unwrap_or(u32::MAX);
+    while found.len() < new.len() {
+        let page = codes::list_for_contract(tx, contract_id, chunk, offset).await?;
+        let done = page.len() < chunk as usize;
+        offset = offset.saturating_add(chunk);
+        found.extend(
+            page.into_iter().filter(|c| wanted.contains(c.code.as_str())).map(|c| (c.code.clone(), c)),
+        );
+        if done {
+            break;
+        }
+    }
+    let mut items = Vec::with_capacity(new.len());
+    for code in new {
+        let stored = match found.remove(&code.code) {
+            Some(stored) => stored,
+            None => codes::find(tx, &code.code).await?.ok_or_else(|| {
+                ApiError::Internal(anyhow::anyhow!("a code is missing right after it was written"))
+            })?,
+        };
+        items.push(CodeView::from(stored));
+    }
+    Ok(items)
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {

@@ -230,6 +230,7 @@ on_both_databases!(
     the_next_forward_auth_request_after_a_redemption_shows_the_contract,
     eleven_failed_attempts_in_a_minute_get_429_with_retry_after,
     generation_follows_seats_price_and_type_and_lists_as_json_and_csv,
+    thousands_of_codes_are_generated_at_once_and_exported_whole,
     a_revoked_code_is_invalid_and_a_redeemed_code_cannot_be_revoked,
     users_are_found_by_email_and_erased_with_their_seats_freed,
 );
@@ -647,6 +648,25 @@ async fn generation_follows_seats_price_and_type_and_lists_as_json_and_csv(db: D
     for code in &seats {
         assert!(!raw.to_string().contains(code.as_str()));
     }
+}
+
+async fn thousands_of_codes_are_generated_at_once_and_exported_whole(db: Db) {
+    let w = start(db).await;
+    w.org("acme", None).await;
+    w.contract("big", "acme", "code", json!({})).await;
+    let first = w.generate("big", json!({})).await;
+    let batch = w.generate("big", json!({"count": 2500})).await;
+    assert_eq!(batch.len(), 2500);
+    let distinct: std::collections::HashSet<&String> = first.iter().chain(&batch).collect();
+    assert_eq!(distinct.len(), 2501);
+
+    let res = w.admin(Method::GET, "/contracts/big/codes").header("accept", "text/csv").send().await.unwrap();
+    let rows = parse_csv(&res.text().await.unwrap());
+    let exported: Vec<&str> = rows[1..].iter().map(|r| r[0].as_str()).collect();
+    let made: Vec<&str> = first.iter().chain(&batch).map(String::as_str).collect();
+    assert_eq!(exported, made, "every code, oldest first, beyond one page");
+    let a = w.get("/contracts/big/codes?limit=1000&offset=2000").await;
+    assert_eq!((a.body["total"].as_i64(), a.body["items"].as_array().unwrap().len()), (Some(2501), 501));
 }
 
 /// RFC 4180: CRLF records, quoted fields may hold commas, quotes (doubled) and line breaks.

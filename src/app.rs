@@ -112,7 +112,10 @@ impl App {
             None => None,
         };
         let keycloak = keycloak_admin(&config)?;
+        let code_failures =
+            crate::codes::FailureLimiter::new(config.codes.max_failures_per_minute, config.cache.max_entries);
         let state = AppState::new(Inner {
+            code_failures,
             store,
             signer,
             logins,

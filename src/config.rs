@@ -407,6 +407,7 @@ pub struct StaticToken {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CodesConfig {
+    /// Failed redemptions per user in any minute before 429 (per replica; 0 = no limit).
     pub max_failures_per_minute: u32,
 }
 

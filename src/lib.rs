@@ -9,6 +9,7 @@ pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod cache;
+pub mod codes;
 pub mod config;
 pub mod demo;
 pub mod entitlements;

@@ -51,6 +51,9 @@ pub struct Metrics {
     pub jobs_queue_depth: Family<Labels, Gauge>,
     /// Job attempts by `kind` and `result` (ok, retry, failed).
     pub jobs: Family<Labels, Counter>,
+    /// Enrollment-code redemptions by `result` (created, already, invalid, no_contract, full,
+    /// rate_limited).
+    pub code_redemptions: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -130,9 +133,16 @@ impl Metrics {
         );
         let jobs = Family::default();
         registry.register("jobs", "Job attempts by kind and result", jobs.clone());
+        let code_redemptions = Family::default();
+        registry.register(
+            "code_redemptions",
+            "Enrollment-code redemptions by result",
+            code_redemptions.clone(),
+        );
         Metrics {
             jobs_queue_depth,
             jobs,
+            code_redemptions,
             redis_errors,
             redis_invalidations,
             redis_subscribed,

@@ -1,5 +1,6 @@
-//! The public port: forward-auth, `/_sidecar/me`, and (when `upstream.url` is set) the
-//! reverse proxy for every other path.
+//! The public port: forward-auth, `/_sidecar/me`, enrollment-code redemption
+//! ([`crate::codes::redeem`]), and (when `upstream.url` is set) the reverse proxy for every
+//! other path.
 //!
 //! Every request goes through [`admit`]: authenticate (token → principal), authorize
 //! (`[[auth.rules]]`), then render the owned header set. Forward-auth returns those headers;
@@ -29,7 +30,8 @@ pub fn router(state: AppState) -> Router {
     let router = Router::new()
         .route(&format!("{prefix}/auth"), any(forward_auth))
         .route(&format!("{prefix}/me"), get(me))
-        .route(&format!("{prefix}/jwks.json"), get(entitlement_jwks));
+        .route(&format!("{prefix}/jwks.json"), get(entitlement_jwks))
+        .merge(crate::codes::redeem::router(&prefix));
     // Reserved paths the sidecar does not serve stay 404, never proxied.
     let router = router.route(&prefix, any(fallback)).route(&format!("{prefix}/{{*rest}}"), any(fallback));
     if state.upstream.is_some() {

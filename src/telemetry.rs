@@ -19,21 +19,21 @@ pub fn init(config: &LogConfig) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))
 }
 
-/// A request path safe to log: the code in `…/enrollment-codes/{code}/…` is replaced, since
-/// a code is a bearer credential.
+/// A request path safe to log: a code is a bearer credential, so the segment after
+/// `/enrollment-codes/` (public redemption) and after `/admin/v1/codes/` (admin revocation) is
+/// replaced by `{code}`. `…/enrollment-codes/redeem` (the code is in the body) and
+/// `/admin/v1/contracts/{key}/codes` (no code in the path) stay as they are.
 pub fn loggable_path(path: &str) -> std::borrow::Cow<'_, str> {
-    const MARK: &str = "/enrollment-codes/";
-    match path.find(MARK) {
-        None => path.into(),
-        Some(i) => {
-            let rest = &path[i + MARK.len()..];
-            let tail = rest.find('/').map_or("", |j| &rest[j..]);
-            if rest.is_empty() || rest.starts_with("redeem") && tail.is_empty() {
-                return path.into();
-            }
-            format!("{}{MARK}{{code}}{tail}", &path[..i]).into()
+    for (mark, keep) in [("/enrollment-codes/", Some("redeem")), ("/admin/v1/codes/", None)] {
+        let Some(i) = path.find(mark) else { continue };
+        let rest = &path[i + mark.len()..];
+        let (segment, tail) = rest.find('/').map_or((rest, ""), |j| (&rest[..j], &rest[j..]));
+        if segment.is_empty() || (Some(segment) == keep && tail.is_empty()) {
+            return path.into();
         }
+        return format!("{}{mark}{{code}}{tail}", &path[..i]).into();
     }
+    path.into()
 }
 
 #[cfg(test)]
@@ -47,7 +47,9 @@ mod tests {
             "/_sidecar/enrollment-codes/{code}/redeem"
         );
         assert_eq!(loggable_path("/_sidecar/enrollment-codes/redeem"), "/_sidecar/enrollment-codes/redeem");
-        assert_eq!(loggable_path("/admin/v1/codes/x"), "/admin/v1/codes/x");
+        assert_eq!(loggable_path("/_sidecar/enrollment-codes/SECRET"), "/_sidecar/enrollment-codes/{code}");
+        assert_eq!(loggable_path("/admin/v1/codes/SECRET"), "/admin/v1/codes/{code}");
+        assert_eq!(loggable_path("/admin/v1/contracts/acme/codes"), "/admin/v1/contracts/acme/codes");
         assert_eq!(loggable_path("/api/x"), "/api/x");
     }
 }

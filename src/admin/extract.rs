@@ -239,6 +239,11 @@ impl Params {
         Ok(found)
     }
 
+    /// Whether the parameter `name` is given (not taken yet).
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.iter().any(|(k, _)| k == name)
+    }
+
     /// A non-negative integer parameter (`N` is an unsigned type, or `i64` for row ids).
     pub fn number<N: std::str::FromStr + Default + PartialOrd>(
         &mut self,

@@ -25,6 +25,7 @@ use crate::state::AppState;
 use crate::store::StoreError;
 
 mod audit;
+mod codes;
 mod contracts;
 pub mod extract;
 pub mod guard;
@@ -39,6 +40,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .merge(organizations::router())
         .merge(contracts::router())
+        .merge(codes::router())
         .merge(users::router())
         .merge(audit::router())
         .merge(sync::router())

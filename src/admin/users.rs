@@ -1,4 +1,5 @@
-//! `/admin/v1/users/{sub}`: a user's row, memberships and attachments; admin changes to
+//! `/admin/v1/users`: lookup by email (`GET /users?email=`); a user's row, memberships and
+//! attachments (`GET /users/{sub}`); erasure (`DELETE /users/{sub}`); admin changes to
 //! memberships (`PUT|DELETE …/organizations/{org}`) and attachments
 //! (`PUT|DELETE …/contracts/{contract}`).
 //!
@@ -17,10 +18,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use time::OffsetDateTime;
 
-use super::OrNotFound;
 use super::extract::{OptionalJson, Params};
 use super::guard::Admin;
-use crate::error::ApiError;
+use super::{OrNotFound, Page};
+use crate::error::{ApiError, FieldError};
 use crate::reconcile::apply::{RemovalReasons, remove_membership};
 use crate::state::AppState;
 use crate::store::model::{
@@ -30,7 +31,8 @@ use crate::store::{Tx, attachments, audit, contracts, memberships, organizations
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/users/{sub}", get(show))
+        .route("/users", get(lookup))
+        .route("/users/{sub}", get(show).delete(erase))
         .route("/users/{sub}/organizations/{org}", put(put_membership).delete(delete_membership))
         .route("/users/{sub}/contracts/{contract}", put(attach).delete(detach))
 }
@@ -66,6 +68,61 @@ async fn show(State(state): State<AppState>, Path(sub): Path<String>) -> Result<
     let attachments = attachments::list_for_user(&mut conn, &sub).await?;
     let attachments = attachments.into_iter().map(AttachmentView::from).collect();
     Ok(Json(UserView { user, memberships, attachments }))
+}
+
+/// Users whose last seen email is `?email=`, ignoring ASCII case (emails are not unique among
+/// Keycloak users, so a list). `email` is required.
+async fn lookup(State(state): State<AppState>, mut params: Params) -> Result<Json<Page<User>>, ApiError> {
+    let email = params.string("email")?;
+    let page = params.page()?;
+    params.finish()?;
+    let Some(email) = email.filter(|e| !e.trim().is_empty()) else {
+        return Err(ApiError::Unprocessable(vec![FieldError::new("email", "is required")]));
+    };
+    let mut conn = state.store.conn().await?;
+    let found = users::find_by_email(&mut conn, email.trim()).await?;
+    let total = found.len() as i64;
+    let items = found.into_iter().skip(page.offset as usize).take(page.limit as usize).collect();
+    Ok(Json(Page::new(items, total, page)))
+}
+
+/// Erases a user: memberships, attachments (their seats freed), the link of their redemptions,
+/// and the user row. Every removed membership and attachment gets its audit event, and one
+/// `user.erase` event closes them; those events keep the subject, nothing else about the
+/// person (SPEC §6). The user's cached logins go on every replica. Unknown → 404.
+async fn erase(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(sub): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let mut tx = state.store.begin().await?;
+    let no_such = || format!("No user with sub `{sub}`.");
+    // Checked before the lock: `begin_user` would create the row it is asked to erase.
+    users::get(&mut tx, &sub).await.or_not_found(no_such)?;
+    users::lock(&mut tx, &sub, None).await?;
+    let held = memberships::list_for_user(&mut tx, &sub).await?;
+    let attached = attachments::list_for_user(&mut tx, &sub).await?;
+    if !users::erase(&mut tx, &sub).await? {
+        return Err(ApiError::NotFound(no_such()));
+    }
+    let event = |action: &str, organization: Option<&str>, contract: Option<&str>| NewAuditEvent {
+        sub: Some(sub.clone()),
+        organization: organization.map(str::to_owned),
+        contract: contract.map(str::to_owned),
+        ..admin.event(action, "user erased")
+    };
+    for a in &attached {
+        audit::insert(&mut tx, &event("attachment.remove", Some(&a.organization), Some(&a.contract))).await?;
+    }
+    for m in &held {
+        audit::insert(&mut tx, &event("membership.remove", Some(&m.organization), None)).await?;
+    }
+    let detail = json!({"memberships": held.len(), "attachments": attached.len()});
+    audit::insert(&mut tx, &NewAuditEvent { detail: Some(detail), ..event("user.erase", None, None) })
+        .await?;
+    tx.commit().await?;
+    state.invalidate_user(&sub).await;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The body of `PUT …/organizations/{org}`; absent (or null) fields keep their value, or take

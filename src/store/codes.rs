@@ -11,6 +11,11 @@ use super::codec::{At, now};
 use super::model::{EnrollmentCode, NewEnrollmentCode};
 use super::{Conn, StoreError, Tx, page};
 
+/// What `redeemed_by` holds after the user who redeemed a one-time code was erased
+/// ([`super::users::erase`]): the code stays spent, the link to the person is gone. Not a
+/// Keycloak subject (those are UUIDs), so no user can ever match it.
+pub const ERASED_REDEEMER: &str = "(erased)";
+
 from_row!(EnrollmentCode, |row| Ok(EnrollmentCode {
     id: row.try_get("id")?,
     code: row.try_get("code")?,
@@ -21,6 +26,7 @@ from_row!(EnrollmentCode, |row| Ok(EnrollmentCode {
     expires_at: row.try_get("expires_at")?,
     revoked_at: row.try_get("revoked_at")?,
     redeemed_by: row.try_get("redeemed_by")?,
+    redeemed_at: row.try_get("redeemed_at")?,
     redemptions: row.try_get("redemptions")?,
     created_at: row.try_get("created_at")?,
 }));
@@ -56,6 +62,8 @@ pub async fn find(conn: &mut Conn, code: &str) -> Result<Option<EnrollmentCode>,
         sqlx::query_as::<_, EnrollmentCode>(
             "SELECT e.id, e.code, e.contract_id, c.key AS contract, e.redemption, e.activates_at,
                     e.expires_at, e.revoked_at, e.redeemed_by,
+                    (SELECT r.at FROM redemptions r
+                      WHERE r.code_id = e.id AND r.sub = e.redeemed_by) AS redeemed_at,
                     (SELECT count(*) FROM redemptions r WHERE r.code_id = e.id) AS redemptions,
                     e.created_at
                FROM enrollment_codes e
@@ -65,6 +73,16 @@ pub async fn find(conn: &mut Conn, code: &str) -> Result<Option<EnrollmentCode>,
         .bind(code)
         .fetch_optional(c)
         .await
+    })?)
+}
+
+/// How many codes the contract has.
+pub async fn count_for_contract(conn: &mut Conn, contract_id: i64) -> Result<i64, StoreError> {
+    Ok(run!(conn, |c| {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM enrollment_codes WHERE contract_id = $1")
+            .bind(contract_id)
+            .fetch_one(c)
+            .await
     })?)
 }
 
@@ -80,6 +98,8 @@ pub async fn list_for_contract(
         sqlx::query_as::<_, EnrollmentCode>(
             "SELECT e.id, e.code, e.contract_id, c.key AS contract, e.redemption, e.activates_at,
                     e.expires_at, e.revoked_at, e.redeemed_by,
+                    (SELECT r.at FROM redemptions r
+                      WHERE r.code_id = e.id AND r.sub = e.redeemed_by) AS redeemed_at,
                     (SELECT count(*) FROM redemptions r WHERE r.code_id = e.id) AS redemptions,
                     e.created_at
                FROM enrollment_codes e

@@ -421,8 +421,12 @@ pub struct EnrollmentCode {
     pub expires_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub revoked_at: Option<OffsetDateTime>,
-    /// For a one-time code: who redeemed it.
+    /// For a one-time code: who redeemed it ([`super::codes::ERASED_REDEEMER`] once that user
+    /// was erased: the code stays spent).
     pub redeemed_by: Option<String>,
+    /// For a one-time code: when `redeemed_by` redeemed it (none once that user was erased).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub redeemed_at: Option<OffsetDateTime>,
     /// How many users redeemed it.
     pub redemptions: i64,
     #[serde(with = "time::serde::rfc3339")]
@@ -430,6 +434,11 @@ pub struct EnrollmentCode {
 }
 
 impl EnrollmentCode {
+    /// Somebody redeemed it (a one-time code is spent; either kind can no longer be revoked).
+    pub fn is_redeemed(&self) -> bool {
+        self.redeemed_by.is_some() || self.redemptions > 0
+    }
+
     /// Not revoked and within `activates_at <= now < expires_at`.
     pub fn is_usable_at(&self, now: OffsetDateTime) -> bool {
         self.revoked_at.is_none()

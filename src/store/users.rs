@@ -127,11 +127,23 @@ pub async fn count(conn: &mut Conn) -> Result<i64, StoreError> {
     Ok(run!(conn, |c| { sqlx::query_scalar::<_, i64>("SELECT count(*) FROM users").fetch_one(c).await })?)
 }
 
-/// Erases a user (admin `DELETE /users/{sub}`): frees the seats of their attachments, then
-/// deletes attachments, memberships, redemptions and the user row. The audit trail keeps the
-/// subject (it holds no other personal data); a one-time code stays spent. Returns whether the
-/// user existed.
+/// Erases a user (admin `DELETE /users/{sub}`): unlinks the one-time codes they redeemed, frees
+/// the seats of their attachments, then deletes attachments, memberships, redemptions and the
+/// user row. The audit trail keeps the subject (it holds no other personal data); a one-time
+/// code stays spent, its `redeemed_by` becomes [`super::codes::ERASED_REDEEMER`]. Returns
+/// whether the user existed.
+///
+/// Lock order as in a redemption (user row, code rows, contract rows), so an erase and a
+/// redemption running together cannot deadlock on PostgreSQL.
 pub async fn erase(tx: &mut Tx, sub: &str) -> Result<bool, StoreError> {
+    run!(tx, |c| {
+        sqlx::query("UPDATE enrollment_codes SET redeemed_by = $2 WHERE redeemed_by = $1")
+            .bind(sub)
+            .bind(super::codes::ERASED_REDEEMER)
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected())
+    })?;
     // Each user holds a contract at most once, so one decrement per attachment row.
     run!(tx, |c| {
         sqlx::query(

@@ -5,6 +5,7 @@
 
 mod admin;
 mod b2b;
+mod codes;
 mod demo;
 mod harness_selftest;
 mod helpers;

@@ -1,0 +1,375 @@
+//! Redeeming an enrollment code (SPEC §7) on the public port:
+//! `POST /_sidecar/enrollment-codes/{code}/redeem`, or `POST /_sidecar/enrollment-codes/redeem`
+//! with `{"code": …}` (which keeps the code out of gateway access logs and out of every path).
+//!
+//! The whole redemption is one transaction begun by [`Store::begin_user`], so it serialises with
+//! the user's logins and admin changes, and runs the steps of §7 in order:
+//!
+//! 1. unknown code, revoked, outside `activates_at`/`expires_at`, or a one-time code someone
+//!    else redeemed → 404 `Invalid or expired enrollment code.` — 409 `Contract is full.`
+//!    instead when the contract is valid today and full;
+//! 2. contract not valid today → 404 `No contracts found for this code.`;
+//! 3. the user already holds the contract → 200 with it (nothing written: a one-time code is
+//!    not spent on somebody who needs no seat);
+//! 4. no seat left → 409 `Contract is full.` (taken atomically by `attachments::attach`);
+//! 5. membership in the contract's organization (new ones: `source=code`,
+//!    `keep_until_seen=true`; an existing one keeps its flags), attachment (`source=code`),
+//!    redemption record, audit events (actor `code`), and — only for a new membership of an
+//!    organization linked to Keycloak — a durable `keycloak.add_member` job, all committed
+//!    together; then the user's cached logins are invalidated on every replica → 201.
+//!
+//! Locks, in the store's global order: the user row, then the code row (the guarded claim of a
+//! one-time code), then the contract row (the seat counter).
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde::Deserialize;
+use serde_json::json;
+use time::OffsetDateTime;
+
+use crate::auth::gate::Caller;
+use crate::error::ApiError;
+use crate::keycloak::jobs::{ADD_MEMBER, AddMemberPayload};
+use crate::reconcile::plan::{contract_is_full, contract_valid_today};
+use crate::state::AppState;
+use crate::store::model::{
+    AttachOutcome, AttachmentSource, Contract, EnrollmentCode, MembershipSource, NewAuditEvent, Profile,
+    Redemption,
+};
+use crate::store::{
+    Store, StoreError, attachments, audit, codes, contracts, jobs, memberships, organizations,
+};
+
+/// Audit actor of every change a redemption makes.
+const ACTOR: &str = "code";
+
+const INVALID: &str = "Invalid or expired enrollment code.";
+const NO_CONTRACT: &str = "No contracts found for this code.";
+const FULL: &str = "Contract is full.";
+
+/// The public routes, under `server.reserved_prefix`.
+pub fn router(prefix: &str) -> Router<AppState> {
+    Router::new()
+        .route(&format!("{prefix}/enrollment-codes/redeem"), post(redeem_from_body))
+        .route(&format!("{prefix}/enrollment-codes/{{code}}/redeem"), post(redeem_from_path))
+}
+
+/// Why a code gets the caller nothing (steps 1, 2 and 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Step 1: no such code, or not usable by this user now.
+    Invalid,
+    /// Step 2: the code's contract is not valid today.
+    NoContract,
+    /// Steps 1 and 4: every seat of the (valid) contract is taken.
+    Full,
+}
+
+/// What a redemption did.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Step 5: the user now holds the contract (as it is after the seat was taken).
+    Created {
+        contract: Contract,
+        /// The `keycloak.add_member` job queued with it, if any.
+        job: Option<i64>,
+    },
+    /// Step 3: the user held the contract already; nothing changed.
+    Already(Contract),
+    Refused(Refusal),
+}
+
+/// Steps 1 and 2, from what the store holds before anything is written.
+pub fn judge(
+    code: &EnrollmentCode,
+    contract: &Contract,
+    sub: &str,
+    now: OffsetDateTime,
+) -> Result<(), Refusal> {
+    let valid = contract_valid_today(contract.active, contract.starts_on, contract.ends_on, now.date());
+    let taken_by_other =
+        code.redemption == Redemption::OneTime && code.redeemed_by.as_deref().is_some_and(|by| by != sub);
+    if !code.is_usable_at(now) || taken_by_other {
+        return Err(unusable(valid, contract));
+    }
+    if !valid {
+        return Err(Refusal::NoContract);
+    }
+    Ok(())
+}
+
+/// Step 1's answer: "full" tells the user why better than "invalid" when it is the reason
+/// nobody can get in.
+fn unusable(valid: bool, contract: &Contract) -> Refusal {
+    if valid && contract_is_full(contract.max_learners, contract.seats_used) {
+        Refusal::Full
+    } else {
+        Refusal::Invalid
+    }
+}
+
+/// Redeems `code` (canonical form) for `sub` in one transaction; see the module docs.
+pub async fn redeem(
+    store: &Store,
+    sub: &str,
+    profile: &Profile,
+    code: &str,
+    now: OffsetDateTime,
+) -> Result<Outcome, StoreError> {
+    // Records the profile with the login time, so a learner who redeemed can be found by email.
+    let (mut tx, _user) = store.begin_user(sub, Some(profile)).await?;
+    let Some(code) = codes::find(&mut tx, code).await? else {
+        return Ok(Outcome::Refused(Refusal::Invalid));
+    };
+    let contract = contracts::get_by_id(&mut tx, code.contract_id).await?;
+    if let Err(refusal) = judge(&code, &contract, sub, now) {
+        return Ok(Outcome::Refused(refusal));
+    }
+    // Another user's transaction may have claimed the code since `find`: the guarded UPDATE
+    // waits for it and then matches nothing, which is step 1 again.
+    if code.redemption == Redemption::OneTime && !codes::claim_one_time(&mut tx, code.id, sub).await? {
+        return Ok(Outcome::Refused(unusable(true, &contract)));
+    }
+    match attachments::attach(&mut tx, sub, contract.id, AttachmentSource::Code).await? {
+        AttachOutcome::Attached => {}
+        AttachOutcome::AlreadyAttached => {
+            // Rolling back also gives an unspent one-time code back.
+            tx.rollback().await?;
+            return Ok(Outcome::Already(contract));
+        }
+        AttachOutcome::Full => return Ok(Outcome::Refused(Refusal::Full)),
+    }
+    let organization = organizations::get(&mut tx, &contract.organization).await?;
+    let fingerprint = super::fingerprint(&code.code);
+    let event = |action: &str, contract_key: Option<&str>, detail| NewAuditEvent {
+        actor: ACTOR.into(),
+        action: action.into(),
+        sub: Some(sub.to_owned()),
+        organization: Some(organization.key.clone()),
+        contract: contract_key.map(str::to_owned),
+        reason: Some("enrollment code".into()),
+        detail: Some(detail),
+    };
+    let new_membership =
+        memberships::add(&mut tx, sub, organization.id, MembershipSource::Code, true, false).await?;
+    let mut job = None;
+    if new_membership {
+        if let Some(keycloak_id) = organization.keycloak_id {
+            let payload = AddMemberPayload { organization_keycloak_id: keycloak_id, sub: sub.to_owned() };
+            job = Some(jobs::enqueue(&mut tx, ADD_MEMBER, &payload.to_value(), now).await?.id);
+        }
+        let detail = json!({
+            "keep_until_seen": true, "manager": false, "source": "code",
+            "code": fingerprint, "keycloak_job": job,
+        });
+        audit::insert(&mut tx, &event("membership.add", None, detail)).await?;
+    }
+    codes::record_redemption(&mut tx, code.id, sub, now).await?;
+    let detail = json!({"source": "code", "code": fingerprint, "redemption": code.redemption});
+    audit::insert(&mut tx, &event("attachment.add", Some(&contract.key), detail)).await?;
+    let contract = contracts::get_by_id(&mut tx, contract.id).await?;
+    tx.commit().await?;
+    Ok(Outcome::Created { contract, job })
+}
+
+/// The body of `POST …/enrollment-codes/redeem`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedeemBody {
+    code: String,
+}
+
+async fn redeem_from_path(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    code: Result<Path<String>, PathRejection>,
+) -> Response {
+    let code = code.map(|Path(code)| code).map_err(|_| ApiError::BadRequest {
+        detail: "The code in the path is not readable.".into(),
+        errors: vec![],
+    });
+    answer(&state, handle(&state, &headers, code).await)
+}
+
+async fn redeem_from_body(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let code = crate::admin::extract::parse::<RedeemBody>(&body).map(|b| b.code);
+    answer(&state, handle(&state, &headers, code).await)
+}
+
+fn answer(state: &AppState, result: Result<Response, ApiError>) -> Response {
+    let response = result.unwrap_or_else(IntoResponse::into_response);
+    state.count("redeem", response.status().as_u16());
+    response
+}
+
+/// Authenticate, take the code as read from the request, apply the failure limit, redeem,
+/// answer. A code that could not be read is answered only after authentication (401 first).
+async fn handle(
+    state: &AppState,
+    headers: &HeaderMap,
+    code: Result<String, ApiError>,
+) -> Result<Response, ApiError> {
+    let principal = match state.auth.authenticate(headers).await {
+        Ok(Caller::Authenticated(p)) => p,
+        Ok(Caller::Anonymous) => return Err(ApiError::Unauthenticated),
+        Err(failure) => return Err(crate::public::failure_to_error(failure)),
+    };
+    // A body that is not `{"code": "…"}` is a client bug, not a guess: 400/422, not counted.
+    let typed = code?;
+    let attempt = match state.code_failures.begin(&principal.sub) {
+        Ok(attempt) => attempt,
+        Err(retry_after_secs) => {
+            state.count_redemption("rate_limited");
+            return Err(ApiError::TooManyRequests {
+                retry_after_secs,
+                detail: "Too many failed enrollment code attempts; try again later.".into(),
+            });
+        }
+    };
+    let profile = Profile {
+        email: principal.email.clone(),
+        username: principal.preferred_username.clone(),
+        name: principal.name.clone(),
+    };
+    let outcome = match super::normalize(&typed) {
+        None => Ok(Outcome::Refused(Refusal::Invalid)),
+        Some(code) => redeem(&state.store, &principal.sub, &profile, &code, crate::store::now()).await,
+    };
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            // The database failed, not the caller.
+            attempt.forgive();
+            return Err(e.into());
+        }
+    };
+    match outcome {
+        Outcome::Created { contract, job } => {
+            attempt.forgive();
+            state.invalidate_user(&principal.sub).await;
+            if job.is_some() {
+                // The push to Keycloak starts now rather than at the worker's next poll.
+                state.kick_jobs();
+            }
+            state.count_redemption("created");
+            Ok((StatusCode::CREATED, axum::Json(contract)).into_response())
+        }
+        Outcome::Already(contract) => {
+            attempt.forgive();
+            state.count_redemption("already");
+            Ok((StatusCode::OK, axum::Json(contract)).into_response())
+        }
+        Outcome::Refused(refusal) => {
+            drop(attempt); // counted as a failure
+            let (result, error) = match refusal {
+                Refusal::Invalid => ("invalid", ApiError::NotFound(INVALID.into())),
+                Refusal::NoContract => ("no_contract", ApiError::NotFound(NO_CONTRACT.into())),
+                Refusal::Full => ("full", ApiError::Conflict(FULL.into())),
+            };
+            state.count_redemption(result);
+            Err(error)
+        }
+    }
+}
+
+impl AppState {
+    /// Counts a redemption by `result` (created, already, invalid, no_contract, full,
+    /// rate_limited).
+    fn count_redemption(&self, result: &'static str) {
+        self.metrics.code_redemptions.get_or_create(&vec![("result", result)]).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use time::Duration;
+    use time::macros::datetime;
+
+    use super::*;
+    use crate::store::model::MembershipType;
+
+    const NOW: OffsetDateTime = datetime!(2026-06-15 12:00 UTC);
+
+    fn contract(max_learners: Option<i64>, seats_used: i64) -> Contract {
+        Contract {
+            id: 1,
+            organization_id: 1,
+            key: "c".into(),
+            organization: "acme".into(),
+            name: "C".into(),
+            membership_type: MembershipType::Code,
+            active: true,
+            starts_on: None,
+            ends_on: None,
+            max_learners,
+            price: None,
+            seats_used,
+            created_at: NOW,
+            updated_at: NOW,
+        }
+    }
+
+    fn code(redemption: Redemption) -> EnrollmentCode {
+        EnrollmentCode {
+            id: 1,
+            code: "X".into(),
+            contract_id: 1,
+            contract: "c".into(),
+            redemption,
+            activates_at: None,
+            expires_at: None,
+            revoked_at: None,
+            redeemed_by: None,
+            redeemed_at: None,
+            redemptions: 0,
+            created_at: NOW,
+        }
+    }
+
+    #[test]
+    fn a_usable_code_of_a_valid_contract_passes() {
+        assert_eq!(judge(&code(Redemption::OneTime), &contract(Some(2), 1), "ann", NOW), Ok(()));
+        let mine = EnrollmentCode { redeemed_by: Some("ann".into()), ..code(Redemption::OneTime) };
+        assert_eq!(judge(&mine, &contract(None, 0), "ann", NOW), Ok(()), "their own code again");
+        // Full but usable: step 4 decides, atomically, in the transaction.
+        assert_eq!(judge(&code(Redemption::Unlimited), &contract(Some(1), 1), "ann", NOW), Ok(()));
+    }
+
+    #[test]
+    fn unusable_codes_are_invalid_unless_their_valid_contract_is_full() {
+        let spent = EnrollmentCode { redeemed_by: Some("bob".into()), ..code(Redemption::OneTime) };
+        let expired = EnrollmentCode { expires_at: Some(NOW), ..code(Redemption::Unlimited) };
+        let early =
+            EnrollmentCode { activates_at: Some(NOW + Duration::seconds(1)), ..code(Redemption::OneTime) };
+        let revoked = EnrollmentCode { revoked_at: Some(NOW), ..code(Redemption::OneTime) };
+        for c in [&spent, &expired, &early, &revoked] {
+            assert_eq!(judge(c, &contract(Some(5), 1), "ann", NOW), Err(Refusal::Invalid), "{c:?}");
+            assert_eq!(judge(c, &contract(Some(5), 5), "ann", NOW), Err(Refusal::Full), "{c:?}");
+            let ended =
+                Contract { ends_on: Some(NOW.date().previous_day().unwrap()), ..contract(Some(5), 5) };
+            assert_eq!(judge(c, &ended, "ann", NOW), Err(Refusal::Invalid), "{c:?}");
+        }
+        let other = EnrollmentCode { redeemed_by: Some("bob".into()), ..code(Redemption::Unlimited) };
+        assert_eq!(judge(&other, &contract(None, 0), "ann", NOW), Ok(()), "unlimited codes are shared");
+    }
+
+    #[test]
+    fn a_usable_code_of_a_contract_not_valid_today_finds_no_contract() {
+        let c = code(Redemption::OneTime);
+        let today = NOW.date();
+        for contract in [
+            Contract { active: false, ..contract(None, 0) },
+            Contract { starts_on: today.next_day(), ..contract(None, 0) },
+            Contract { ends_on: today.previous_day(), ..contract(Some(1), 1) },
+        ] {
+            assert_eq!(judge(&c, &contract, "ann", NOW), Err(Refusal::NoContract));
+        }
+        let last_day = Contract { starts_on: Some(today), ends_on: Some(today), ..contract(None, 0) };
+        assert_eq!(judge(&c, &last_day, "ann", NOW), Ok(()), "validity dates are inclusive");
+    }
+}

@@ -177,10 +177,11 @@ pub async fn start(options: DemoOptions) -> anyhow::Result<Demo> {
     let app = App::build(config).await?.spawn();
     wait_ready(admin_port).await?;
 
-    let alice = issuer.token("alice", json!({ORG: {"id": ORG_ID}}), &["learner"], 12 * 3600);
-    let bob = issuer.token("bob", json!([]), &["learner"], 12 * 3600);
     let public = format!("http://127.0.0.1:{public_port}");
     let admin = format!("http://127.0.0.1:{admin_port}");
+    let code = generate_code(&admin, &admin_token).await?;
+    let alice = issuer.token("alice", json!({ORG: {"id": ORG_ID}}), &["learner"], 12 * 3600);
+    let bob = issuer.token("bob", json!([]), &["learner"], 12 * 3600);
     let commands = vec![
         (
             "Proxy mode: alice (a member of acme) reaches the app; see the identity headers it received"
@@ -203,6 +204,22 @@ pub async fn start(options: DemoOptions) -> anyhow::Result<Demo> {
             format!("curl -s -H 'Authorization: Bearer {bob}' {public}/_sidecar/me"),
         ),
         (
+            "Bob redeems an enrollment code for acme's premium track (201; 200 when repeated)".into(),
+            format!(
+                "curl -s -X POST -H 'Authorization: Bearer {bob}' -H 'Content-Type: application/json' -d '{{\"code\":\"{code}\"}}' {public}/_sidecar/enrollment-codes/redeem"
+            ),
+        ),
+        (
+            "Bob's very next request carries acme and the premium contract".into(),
+            format!("curl -s -H 'Authorization: Bearer {bob}' {public}/_sidecar/me"),
+        ),
+        (
+            "Admin: what reconciling carol into acme would change (dry run, writes nothing)".into(),
+            format!(
+                "curl -s -X POST -H 'Authorization: Bearer {admin_token}' -H 'Content-Type: application/json' -d '{{\"organizations\":[\"acme\"]}}' '{admin}/admin/v1/reconcile/users/demo-carol?dry_run=true'"
+            ),
+        ),
+        (
             "Admin: the organizations (static demo admin token)".into(),
             format!("curl -s -H 'Authorization: Bearer {admin_token}' {admin}/admin/v1/organizations"),
         ),
@@ -218,6 +235,21 @@ pub async fn start(options: DemoOptions) -> anyhow::Result<Demo> {
         ),
     ];
     Ok(Demo { app, issuer: issuer_url, commands, _helpers: vec![issuer_task, upstream_task] })
+}
+
+/// Generates enrollment codes for the premium contract through the admin API (the way an
+/// operator would) and returns one.
+async fn generate_code(admin: &str, token: &str) -> anyhow::Result<String> {
+    let answer: Value = reqwest::Client::new()
+        .post(format!("{admin}/admin/v1/contracts/acme-premium/codes"))
+        .bearer_auth(token)
+        .json(&json!({"count": 3}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    answer["items"][0]["code"].as_str().map(str::to_owned).context("the code generation answer has no code")
 }
 
 async fn seed(store: &Store) -> anyhow::Result<()> {

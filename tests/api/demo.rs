@@ -44,7 +44,7 @@ async fn the_demo_starts_and_every_command_it_prints_works_as_printed() {
     .expect("the demo printed its commands");
 
     let commands: Vec<&String> = printed.iter().filter(|l| l.starts_with("curl ")).collect();
-    assert!(commands.len() >= 8, "{printed:#?}");
+    assert!(commands.len() >= 11, "{printed:#?}");
     let mut outputs = Vec::new();
     for command in &commands {
         let out = tokio::process::Command::new("sh").arg("-c").arg(command.as_str()).output().await.unwrap();
@@ -58,5 +58,12 @@ async fn the_demo_starts_and_every_command_it_prints_works_as_printed() {
     assert!(outputs[1].starts_with("HTTP/1.1 200") && outputs[1].contains("x-identity-organizations: acme"));
     assert!(outputs.iter().any(|o| o.starts_with("HTTP/1.1 401")), "{all}");
     assert!(all.contains("\"access_token\""), "the dev issuer mints tokens");
+    let redeemed =
+        outputs.iter().position(|o| o.contains("\"key\":\"acme-premium\"")).expect("a redemption answer");
+    assert!(outputs[redeemed + 1].contains("acme-premium"), "bob's next request: {}", outputs[redeemed + 1]);
+    assert!(
+        all.contains("\"dry_run\"") || all.contains("add_memberships") || all.contains("organizations_added"),
+        "{all}"
+    );
     child.start_kill().unwrap();
 }

@@ -225,4 +225,184 @@ mod tests {
         assert_eq!(h[0], (STATUS, HeaderValue::from_static("anonymous")));
         assert!(h[1..].iter().all(|(_, v)| v.is_empty()));
     }
+
+    /// Property tests of strip-then-inject (SPEC §5): whatever header map a client sends,
+    /// no client value of an owned header survives, every emitted header is there exactly
+    /// once with the rendered value, and every other header is passed on untouched.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// `is_owned` spelled out without its fixed-size buffer: the model it must match.
+        fn owned_by_the_spec(name: &str) -> bool {
+            let n = name.to_ascii_lowercase().replace('_', "-");
+            n.starts_with("x-identity-") || n == "x-userinfo" || n == "x-id-token"
+        }
+
+        /// `name` with each letter's case and each `-`/`_` chosen by the bits of `seed`.
+        fn respell(name: &str, seed: u64) -> String {
+            name.chars()
+                .enumerate()
+                .map(|(i, c)| {
+                    let bit = seed.rotate_right(i as u32) & 1 == 1;
+                    match c {
+                        '-' | '_' if bit => '_',
+                        '-' | '_' => '-',
+                        c if bit => c.to_ascii_uppercase(),
+                        c => c,
+                    }
+                })
+                .collect()
+        }
+
+        /// Header names a client might send: owned names and new `x-identity-*` ones in any
+        /// spelling, near misses that are not owned, and random others.
+        fn name() -> impl Strategy<Value = String> {
+            let owned = prop_oneof![
+                prop::sample::select(OWNED.iter().map(|n| n.as_str().to_owned()).collect::<Vec<_>>()),
+                Just("x-id-token".to_owned()),
+                "[a-z0-9_-]{1,70}".prop_map(|s| format!("x-identity-{s}")),
+            ];
+            let near_misses = prop::sample::select(vec![
+                "x-identity",
+                "x-identityx",
+                "x-identitysubject",
+                "x-user-info",
+                "x-userinfos",
+                "x-id-tokens",
+                "x-idtoken",
+                "identity-subject",
+                "xx-identity-subject",
+            ])
+            .prop_map(str::to_owned);
+            let other = prop_oneof![
+                prop::sample::select(vec![
+                    "accept",
+                    "authorization",
+                    "cookie",
+                    "x-request-id",
+                    "x-forwarded-for",
+                    "host",
+                ])
+                .prop_map(str::to_owned),
+                "[a-z0-9_-]{1,20}",
+                "[a-z0-9-]{60,80}",
+            ];
+            (prop_oneof![3 => owned, 1 => near_misses, 3 => other], any::<u64>())
+                .prop_map(|(name, seed)| respell(&name, seed))
+        }
+
+        /// Values a header may carry on the wire: visible ASCII, tab, and obs-text bytes.
+        fn value() -> impl Strategy<Value = HeaderValue> {
+            let byte = prop_oneof![0x20u8..=0x7e, Just(b'\t'), 0x80u8..=0xff];
+            prop::collection::vec(byte, 0..24)
+                .prop_map(|bytes| HeaderValue::from_bytes(&bytes).expect("only allowed bytes"))
+        }
+
+        /// What a client sends, repeated names included (`append`, not `insert`).
+        fn client_headers() -> impl Strategy<Value = HeaderMap> {
+            prop::collection::vec((name(), value()), 0..24).prop_map(|pairs| {
+                let mut map = HeaderMap::new();
+                for (name, value) in pairs {
+                    map.append(HeaderName::from_bytes(name.as_bytes()).expect("a valid name"), value);
+                }
+                map
+            })
+        }
+
+        fn principal(
+            sub: String,
+            email: Option<String>,
+            name: Option<String>,
+            roles: Vec<String>,
+        ) -> Principal {
+            Principal {
+                sub,
+                sid: None,
+                exp: u64::MAX,
+                scope: String::new(),
+                email,
+                preferred_username: None,
+                name,
+                roles,
+                organizations: Default::default(),
+                userinfo: serde_json::Map::new(),
+            }
+        }
+
+        /// Any text, weighted toward what needs encoding (`%`, `,`, controls, non-ASCII).
+        fn text() -> impl Strategy<Value = String> {
+            prop_oneof!["\\PC{0,12}", "[a-z%,\r\n\t\u{7f}é€]{0,12}", ".{0,12}"]
+        }
+
+        fn decode(value: &HeaderValue) -> String {
+            let text = value.to_str().expect("an emitted value is visible ASCII");
+            percent_encoding::percent_decode_str(text).decode_utf8().expect("UTF-8").into_owned()
+        }
+
+        proptest! {
+            #[test]
+            fn is_owned_matches_the_spec_for_any_name(name in name()) {
+                prop_assert_eq!(is_owned(&name), owned_by_the_spec(&name), "{}", name);
+            }
+
+            #[test]
+            fn after_inject_only_the_sidecars_values_of_owned_headers_remain(
+                sent in client_headers(),
+                who in prop::option::of((text(), prop::option::of(text()), prop::option::of(text()),
+                                        prop::collection::vec(text(), 0..4))),
+                stale in any::<bool>(),
+                userinfo in any::<bool>(),
+            ) {
+                let who = who.map(|(sub, email, name, roles)| principal(sub, email, name, roles));
+                let b2b = B2b { organizations: vec!["acme".into()], ..B2b::default() };
+                let status = if stale { Status::Stale } else { Status::Authenticated };
+                let rendered = match &who {
+                    Some(p) => render(status, Some((p, &b2b)), userinfo),
+                    None => render(Status::Anonymous, None, userinfo),
+                };
+                let mut headers = sent.clone();
+                inject(&mut headers, &rendered);
+
+                // Every owned header exactly once, with the sidecar's value.
+                prop_assert_eq!(rendered.len(), OWNED.len());
+                for (name, value) in &rendered {
+                    let got: Vec<&HeaderValue> = headers.get_all(name).iter().collect();
+                    prop_assert_eq!(got, vec![value], "{}", name);
+                }
+                // No other owned spelling survives (`x-id-token`, `x_identity_*`, new names).
+                for name in headers.keys() {
+                    prop_assert!(!is_owned(name.as_str()) || OWNED.contains(name), "{} survived", name);
+                }
+                // Everything else is exactly as sent, repeated values in their order.
+                for name in sent.keys().filter(|n| !is_owned(n.as_str())) {
+                    let before: Vec<&HeaderValue> = sent.get_all(name).iter().collect();
+                    let after: Vec<&HeaderValue> = headers.get_all(name).iter().collect();
+                    prop_assert_eq!(before, after, "{}", name);
+                }
+                let kept = sent.keys().filter(|n| !is_owned(n.as_str())).count();
+                prop_assert_eq!(headers.keys_len(), kept + OWNED.len());
+
+                // Identity values are encoded, never dropped: they decode back to the token's.
+                if let Some(p) = &who {
+                    prop_assert_eq!(decode(&headers[&SUBJECT]), p.sub.clone());
+                    prop_assert_eq!(decode(&headers[&EMAIL]), p.email.clone().unwrap_or_default());
+                    prop_assert_eq!(decode(&headers[&NAME]), p.name.clone().unwrap_or_default());
+                    prop_assert_eq!(headers[&STATUS].to_str().unwrap(), status.as_str());
+                } else {
+                    prop_assert_eq!(headers[&STATUS].to_str().unwrap(), "anonymous");
+                }
+            }
+
+            #[test]
+            fn injecting_twice_is_the_same_as_injecting_once(sent in client_headers()) {
+                let rendered = render(Status::Anonymous, None, true);
+                let mut once = sent.clone();
+                inject(&mut once, &rendered);
+                let mut twice = once.clone();
+                inject(&mut twice, &rendered);
+                prop_assert_eq!(once, twice);
+            }
+        }
+    }
 }

@@ -2,9 +2,11 @@
 //! from an [`ArcSwap`], refreshed in the background and on an unknown `kid`.
 //!
 //! An unknown `kid` triggers at most one fetch at a time (single-flight: waiters queue on a
-//! mutex and re-read the key set the winner installed) and at most one per
-//! `oidc.jwks_min_refresh_secs`, so a flood of random kids costs Keycloak a handful of
-//! requests. A failed fetch never replaces the last good key set.
+//! mutex and take the outcome of the fetch that finished while they waited — the key set it
+//! installed, or its failure) and at most one per `oidc.jwks_min_refresh_secs`, so a flood of
+//! random kids costs Keycloak a handful of requests, and a request never waits for more than
+//! one fetch (`oidc.http_timeout_secs`) however many queue while Keycloak hangs. A failed
+//! fetch never replaces the last good key set.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -134,6 +136,9 @@ pub struct Jwks {
     current: ArcSwapOption<KeySet>,
     /// Bumped on every install, so a waiter can tell a fetch happened while it queued.
     generation: AtomicU64,
+    /// Bumped when any fetch ends, failed or not, so a waiter can tell that a fetch it queued
+    /// behind has failed and take that answer instead of starting another one.
+    fetches_ended: AtomicU64,
     /// Single-flight gate for all fetches; holds the time of the last fetch caused by an
     /// unknown kid. Only those are throttled: a background refresh that just ran must not
     /// stop a rotation right after it from being picked up.
@@ -150,6 +155,7 @@ impl Jwks {
         Jwks {
             current: ArcSwapOption::empty(),
             generation: AtomicU64::new(0),
+            fetches_ended: AtomicU64::new(0),
             fetch_gate: Mutex::new(None),
             min_refresh,
             discovery,
@@ -191,10 +197,18 @@ impl Jwks {
     /// Called when a token names a kid the current set lacks. `seen` is the generation the
     /// caller looked at. Returns the key set to retry with, or `None` when no new keys came.
     pub async fn refresh_for_unknown_kid(&self, seen: u64) -> Option<Arc<KeySet>> {
+        let ended_before = self.fetches_ended.load(Ordering::Acquire);
         let mut last = self.fetch_gate.lock().await;
         if self.generation.load(Ordering::Acquire) != seen {
             // Someone installed keys while we waited: retry with those, no fetch.
             return self.current.load_full();
+        }
+        if self.fetches_ended.load(Ordering::Acquire) != ended_before {
+            // A fetch ended while we waited and brought no keys: Keycloak is failing or
+            // hanging right now. Share that answer; a fetch of our own, queued behind it,
+            // would make every waiter wait one timeout more than the one before it.
+            self.metrics.jwks_fetches.get_or_create(&vec![("result", "shared_failure")]).inc();
+            return None;
         }
         if last.is_some_and(|t| t.elapsed() < self.min_refresh) {
             self.metrics.jwks_fetches.get_or_create(&vec![("result", "throttled")]).inc();
@@ -215,7 +229,7 @@ impl Jwks {
             Ok::<_, anyhow::Error>((body, set))
         }
         .await;
-        match result {
+        let outcome = match result {
             Ok((body, set)) => {
                 self.metrics.jwks_fetches.get_or_create(&vec![("result", "ok")]).inc();
                 self.install(set, false);
@@ -226,6 +240,8 @@ impl Jwks {
                 tracing::warn!(error = %e, "JWKS fetch failed; keeping the last good key set");
                 Err(e)
             }
-        }
+        };
+        self.fetches_ended.fetch_add(1, Ordering::AcqRel);
+        outcome
     }
 }

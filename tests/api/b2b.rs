@@ -28,11 +28,10 @@ use identity_sidecar::store::{
     memberships, organizations, users,
 };
 use serde_json::{Value, json};
-use sqlx::Connection as _;
 use time::{Date, OffsetDateTime};
 use uuid::Uuid;
 
-use crate::helpers::pg::{self, TestDatabase};
+use crate::helpers::pg::TestDatabase;
 use crate::helpers::{Db, FakeKeycloak, TestApp, base_env, metric, set};
 
 /// Keycloak's "all my organizations" scope: the claim is complete, absence means removal.
@@ -247,14 +246,7 @@ impl World {
         match &self.pg {
             None => Fault::SqliteWriteLock(self.store.begin().await.unwrap()),
             Some(db) => {
-                let mut admin = maintenance().await;
-                let sql = format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false", db.name);
-                sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await.unwrap();
-                sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
-                    .bind(&db.name)
-                    .execute(&mut admin)
-                    .await
-                    .unwrap();
+                db.close().await;
                 Fault::PostgresClosed
             }
         }
@@ -263,17 +255,10 @@ impl World {
     async fn mend_store(&self, fault: Fault) {
         match (fault, &self.pg) {
             (Fault::SqliteWriteLock(tx), _) => tx.rollback().await.unwrap(),
-            (Fault::PostgresClosed, Some(db)) => {
-                let sql = format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true", db.name);
-                sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut maintenance().await).await.unwrap();
-            }
+            (Fault::PostgresClosed, Some(db)) => db.reopen().await,
             (Fault::PostgresClosed, None) => unreachable!("only a PostgreSQL world closes its database"),
         }
     }
-}
-
-async fn maintenance() -> sqlx::PgConnection {
-    sqlx::PgConnection::connect(&format!("{}/postgres", pg::server_url())).await.unwrap()
 }
 
 impl Facts {

@@ -7,6 +7,7 @@ mod admin;
 mod b2b;
 mod codes;
 mod demo;
+mod faults;
 mod harness_selftest;
 mod helpers;
 mod hostile;

@@ -23,7 +23,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use crate::helpers::binary::Binary;
 use crate::helpers::upstream::{HOP_RESPONSE_HEADERS, big_body, sha256_hex};
 use crate::helpers::{
-    Echo, EchoUpstream, FakeKeycloak, HangingServer, TestApp, base_env, closed_port, metric, set,
+    Echo, EchoUpstream, FakeKeycloak, HangingServer, MEMORY_TURN, TestApp, base_env, closed_port, metric,
+    rss, set,
 };
 
 /// Every header the sidecar owns (SPEC §5), lower-case.
@@ -443,20 +444,6 @@ async fn hop_by_hop_response_headers_do_not_reach_the_client() {
 const BIG: usize = 50 * 1024 * 1024;
 /// The allowed growth of the process's resident memory while 50 MiB pass.
 const MEMORY_BOUND: u64 = 30 * 1024 * 1024;
-
-/// The memory tests measure the whole process; they take turns so neither sees the other.
-static MEMORY_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// `VmRSS` of this process, in bytes.
-fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS line");
-    kb * 1024
-}
 
 /// Samples `VmRSS` every few milliseconds on a plain thread (not held up by the test's
 /// runtime) and keeps the peak: a buffer filled and freed between the "before" and "after"

@@ -84,7 +84,7 @@ pub use keys::KeyKind;
 #[allow(unused_imports, reason = "re-exports for tests not written yet")]
 pub use tokens::{Attacks, TokenBuilder};
 #[allow(unused_imports, reason = "re-exports for tests not written yet")]
-pub use upstream::{Echo, EchoUpstream, HangingServer, RecordedRequest, closed_port};
+pub use upstream::{Echo, EchoUpstream, HangingServer, RecordedRequest, ResettingServer, closed_port};
 
 use std::net::SocketAddr;
 
@@ -96,6 +96,20 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::task::{AbortHandle, JoinSet};
 use tower::ServiceExt as _;
+
+/// `VmRSS` of this process, in bytes (the test, the sidecar and its fakes together).
+pub fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS line");
+    kb * 1024
+}
+
+/// Tests that measure the process's memory take turns, so none sees another's buffers.
+pub static MEMORY_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A server task that is aborted — with all of its connections — when this is dropped.
 #[derive(Debug)]

@@ -1,5 +1,6 @@
 //! A fresh PostgreSQL database per test on the local server (127.0.0.1:5432, user postgres;
-//! `SIDECAR_TEST_POSTGRES_URL` overrides the server), dropped when the guard goes away.
+//! `SIDECAR_TEST_POSTGRES_URL` overrides the server), dropped when the guard goes away, and
+//! the one fault the tests inject into it: making it unreachable and bringing it back.
 
 use sqlx::Connection as _;
 
@@ -28,6 +29,32 @@ impl TestDatabase {
         let url = format!("{}/{name}", server_url());
         TestDatabase { name, url }
     }
+}
+
+impl TestDatabase {
+    /// Makes the database unreachable, as a failed-over or stopped server looks to the app:
+    /// new connections are refused and every open one (the app's pool) is terminated.
+    pub async fn close(&self) {
+        let mut admin = maintenance().await;
+        let sql = format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false", self.name);
+        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await.unwrap();
+        sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+            .bind(&self.name)
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+
+    /// Accepts connections again after [`TestDatabase::close`].
+    pub async fn reopen(&self) {
+        let sql = format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true", self.name);
+        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut maintenance().await).await.unwrap();
+    }
+}
+
+/// A connection to the server's `postgres` database, for statements about test databases.
+pub async fn maintenance() -> sqlx::PgConnection {
+    sqlx::PgConnection::connect(&format!("{}/postgres", server_url())).await.unwrap()
 }
 
 impl Drop for TestDatabase {

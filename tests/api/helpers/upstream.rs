@@ -1,5 +1,5 @@
 //! The app behind the sidecar, as seen by tests: an echo server that reports exactly what it
-//! received, plus servers that refuse or never answer.
+//! received, plus servers that refuse, reset or never answer.
 //!
 //! Any path answers `200` with JSON `{method, path, query, version, headers, body_len,
 //! body_sha256}`; `headers` lists every received header as `[name, value]` in arrival order
@@ -405,6 +405,56 @@ impl HangingServer {
     }
 
     /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+/// Accepts TCP connections and resets them (`SO_LINGER` 0, then close: the peer gets a RST,
+/// not a FIN). Connections take turns: reset at once; reset after reading a few bytes of the
+/// request; reset after writing a line that is not HTTP.
+pub struct ResettingServer {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    _task: ServerTask,
+}
+
+impl ResettingServer {
+    pub async fn start() -> ResettingServer {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = bind().await;
+        let addr = listener.local_addr().expect("local addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                // Each connection on its own task: a slow reader must not hold up the accepts.
+                tokio::spawn(async move {
+                    let _ = stream.set_zero_linger();
+                    match n % 3 {
+                        0 => {}
+                        1 => {
+                            let mut first = [0u8; 16];
+                            let read = stream.read(&mut first);
+                            let _ = tokio::time::timeout(Duration::from_secs(1), read).await;
+                        }
+                        _ => {
+                            let _ = stream.write_all(b"NOT HTTP AT ALL\r\n").await;
+                        }
+                    }
+                    drop(stream);
+                });
+            }
+        });
+        ResettingServer { addr, accepted, _task: ServerTask(task.abort_handle()) }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Connections accepted (and reset) so far.
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
     }

@@ -12,6 +12,7 @@ mod helpers;
 mod hostile;
 mod keycloak;
 mod nginx;
+mod openapi;
 mod proxy;
 mod redis;
 mod token_gate;

@@ -258,7 +258,7 @@ pub struct PageQuery {
     #[param(required = false, minimum = 1, maximum = 1000, default = 100)]
     pub limit: u32,
     /// Rows to skip.
-    #[param(required = false, default = 0)]
+    #[param(required = false, default = 0, maximum = 4294967295_u64)]
     pub offset: u32,
 }
 

@@ -92,7 +92,7 @@ async fn show(State(state): State<AppState>, Path(sub): Path<String>) -> Result<
     operation_id = "find_users",
     tag = "users",
     params(
-        ("email" = String, Query, description = "The email address to look up (ASCII case ignored)."),
+        ("email" = String, Query, pattern = "\\S", description = "The email address to look up (ASCII case ignored; not blank)."),
         PageQuery,
     ),
     responses(

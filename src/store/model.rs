@@ -69,7 +69,7 @@ pub struct NewOrganization {
     #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
     pub key: String,
     /// Not blank.
-    #[schema(min_length = 1)]
+    #[schema(pattern = "\\S")]
     pub name: String,
     #[serde(default)]
     pub description: String,
@@ -77,7 +77,7 @@ pub struct NewOrganization {
     pub keycloak_id: Option<Uuid>,
     /// Not blank (null: no alias).
     #[serde(default)]
-    #[schema(min_length = 1)]
+    #[schema(pattern = "\\S")]
     pub keycloak_alias: Option<String>,
 }
 
@@ -179,7 +179,7 @@ pub struct NewContract {
     /// The key of an existing organization.
     pub organization: String,
     /// Not blank.
-    #[schema(min_length = 1)]
+    #[schema(pattern = "\\S")]
     pub name: String,
     pub membership_type: MembershipType,
     #[serde(default = "yes")]

@@ -34,7 +34,7 @@ mod contracts;
 pub mod extract;
 pub mod guard;
 mod jobs;
-pub mod openapi;
+mod openapi;
 mod organizations;
 mod reconcile;
 mod sync;

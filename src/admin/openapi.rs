@@ -90,22 +90,6 @@ pub(super) fn base() -> OpenApi {
     ApiDoc::openapi()
 }
 
-/// The operations of a path item with their HTTP methods, upper case.
-pub fn operations(item: &PathItem) -> impl Iterator<Item = (&'static str, &Operation)> {
-    [
-        ("GET", &item.get),
-        ("PUT", &item.put),
-        ("POST", &item.post),
-        ("DELETE", &item.delete),
-        ("OPTIONS", &item.options),
-        ("HEAD", &item.head),
-        ("PATCH", &item.patch),
-        ("TRACE", &item.trace),
-    ]
-    .into_iter()
-    .filter_map(|(method, op)| op.as_ref().map(|op| (method, op)))
-}
-
 fn operations_mut(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
     [
         &mut item.get,
@@ -290,6 +274,22 @@ mod tests {
             }
         }
         routes
+    }
+
+    /// The operations of a path item with their HTTP methods, upper case.
+    fn operations(item: &PathItem) -> impl Iterator<Item = (&'static str, &Operation)> {
+        [
+            ("GET", &item.get),
+            ("PUT", &item.put),
+            ("POST", &item.post),
+            ("DELETE", &item.delete),
+            ("OPTIONS", &item.options),
+            ("HEAD", &item.head),
+            ("PATCH", &item.patch),
+            ("TRACE", &item.trace),
+        ]
+        .into_iter()
+        .filter_map(|(method, op)| op.as_ref().map(|op| (method, op)))
     }
 
     fn documented(doc: &OpenApi) -> Routes {

@@ -6,12 +6,15 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::auth::validate::Reject;
 
-/// One field-level problem in a request body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One field-level problem in a request body or query string.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct FieldError {
+    /// The field's name; a dotted path below the top level (`organizations.0`), or `body`
+    /// for the body as a whole.
     pub field: String,
     pub detail: String,
 }
@@ -57,14 +60,19 @@ pub enum ApiError {
     Internal(anyhow::Error),
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An RFC 9457 problem (`application/problem+json`): the body of every error answer.
+#[derive(Serialize, ToSchema)]
+pub struct Problem<'a> {
+    /// Always `about:blank`: `title` is the HTTP status's reason phrase.
     #[serde(rename = "type")]
     kind: &'a str,
     title: &'a str,
+    #[schema(minimum = 400, maximum = 599)]
     status: u16,
+    /// What went wrong, for a person; never internal detail.
     #[serde(skip_serializing_if = "Option::is_none")]
     detail: Option<&'a str>,
+    /// The fields at fault (400 and 422 answers about a body or query string).
     #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
     errors: &'a [FieldError],
 }

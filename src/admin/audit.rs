@@ -6,10 +6,11 @@
 //! `?before=` for the next, older page.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::State;
-use axum::routing::get;
 use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::extract::Params;
 use crate::error::ApiError;
@@ -17,17 +18,37 @@ use crate::state::AppState;
 use crate::store::audit;
 use crate::store::model::{AuditEvent, AuditQuery};
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/audit", get(list))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default().routes(routes!(list))
 }
 
-#[derive(Debug, Serialize)]
+/// One page of the audit trail, newest first.
+#[derive(Debug, Serialize, ToSchema)]
 struct AuditPage {
     items: Vec<AuditEvent>,
     limit: u32,
+    /// Pass as `?before=` for the next, older page; null on the last page.
     next_before: Option<i64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/audit",
+    operation_id = "list_audit_events",
+    tag = "audit",
+    params(
+        ("sub" = Option<String>, Query, description = "Only events about this user."),
+        ("organization" = Option<String>, Query, description = "Only events about this organization (its key)."),
+        ("contract" = Option<String>, Query, description = "Only events about this contract (its key)."),
+        ("before" = Option<i64>, Query, minimum = 0, description = "Only events older than this event id (`next_before` of the previous page)."),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default 100)."),
+    ),
+    responses(
+        (status = 200, description = "One page of events.", body = AuditPage),
+        (status = 400, description = "A query parameter is malformed, repeated or unknown."),
+        (status = 422, description = "`limit` is out of range."),
+    )
+)]
 async fn list(State(state): State<AppState>, mut params: Params) -> Result<Json<AuditPage>, ApiError> {
     let query = AuditQuery {
         sub: params.string("sub")?,

@@ -14,16 +14,17 @@
 use std::collections::{HashMap, HashSet};
 
 use axum::Json;
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use time::OffsetDateTime;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::extract::{OptionalJson, Params};
+use super::extract::{OptionalJson, PageQuery, Params};
 use super::guard::Admin;
 use super::{OrNotFound, Page};
 use crate::codes::{MAX_PER_REQUEST, fingerprint, generate, normalize};
@@ -32,25 +33,28 @@ use crate::state::AppState;
 use crate::store::model::{Contract, EnrollmentCode, NewAuditEvent, NewEnrollmentCode, Redemption};
 use crate::store::{Tx, audit, codes, contracts};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/contracts/{key}/codes", get(list).post(create))
-        .route("/codes/{code}", delete(revoke))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default().routes(routes!(list, create)).routes(routes!(revoke))
 }
 
 /// The body of a generation request; every field optional (an empty body is fine).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Generate {
+    /// How many one-time codes to make (1 to 10 000); without it, as many as the contract
+    /// has seats, one unlimited code, or none for a free `auto`/`managed` contract.
+    #[schema(minimum = 1, maximum = 10000)]
     count: Option<i64>,
+    /// When the codes start to work (default: now).
     #[serde(default, with = "time::serde::rfc3339::option")]
     activates_at: Option<OffsetDateTime>,
+    /// When they stop working (default: never); after `activates_at`.
     #[serde(default, with = "time::serde::rfc3339::option")]
     expires_at: Option<OffsetDateTime>,
 }
 
 /// A code as admins see it (JSON items and CSV rows have these fields, in this order).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct CodeView {
     code: String,
     contract: String,
@@ -91,7 +95,7 @@ impl From<EnrollmentCode> for CodeView {
 }
 
 /// The answer of a generation: the codes made now.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct Generated {
     items: Vec<CodeView>,
     total: usize,
@@ -121,6 +125,21 @@ fn plan(contract: &Contract, count: Option<i64>) -> Result<(i64, Redemption), Ap
     }
 }
 
+/// Generates enrollment codes for a contract (SPEC §6; how many: see the body's `count`).
+#[utoipa::path(
+    post,
+    path = "/contracts/{key}/codes",
+    operation_id = "generate_codes",
+    tag = "codes",
+    params(("key" = String, Path, description = "The contract's key.")),
+    request_body(content = Option<Generate>, description = "Optional: an empty body takes every default."),
+    responses(
+        (status = 201, description = "The codes made now (possibly none).", body = Generated),
+        (status = 400, description = "Not a JSON object, a wrong type or an unknown field."),
+        (status = 404, description = "No contract has this key."),
+        (status = 422, description = "`count` out of range, more seats than one request may make, or `expires_at` not after `activates_at`."),
+    )
+)]
 async fn create(
     State(state): State<AppState>,
     admin: Admin,
@@ -216,6 +235,25 @@ fn rfc3339(t: OffsetDateTime) -> String {
 /// The contract's codes, oldest first: JSON `{items, total, limit, offset}`, or CSV when the
 /// `Accept` header asks for `text/csv` — then every code unless `limit`/`offset` are given
 /// (an export is meant to be handed out whole).
+#[utoipa::path(
+    get,
+    path = "/contracts/{key}/codes",
+    operation_id = "list_codes",
+    tag = "codes",
+    params(("key" = String, Path, description = "The contract's key."), PageQuery),
+    responses(
+        (status = 200, description = "One page of codes, or with `Accept: text/csv` a CSV export \
+            (RFC 4180, a header row, the JSON item's fields in order).",
+            content(
+                (Page<CodeView> = "application/json"),
+                (String = "text/csv"),
+            ),
+        ),
+        (status = 400, description = "A query parameter is malformed or unknown."),
+        (status = 404, description = "No contract has this key."),
+        (status = 422, description = "`limit` is out of range."),
+    )
+)]
 async fn list(
     State(state): State<AppState>,
     Path(key): Path<String>,
@@ -331,6 +369,18 @@ fn push_row(out: &mut String, fields: impl Iterator<Item = String>) {
 
 /// Revokes a code nobody has redeemed: 204 (also when it was revoked already), 409 once
 /// redeemed, 404 when unknown.
+#[utoipa::path(
+    delete,
+    path = "/codes/{code}",
+    operation_id = "revoke_code",
+    tag = "codes",
+    params(("code" = String, Path, description = "The code, as handed out (case and separators are ignored).")),
+    responses(
+        (status = 204, description = "Revoked (or already revoked)."),
+        (status = 404, description = "No such enrollment code."),
+        (status = 409, description = "The code has been redeemed."),
+    )
+)]
 async fn revoke(
     State(state): State<AppState>,
     admin: Admin,

@@ -5,14 +5,14 @@
 //! the organization of a contract decide what the headers show.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::get;
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::extract::{AdminJson, Params, merge_patch};
+use super::extract::{AdminJson, PageQuery, Params, Patch, merge_patch};
 use super::guard::Admin;
 use super::{OrNotFound, Page, created};
 use crate::error::{ApiError, FieldError};
@@ -22,12 +22,15 @@ use crate::store::model::{
 };
 use crate::store::{Conn, StoreError, audit, contracts, organizations};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/contracts", get(list).post(create))
-        .route("/contracts/{key}", get(show).patch(update).delete(remove))
-        .route("/contracts/{key}/members", get(members))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
+        .routes(routes!(list, create))
+        .routes(routes!(show, update, remove))
+        .routes(routes!(members))
 }
+
+/// The document's name for a merge patch of a contract.
+type ContractPatch = Patch<NewContract>;
 
 /// Fields a merge patch may not set to `null` (dates, seats and price may: unbounded, unlimited,
 /// free).
@@ -73,6 +76,22 @@ async fn check_organization(conn: &mut Conn, key: &str) -> Result<(), ApiError> 
     }
 }
 
+/// The contracts, by key; of one organization with `?organization=`.
+#[utoipa::path(
+    get,
+    path = "/contracts",
+    operation_id = "list_contracts",
+    tag = "contracts",
+    params(
+        ("organization" = Option<String>, Query, description = "Only this organization's contracts (its key)."),
+        PageQuery,
+    ),
+    responses(
+        (status = 200, description = "One page of contracts.", body = Page<Contract>),
+        (status = 400, description = "A query parameter is malformed, repeated or unknown."),
+        (status = 422, description = "`limit` is out of range."),
+    )
+)]
 async fn list(State(state): State<AppState>, mut params: Params) -> Result<Json<Page<Contract>>, ApiError> {
     let page = params.page()?;
     let organization = params.string("organization")?;
@@ -83,6 +102,21 @@ async fn list(State(state): State<AppState>, mut params: Params) -> Result<Json<
     Ok(Json(Page::new(items, total, page)))
 }
 
+/// Creates a contract of an existing organization.
+#[utoipa::path(
+    post,
+    path = "/contracts",
+    operation_id = "create_contract",
+    tag = "contracts",
+    request_body = NewContract,
+    responses(
+        (status = 201, description = "Created.", body = Contract,
+            headers(("Location" = String, description = "The contract's URL."))),
+        (status = 400, description = "Not a JSON object, a wrong type or an unknown field."),
+        (status = 409, description = "The key is already in use."),
+        (status = 422, description = "A value breaks a rule (key format, dates, seats, price), or no organization has the key given."),
+    )
+)]
 async fn create(
     State(state): State<AppState>,
     admin: Admin,
@@ -102,12 +136,40 @@ async fn create(
     Ok(created(format!("/admin/v1/contracts/{}", contract.key), contract))
 }
 
+/// One contract, with `seats_used`.
+#[utoipa::path(
+    get,
+    path = "/contracts/{key}",
+    operation_id = "get_contract",
+    tag = "contracts",
+    params(("key" = String, Path, description = "The contract's key.")),
+    responses(
+        (status = 200, description = "The contract.", body = Contract),
+        (status = 404, description = "No contract has this key."),
+    )
+)]
 async fn show(State(state): State<AppState>, Path(key): Path<String>) -> Result<Json<Contract>, ApiError> {
     let mut conn = state.store.conn().await?;
     Ok(Json(contracts::get(&mut conn, &key).await.or_not_found(no_such(&key))?))
 }
 
+/// Changes a contract by a JSON merge patch (RFC 7396) of its writable fields; `null` clears
+/// the dates (unbounded), `max_learners` (unlimited) or `price` (free). The key cannot change.
 /// Lowering `max_learners` below `seats_used` detaches nobody; it only stops new attachments.
+#[utoipa::path(
+    patch,
+    path = "/contracts/{key}",
+    operation_id = "update_contract",
+    tag = "contracts",
+    params(("key" = String, Path, description = "The contract's key.")),
+    request_body(content = ContractPatch, content_type = "application/merge-patch+json"),
+    responses(
+        (status = 200, description = "The contract as changed.", body = Contract),
+        (status = 400, description = "Not a JSON object, a wrong type or an unknown field."),
+        (status = 404, description = "No contract has this key."),
+        (status = 422, description = "A value breaks a rule, a required field is set to null, the key would change, or no organization has the key given."),
+    )
+)]
 async fn update(
     State(state): State<AppState>,
     admin: Admin,
@@ -136,6 +198,18 @@ async fn update(
 }
 
 /// Deletes a contract nobody holds (409 otherwise) with its enrollment codes.
+#[utoipa::path(
+    delete,
+    path = "/contracts/{key}",
+    operation_id = "delete_contract",
+    tag = "contracts",
+    params(("key" = String, Path, description = "The contract's key.")),
+    responses(
+        (status = 204, description = "Deleted, with its enrollment codes."),
+        (status = 404, description = "No contract has this key."),
+        (status = 409, description = "Users are still attached to the contract."),
+    )
+)]
 async fn remove(
     State(state): State<AppState>,
     admin: Admin,
@@ -161,6 +235,19 @@ async fn remove(
 
 /// The contract's holders; `total` is `seats_used`, which the store keeps equal to the number of
 /// attachments.
+#[utoipa::path(
+    get,
+    path = "/contracts/{key}/members",
+    operation_id = "list_contract_members",
+    tag = "contracts",
+    params(("key" = String, Path, description = "The contract's key."), PageQuery),
+    responses(
+        (status = 200, description = "One page of holders.", body = Page<ContractMember>),
+        (status = 400, description = "A query parameter is malformed or unknown."),
+        (status = 404, description = "No contract has this key."),
+        (status = 422, description = "`limit` is out of range."),
+    )
+)]
 async fn members(
     State(state): State<AppState>,
     Path(key): Path<String>,

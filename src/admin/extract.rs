@@ -14,6 +14,9 @@
 //! `application/merge-patch+json` needs no special case); the admin port is never reached by
 //! browsers and needs a bearer token, so there is no cross-site form to guard against.
 
+use std::borrow::Cow;
+use std::marker::PhantomData;
+
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::request::Parts;
@@ -21,6 +24,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use utoipa::openapi::{RefOr, Schema};
+use utoipa::{IntoParams, PartialSchema, ToSchema};
 
 use crate::error::{ApiError, FieldError, problem};
 
@@ -174,6 +179,37 @@ pub fn merge_patch<T: Serialize + DeserializeOwned>(
     from_value(target)
 }
 
+/// The OpenAPI schema of a JSON merge patch of `T` (the writable form of a resource): `T`'s
+/// schema with no field required. A field `T` does not make nullable is one the handler's
+/// `not_null` list refuses to clear (422), so `null` breaks the schema where it breaks the rule.
+pub struct Patch<T>(PhantomData<T>);
+
+impl<T: ToSchema> PartialSchema for Patch<T> {
+    fn schema() -> RefOr<Schema> {
+        let mut schema = T::schema();
+        if let RefOr::T(Schema::Object(object)) = &mut schema {
+            object.required.clear();
+            object.description = Some(format!(
+                "A JSON merge patch (RFC 7396) of `{}`: the fields to change; `null` clears a \
+                 nullable field.",
+                T::name()
+            ));
+        }
+        schema
+    }
+}
+
+impl<T: ToSchema> ToSchema for Patch<T> {
+    fn name() -> Cow<'static, str> {
+        let name = T::name();
+        format!("{}Patch", name.strip_prefix("New").unwrap_or(&name)).into()
+    }
+
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        T::schemas(schemas);
+    }
+}
+
 /// RFC 7396 §2, as written there.
 fn apply_merge_patch(target: &mut Value, patch: &Value) {
     let Value::Object(patch) = patch else {
@@ -214,9 +250,15 @@ pub const DEFAULT_LIMIT: u32 = 100;
 pub const MAX_LIMIT: u32 = 1000;
 
 /// `?limit=&offset=` of a list endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// Page size.
+    // DEFAULT_LIMIT and MAX_LIMIT (the attribute takes literals; a test keeps them in step).
+    #[param(required = false, minimum = 1, maximum = 1000, default = 100)]
     pub limit: u32,
+    /// Rows to skip.
+    #[param(required = false, default = 0, maximum = 4294967295_u64)]
     pub offset: u32,
 }
 

@@ -2,11 +2,12 @@
 //! any replica answers for a job any replica runs.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::{Path, State};
-use axum::routing::get;
 use serde::Serialize;
 use time::OffsetDateTime;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::OrNotFound;
 use crate::error::ApiError;
@@ -14,12 +15,12 @@ use crate::state::AppState;
 use crate::store::jobs;
 use crate::store::model::{Job, JobStatus};
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/jobs/{id}", get(show))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default().routes(routes!(show))
 }
 
 /// A job as the admin sees it (the payload stays internal).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct JobView {
     id: i64,
     kind: String,
@@ -49,6 +50,18 @@ impl From<Job> for JobView {
     }
 }
 
+/// A job's state and progress.
+#[utoipa::path(
+    get,
+    path = "/jobs/{id}",
+    operation_id = "get_job",
+    tag = "jobs",
+    params(("id" = i64, Path, description = "The job's id (`job_id` of `POST /admin/v1/reconcile`).")),
+    responses(
+        (status = 200, description = "The job.", body = JobView),
+        (status = 404, description = "No job has this id."),
+    )
+)]
 async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
     let no_such = || format!("No job with id `{id}`.");
     let Ok(number) = id.parse::<i64>() else {

@@ -11,14 +11,18 @@
 //!   contract write drops every cached login, a user's membership or attachment change drops
 //!   that user's;
 //! - store failures map to HTTP through `From<StoreError> for ApiError`, after a handler has
-//!   said what it knows better (which organization is missing, what still refers to a row).
+//!   said what it knows better (which organization is missing, what still refers to a row);
+//! - every route is registered with `utoipa_axum::routes!` from a handler carrying
+//!   `#[utoipa::path]`, so the OpenAPI document ([`openapi`]) lists exactly what is served.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::{Extension, Router};
 use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -30,6 +34,7 @@ mod contracts;
 pub mod extract;
 pub mod guard;
 mod jobs;
+mod openapi;
 mod organizations;
 mod reconcile;
 mod sync;
@@ -37,31 +42,44 @@ mod users;
 
 pub fn router(state: AppState) -> Router {
     guard::warn_about_unreachable_roles(&state.config);
-    let api = Router::new()
-        .merge(organizations::router())
-        .merge(contracts::router())
-        .merge(codes::router())
-        .merge(users::router())
-        .merge(audit::router())
-        .merge(sync::router())
-        .merge(reconcile::router())
-        .merge(jobs::router())
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), guard::require_admin));
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/.well-known/jwks.json", get(crate::public::entitlement_jwks))
-        .nest("/admin/v1", api)
-        .fallback(not_found)
-        .with_state(state)
+    let guard = axum::middleware::from_fn_with_state(state.clone(), guard::require_admin);
+    let (router, doc) = routes(|api| api.route_layer(guard)).split_for_parts();
+    router.layer(Extension(openapi::Document::new(&doc))).fallback(not_found).with_state(state)
+}
+
+/// Every route of the admin port, and the OpenAPI document that describes them. `guard`
+/// installs the admin authentication on the `/admin/v1` routes (it must add no route: the
+/// unit test passes one that does nothing and compares routes with the document).
+fn routes(guard: impl FnOnce(OpenApiRouter<AppState>) -> OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
+    let mut api = guard(
+        OpenApiRouter::default()
+            .merge(organizations::router())
+            .merge(contracts::router())
+            .merge(codes::router())
+            .merge(users::router())
+            .merge(audit::router())
+            .merge(sync::router())
+            .merge(reconcile::router())
+            .merge(jobs::router())
+            .routes(routes!(openapi::openapi_json)),
+    );
+    openapi::guarded(api.get_openapi_mut());
+    let mut all = OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(jwks))
+        .nest("/admin/v1", api);
+    openapi::finish(all.get_openapi_mut());
+    all
 }
 
 /// One page of a list: `items`, the `total` number of matching rows, and the `limit` and
 /// `offset` that produced the page.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
+    #[schema(minimum = 0)]
     pub total: i64,
     pub limit: u32,
     pub offset: u32,
@@ -97,11 +115,28 @@ async fn not_found() -> ApiError {
 }
 
 /// Alive: the process answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "operations",
+    responses((status = 200, description = "`ok`", body = String, content_type = "text/plain"))
+)]
 async fn healthz() -> &'static str {
     "ok"
 }
 
 /// Ready: a key set is loaded, so tokens can be verified.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "`ready`", body = String, content_type = "text/plain"),
+        (status = 503, description = "No signing keys loaded yet."),
+    )
+)]
 async fn readyz(State(state): State<AppState>) -> Response {
     if state.jwks.is_loaded() {
         "ready".into_response()
@@ -111,6 +146,14 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+/// Prometheus metrics.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    responses((status = 200, description = "The Prometheus text format.", body = String, content_type = "text/plain"))
+)]
 async fn metrics(State(state): State<AppState>) -> Response {
     let counted = state.metrics.store_queries.get();
     state.metrics.store_queries.inc_by(state.store.queries().saturating_sub(counted));
@@ -120,4 +163,17 @@ async fn metrics(State(state): State<AppState>) -> Response {
         state.metrics.render(),
     )
         .into_response()
+}
+
+/// The entitlement token's public keys (the same document as the public port's
+/// `/_sidecar/jwks.json`).
+#[utoipa::path(
+    get,
+    path = "/.well-known/jwks.json",
+    operation_id = "jwks",
+    tag = "operations",
+    responses((status = 200, description = "A JSON Web Key Set: `{keys: [...]}`.", body = Object))
+)]
+async fn jwks(state: State<AppState>) -> Response {
+    crate::public::entitlement_jwks(state).await
 }

@@ -4,14 +4,14 @@
 //! make a claim match, a deleted organization takes its memberships with it).
 
 use axum::Json;
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::get;
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::extract::{AdminJson, Params, merge_patch};
+use super::extract::{AdminJson, PageQuery, Params, Patch, merge_patch};
 use super::guard::Admin;
 use super::{OrNotFound, Page, created};
 use crate::error::{ApiError, FieldError};
@@ -19,12 +19,15 @@ use crate::state::AppState;
 use crate::store::model::{NewAuditEvent, NewOrganization, Organization, OrganizationMember, is_valid_key};
 use crate::store::{StoreError, audit, organizations};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/organizations", get(list).post(create))
-        .route("/organizations/{key}", get(show).patch(update).delete(remove))
-        .route("/organizations/{key}/members", get(members))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
+        .routes(routes!(list, create))
+        .routes(routes!(show, update, remove))
+        .routes(routes!(members))
 }
+
+/// The document's name for a merge patch of an organization.
+type OrganizationPatch = Patch<NewOrganization>;
 
 /// Fields a merge patch may not set to `null`.
 const NOT_NULL: &[&str] = &["key", "name", "description"];
@@ -48,6 +51,19 @@ fn no_such(key: &str) -> impl FnOnce() -> String + '_ {
     move || format!("No organization with key `{key}`.")
 }
 
+/// The organizations, by key.
+#[utoipa::path(
+    get,
+    path = "/organizations",
+    operation_id = "list_organizations",
+    tag = "organizations",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "One page of organizations.", body = Page<Organization>),
+        (status = 400, description = "A query parameter is malformed or unknown."),
+        (status = 422, description = "`limit` is out of range."),
+    )
+)]
 async fn list(
     State(state): State<AppState>,
     mut params: Params,
@@ -60,6 +76,21 @@ async fn list(
     Ok(Json(Page::new(items, total, page)))
 }
 
+/// Creates an organization.
+#[utoipa::path(
+    post,
+    path = "/organizations",
+    operation_id = "create_organization",
+    tag = "organizations",
+    request_body = NewOrganization,
+    responses(
+        (status = 201, description = "Created.", body = Organization,
+            headers(("Location" = String, description = "The organization's URL."))),
+        (status = 400, description = "Not a JSON object, a wrong type or an unknown field."),
+        (status = 409, description = "The key, Keycloak id or alias is already in use."),
+        (status = 422, description = "A value breaks a rule (key format, blank name or alias)."),
+    )
+)]
 async fn create(
     State(state): State<AppState>,
     admin: Admin,
@@ -75,6 +106,18 @@ async fn create(
     Ok(created(format!("/admin/v1/organizations/{}", org.key), org))
 }
 
+/// One organization.
+#[utoipa::path(
+    get,
+    path = "/organizations/{key}",
+    operation_id = "get_organization",
+    tag = "organizations",
+    params(("key" = String, Path, description = "The organization's key.")),
+    responses(
+        (status = 200, description = "The organization.", body = Organization),
+        (status = 404, description = "No organization has this key."),
+    )
+)]
 async fn show(
     State(state): State<AppState>,
     Path(key): Path<String>,
@@ -83,6 +126,23 @@ async fn show(
     Ok(Json(organizations::get(&mut conn, &key).await.or_not_found(no_such(&key))?))
 }
 
+/// Changes an organization by a JSON merge patch (RFC 7396) of its writable fields; `null`
+/// clears `keycloak_id` or `keycloak_alias`. The key cannot change.
+#[utoipa::path(
+    patch,
+    path = "/organizations/{key}",
+    operation_id = "update_organization",
+    tag = "organizations",
+    params(("key" = String, Path, description = "The organization's key.")),
+    request_body(content = OrganizationPatch, content_type = "application/merge-patch+json"),
+    responses(
+        (status = 200, description = "The organization as changed.", body = Organization),
+        (status = 400, description = "Not a JSON object, a wrong type or an unknown field."),
+        (status = 404, description = "No organization has this key."),
+        (status = 409, description = "The Keycloak id or alias is already in use."),
+        (status = 422, description = "A value breaks a rule, a required field is set to null, or the key would change."),
+    )
+)]
 async fn update(
     State(state): State<AppState>,
     admin: Admin,
@@ -106,6 +166,18 @@ async fn update(
 /// Deletes an organization without contracts (409 otherwise). Its memberships go with it (the
 /// database cascades); each is recorded in the audit trail first, since the rows will not be
 /// there to ask later.
+#[utoipa::path(
+    delete,
+    path = "/organizations/{key}",
+    operation_id = "delete_organization",
+    tag = "organizations",
+    params(("key" = String, Path, description = "The organization's key.")),
+    responses(
+        (status = 204, description = "Deleted, with its memberships."),
+        (status = 404, description = "No organization has this key."),
+        (status = 409, description = "The organization still has contracts."),
+    )
+)]
 async fn remove(
     State(state): State<AppState>,
     admin: Admin,
@@ -140,6 +212,20 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The organization's members, by `sub`.
+#[utoipa::path(
+    get,
+    path = "/organizations/{key}/members",
+    operation_id = "list_organization_members",
+    tag = "organizations",
+    params(("key" = String, Path, description = "The organization's key."), PageQuery),
+    responses(
+        (status = 200, description = "One page of members.", body = Page<OrganizationMember>),
+        (status = 400, description = "A query parameter is malformed or unknown."),
+        (status = 404, description = "No organization has this key."),
+        (status = 422, description = "`limit` is out of range."),
+    )
+)]
 async fn members(
     State(state): State<AppState>,
     Path(key): Path<String>,

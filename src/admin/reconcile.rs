@@ -10,14 +10,15 @@
 //!   organization, in ascending `sub` order, while seats last.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::OrNotFound;
 use super::extract::{OptionalJson, Params};
@@ -31,22 +32,43 @@ use crate::state::AppState;
 use crate::store::model::{AttachOutcome, AttachmentSource, NewAuditEvent};
 use crate::store::{attachments, audit, contracts, jobs, organizations};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/reconcile", post(reconcile_all))
-        .route("/reconcile/users/{sub}", post(reconcile_user))
-        .route("/reconcile/contracts/{key}", post(reconcile_contract))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
+        .routes(routes!(reconcile_all))
+        .routes(routes!(reconcile_user))
+        .routes(routes!(reconcile_contract))
 }
 
 /// The body of `POST /reconcile/users/{sub}`: the user's complete organization set, in any
 /// shape the organization claim takes (`["acme"]`, `{"acme": {"id": "…"}}`, `"acme"`, …;
 /// `null` or `[]` for none).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Stated {
+    /// The organization claim, in any of its shapes.
     organizations: Value,
 }
 
+/// Reconciles one user now against a stated organization set, or without a body against the
+/// user's organizations in Keycloak. The set is the user's complete membership.
+#[utoipa::path(
+    post,
+    path = "/reconcile/users/{sub}",
+    operation_id = "reconcile_user",
+    tag = "reconcile",
+    params(
+        ("sub" = String, Path, description = "The user's Keycloak subject."),
+        ("dry_run" = Option<bool>, Query, description = "Answer the plan and write nothing (default false)."),
+    ),
+    request_body(content = Option<Stated>, description = "Optional: without a body the organizations are read from Keycloak."),
+    responses(
+        (status = 200, description = "What the reconciliation did (or would do).", body = Reconciled),
+        (status = 400, description = "Not a JSON object, a wrong type, an unknown field or query parameter; or no body while `keycloak_admin` is not configured."),
+        (status = 404, description = "Keycloak has no user with this subject (no body)."),
+        (status = 422, description = "`organizations` is missing."),
+        (status = 502, description = "A Keycloak admin API call failed (no body)."),
+    )
+)]
 async fn reconcile_user(
     State(state): State<AppState>,
     admin: Admin,
@@ -96,7 +118,26 @@ async fn reconcile_user(
     Ok(Json(reconciled))
 }
 
+/// The answer of `POST /reconcile`.
+#[derive(Debug, Serialize, ToSchema)]
+struct Queued {
+    /// Follow it at `GET /admin/v1/jobs/{job_id}`.
+    job_id: i64,
+}
+
 /// Queues a `reconcile.all` job → 202 `{job_id}` with `Location: /admin/v1/jobs/{id}`.
+#[utoipa::path(
+    post,
+    path = "/reconcile",
+    operation_id = "reconcile_all",
+    tag = "reconcile",
+    responses(
+        (status = 202, description = "Queued: every known user will be reconciled against Keycloak.", body = Queued,
+            headers(("Location" = String, description = "The job's URL."))),
+        (status = 400, description = "A query parameter was given (there are none)."),
+        (status = 503, description = "`keycloak_admin` is not configured."),
+    )
+)]
 async fn reconcile_all(
     State(state): State<AppState>,
     admin: Admin,
@@ -116,12 +157,12 @@ async fn reconcile_all(
     tx.commit().await?;
     state.kick_jobs();
     let location = format!("/admin/v1/jobs/{}", job.id);
-    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(json!({"job_id": job.id})))
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(Queued { job_id: job.id }))
         .into_response())
 }
 
 /// What attaching a contract to its organization's members did (counts of users).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct ContractReconciled {
     contract: String,
     /// Newly attached (`source=admin`).
@@ -139,6 +180,18 @@ const MEMBERS_PER_PAGE: u32 = 500;
 /// while seats last (any membership type: the admin asks for it; validity is judged when
 /// headers are served, as for every attachment). One per-user transaction each, so every
 /// attachment serialises with that user's reconciliations and takes its seat atomically.
+#[utoipa::path(
+    post,
+    path = "/reconcile/contracts/{key}",
+    operation_id = "reconcile_contract",
+    tag = "reconcile",
+    params(("key" = String, Path, description = "The contract's key.")),
+    responses(
+        (status = 200, description = "How many members were attached, already held it, or found no seat.", body = ContractReconciled),
+        (status = 400, description = "A query parameter was given (there are none)."),
+        (status = 404, description = "No contract has this key."),
+    )
+)]
 async fn reconcile_contract(
     State(state): State<AppState>,
     admin: Admin,

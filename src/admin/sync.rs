@@ -4,9 +4,9 @@
 //! invalidated when something was written.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::State;
-use axum::routing::post;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::extract::Params;
 use super::guard::Admin;
@@ -15,8 +15,8 @@ use crate::keycloak::sync::{SyncReport, sync_organizations};
 use crate::keycloak::{KeycloakAdmin, NOT_CONFIGURED};
 use crate::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/sync/organizations", post(sync))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default().routes(routes!(sync))
 }
 
 /// The Keycloak admin client, or 503 saying that `keycloak_admin` is not configured.
@@ -27,6 +27,19 @@ pub(super) fn keycloak(state: &AppState) -> Result<&KeycloakAdmin, ApiError> {
         .ok_or_else(|| ApiError::Unavailable { retry_after_secs: 60, detail: NOT_CONFIGURED.into() })
 }
 
+/// Imports Keycloak's organizations.
+#[utoipa::path(
+    post,
+    path = "/sync/organizations",
+    operation_id = "sync_organizations",
+    tag = "sync",
+    responses(
+        (status = 200, description = "What the sync did.", body = SyncReport),
+        (status = 400, description = "A query parameter was given (there are none)."),
+        (status = 502, description = "A Keycloak admin API call failed."),
+        (status = 503, description = "`keycloak_admin` is not configured."),
+    )
+)]
 async fn sync(
     State(state): State<AppState>,
     admin: Admin,

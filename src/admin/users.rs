@@ -10,15 +10,16 @@
 //! nothing (404, 409) rolls back, user row included.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, put};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use time::OffsetDateTime;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::extract::{OptionalJson, Params};
+use super::extract::{OptionalJson, PageQuery, Params};
 use super::guard::Admin;
 use super::{OrNotFound, Page};
 use crate::error::{ApiError, FieldError};
@@ -29,16 +30,16 @@ use crate::store::model::{
 };
 use crate::store::{Tx, attachments, audit, contracts, memberships, organizations, users};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/users", get(lookup))
-        .route("/users/{sub}", get(show).delete(erase))
-        .route("/users/{sub}/organizations/{org}", put(put_membership).delete(delete_membership))
-        .route("/users/{sub}/contracts/{contract}", put(attach).delete(detach))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
+        .routes(routes!(lookup))
+        .routes(routes!(show, erase))
+        .routes(routes!(put_membership, delete_membership))
+        .routes(routes!(attach, detach))
 }
 
 /// A user as the admin sees them.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct UserView {
     #[serde(flatten)]
     user: User,
@@ -47,7 +48,7 @@ struct UserView {
 }
 
 /// An attachment, with whether the contract counts today (is in `X-Identity-Contracts`).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct AttachmentView {
     #[serde(flatten)]
     attachment: Attachment,
@@ -61,6 +62,19 @@ impl From<Attachment> for AttachmentView {
     }
 }
 
+/// A user's row, memberships (with their flags) and attachments (with whether each counts
+/// today).
+#[utoipa::path(
+    get,
+    path = "/users/{sub}",
+    operation_id = "get_user",
+    tag = "users",
+    params(("sub" = String, Path, description = "The user's Keycloak subject.")),
+    responses(
+        (status = 200, description = "The user.", body = UserView),
+        (status = 404, description = "No user has this subject."),
+    )
+)]
 async fn show(State(state): State<AppState>, Path(sub): Path<String>) -> Result<Json<UserView>, ApiError> {
     let mut conn = state.store.conn().await?;
     let user = users::get(&mut conn, &sub).await.or_not_found(|| format!("No user with sub `{sub}`."))?;
@@ -72,6 +86,21 @@ async fn show(State(state): State<AppState>, Path(sub): Path<String>) -> Result<
 
 /// Users whose last seen email is `?email=`, ignoring ASCII case (emails are not unique among
 /// Keycloak users, so a list). `email` is required.
+#[utoipa::path(
+    get,
+    path = "/users",
+    operation_id = "find_users",
+    tag = "users",
+    params(
+        ("email" = String, Query, pattern = "\\S", description = "The email address to look up (ASCII case ignored; not blank)."),
+        PageQuery,
+    ),
+    responses(
+        (status = 200, description = "One page of the users last seen with this email.", body = Page<User>),
+        (status = 400, description = "A query parameter is malformed, repeated or unknown."),
+        (status = 422, description = "`email` is missing or blank, or `limit` is out of range."),
+    )
+)]
 async fn lookup(State(state): State<AppState>, mut params: Params) -> Result<Json<Page<User>>, ApiError> {
     let email = params.string("email")?;
     let page = params.page()?;
@@ -90,6 +119,17 @@ async fn lookup(State(state): State<AppState>, mut params: Params) -> Result<Jso
 /// and the user row. Every removed membership and attachment gets its audit event, and one
 /// `user.erase` event closes them; those events keep the subject, nothing else about the
 /// person (SPEC §6). The user's cached logins go on every replica. Unknown → 404.
+#[utoipa::path(
+    delete,
+    path = "/users/{sub}",
+    operation_id = "erase_user",
+    tag = "users",
+    params(("sub" = String, Path, description = "The user's Keycloak subject.")),
+    responses(
+        (status = 204, description = "Erased."),
+        (status = 404, description = "No user has this subject."),
+    )
+)]
 async fn erase(
     State(state): State<AppState>,
     admin: Admin,
@@ -127,16 +167,36 @@ async fn erase(
 
 /// The body of `PUT …/organizations/{org}`; absent (or null) fields keep their value, or take
 /// the default of a new admin membership.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MembershipFlags {
+    /// Keep the membership when a login's organization claim lacks the organization, until a
+    /// login shows it (default for a new admin membership: true).
     keep_until_seen: Option<bool>,
+    /// Default for a new membership: false.
     manager: Option<bool>,
 }
 
 /// Creates an admin membership (`keep_until_seen` defaults to true, so the next login without
 /// the organization in its claim does not remove it; `manager` to false) → 201, or sets the
 /// given flags of an existing one, whatever its source → 200.
+#[utoipa::path(
+    put,
+    path = "/users/{sub}/organizations/{org}",
+    operation_id = "put_membership",
+    tag = "users",
+    params(
+        ("sub" = String, Path, description = "The user's Keycloak subject."),
+        ("org" = String, Path, description = "The organization's key."),
+    ),
+    request_body(content = Option<MembershipFlags>, description = "Optional: an empty body keeps (or defaults) both flags."),
+    responses(
+        (status = 200, description = "The membership existed; its flags as now set.", body = Membership),
+        (status = 201, description = "The membership was created (`source=admin`).", body = Membership),
+        (status = 400, description = "Not a JSON object, a wrong type or an unknown field."),
+        (status = 404, description = "No organization has this key."),
+    )
+)]
 async fn put_membership(
     State(state): State<AppState>,
     admin: Admin,
@@ -186,7 +246,7 @@ async fn put_membership(
 }
 
 /// What a membership removal did.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct Removed {
     organization: String,
     /// Keys of the `auto`/`managed` contracts the user was detached from.
@@ -195,6 +255,20 @@ struct Removed {
 
 /// Removes a membership as reconciliation removes one: the organization's `auto` and `managed`
 /// contracts go with it, code attachments stay (shared logic: `reconcile::apply`).
+#[utoipa::path(
+    delete,
+    path = "/users/{sub}/organizations/{org}",
+    operation_id = "delete_membership",
+    tag = "users",
+    params(
+        ("sub" = String, Path, description = "The user's Keycloak subject."),
+        ("org" = String, Path, description = "The organization's key."),
+    ),
+    responses(
+        (status = 200, description = "Removed; the contracts detached with it.", body = Removed),
+        (status = 404, description = "No organization has this key, or the user is not a member."),
+    )
+)]
 async fn delete_membership(
     State(state): State<AppState>,
     admin: Admin,
@@ -218,6 +292,24 @@ async fn delete_membership(
 /// Attaches the user to a contract (`source=admin`) → 201, or 200 if already attached. A full
 /// contract is 409 `Contract is full.` unless `?force=true`, which takes a seat beyond
 /// `max_learners`. Does not create a membership in the contract's organization.
+#[utoipa::path(
+    put,
+    path = "/users/{sub}/contracts/{contract}",
+    operation_id = "attach_contract",
+    tag = "users",
+    params(
+        ("sub" = String, Path, description = "The user's Keycloak subject."),
+        ("contract" = String, Path, description = "The contract's key."),
+        ("force" = Option<bool>, Query, description = "Take a seat beyond `max_learners` when the contract is full (default false)."),
+    ),
+    responses(
+        (status = 200, description = "Already attached.", body = AttachmentView),
+        (status = 201, description = "Attached (`source=admin`).", body = AttachmentView),
+        (status = 400, description = "A query parameter is malformed, repeated or unknown."),
+        (status = 404, description = "No contract has this key."),
+        (status = 409, description = "Contract is full."),
+    )
+)]
 async fn attach(
     State(state): State<AppState>,
     admin: Admin,
@@ -258,6 +350,20 @@ async fn attach(
 }
 
 /// Detaches the user from a contract, whatever the attachment's source, freeing its seat.
+#[utoipa::path(
+    delete,
+    path = "/users/{sub}/contracts/{contract}",
+    operation_id = "detach_contract",
+    tag = "users",
+    params(
+        ("sub" = String, Path, description = "The user's Keycloak subject."),
+        ("contract" = String, Path, description = "The contract's key."),
+    ),
+    responses(
+        (status = 204, description = "Detached; the seat is free."),
+        (status = 404, description = "No contract has this key, or the user does not hold it."),
+    )
+)]
 async fn detach(
     State(state): State<AppState>,
     admin: Admin,

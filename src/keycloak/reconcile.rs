@@ -21,8 +21,9 @@ use crate::reconcile::plan::{ContractRef, OrgRef};
 use crate::store::{Store, StoreError};
 
 /// Where the organization set of an admin reconciliation came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(as = ReconcileSource)]
 pub enum Source {
     /// The request body (`{"organizations": …}`, any claim shape).
     Body,
@@ -32,7 +33,7 @@ pub enum Source {
 
 /// What an admin reconciliation did, or in a dry run would do. Organizations and contracts
 /// are named by key, every list sorted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Reconciled {
     pub sub: String,
     pub dry_run: bool,
@@ -50,7 +51,7 @@ pub struct Reconciled {
 }
 
 /// Membership changes.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct OrganizationChanges {
     /// New memberships (`source=claim`).
     pub added: Vec<String>,
@@ -63,7 +64,7 @@ pub struct OrganizationChanges {
 }
 
 /// Attachment changes.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ContractChanges {
     /// `auto`/`managed` contracts attached (`source=sso`).
     pub attached: Vec<String>,
@@ -74,7 +75,7 @@ pub struct ContractChanges {
 }
 
 /// A stated organization that matched nothing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct UnknownOrganization {
     pub alias: String,
     pub keycloak_id: Option<Uuid>,

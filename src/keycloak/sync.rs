@@ -29,7 +29,7 @@ use crate::store::{Conn, Store, StoreError, audit, organizations};
 const MAX_KEY: usize = 64;
 
 /// What a sync did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct SyncReport {
     /// Organizations created from Keycloak.
     pub created: u32,
@@ -49,7 +49,7 @@ impl SyncReport {
 }
 
 /// A Keycloak organization that could not be imported.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct SyncConflict {
     pub keycloak_id: Uuid,
     pub keycloak_alias: String,

@@ -14,6 +14,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use time::{Date, OffsetDateTime};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 time::serde::format_description!(pub iso_date, Date, "[year]-[month]-[day]");
@@ -37,10 +38,11 @@ pub fn is_valid_price(price: &str) -> bool {
 
 /// A B2B organization. Without `keycloak_id` and `keycloak_alias` it is *local*: reconciliation
 /// never adds, removes or un-flags its memberships.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Organization {
     #[serde(skip)]
     pub id: i64,
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
     pub key: String,
     pub name: String,
     pub description: String,
@@ -60,16 +62,22 @@ impl Organization {
 }
 
 /// The writable fields of an organization (create, or full state for an update).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewOrganization {
+    /// `[a-z0-9_-]{1,64}`; never changes.
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
     pub key: String,
+    /// Not blank.
+    #[schema(pattern = "\\S")]
     pub name: String,
     #[serde(default)]
     pub description: String,
     #[serde(default)]
     pub keycloak_id: Option<Uuid>,
+    /// Not blank (null: no alias).
     #[serde(default)]
+    #[schema(pattern = "\\S")]
     pub keycloak_alias: Option<String>,
 }
 
@@ -88,7 +96,7 @@ impl From<&Organization> for NewOrganization {
 }
 
 /// How users come to hold a contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MembershipType {
     /// Every member of the organization, attached on login.
@@ -107,12 +115,13 @@ impl MembershipType {
 }
 
 /// A contract: what an organization's users are entitled to, for how long and for how many.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Contract {
     #[serde(skip)]
     pub id: i64,
     #[serde(skip)]
     pub organization_id: i64,
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
     pub key: String,
     /// The organization's key.
     pub organization: String,
@@ -124,10 +133,14 @@ pub struct Contract {
     #[serde(with = "iso_date::option")]
     pub ends_on: Option<Date>,
     /// `None` or `0`: unlimited.
+    #[schema(minimum = 0)]
     pub max_learners: Option<i64>,
     /// Decimal string; `None` or zero: free.
+    #[schema(pattern = "^[0-9]+(\\.[0-9]+)?$")]
     pub price: Option<String>,
     /// Attachments currently counted against `max_learners` (all sources, forced ones included).
+    /// It may exceed `max_learners` after forced attachments or a lowered limit.
+    #[schema(minimum = 0)]
     pub seats_used: i64,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -157,22 +170,33 @@ fn valid_on(active: bool, starts_on: Option<Date>, ends_on: Option<Date>, today:
 }
 
 /// The writable fields of a contract. `organization` is the organization's key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewContract {
+    /// `[a-z0-9_-]{1,64}`; never changes.
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
     pub key: String,
+    /// The key of an existing organization.
     pub organization: String,
+    /// Not blank.
+    #[schema(pattern = "\\S")]
     pub name: String,
     pub membership_type: MembershipType,
     #[serde(default = "yes")]
+    #[schema(default = true)]
     pub active: bool,
     #[serde(default, with = "iso_date::option")]
     pub starts_on: Option<Date>,
+    /// Not before `starts_on`.
     #[serde(default, with = "iso_date::option")]
     pub ends_on: Option<Date>,
+    /// Seats; null or 0: unlimited.
     #[serde(default)]
+    #[schema(minimum = 0)]
     pub max_learners: Option<i64>,
+    /// A non-negative decimal string such as `"12.50"`; null or zero: free.
     #[serde(default)]
+    #[schema(pattern = "^[0-9]+(\\.[0-9]+)?$")]
     pub price: Option<String>,
 }
 
@@ -198,7 +222,7 @@ fn yes() -> bool {
 }
 
 /// A user as last seen in a token (`sub` is Keycloak's subject).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct User {
     pub sub: String,
     pub email: Option<String>,
@@ -221,7 +245,7 @@ pub struct Profile {
 }
 
 /// Why a user is a member of an organization.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MembershipSource {
     /// Added by reconciliation from the token's organization claim.
@@ -233,7 +257,7 @@ pub enum MembershipSource {
 }
 
 /// A user's membership in an organization, with the organization's identity.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Membership {
     pub sub: String,
     #[serde(skip)]
@@ -260,7 +284,7 @@ impl Membership {
 }
 
 /// Why a user holds a contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AttachmentSource {
     /// Attached by reconciliation (an `auto` or `managed` contract of a member organization).
@@ -272,7 +296,7 @@ pub enum AttachmentSource {
 }
 
 /// A user's contract, with what the headers and the entitlement token need from it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Attachment {
     pub sub: String,
     #[serde(skip)]
@@ -314,7 +338,7 @@ pub enum AttachOutcome {
 }
 
 /// A member of an organization, for `GET /admin/v1/organizations/{key}/members`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct OrganizationMember {
     pub sub: String,
     pub email: Option<String>,
@@ -330,7 +354,7 @@ pub struct OrganizationMember {
 }
 
 /// A user holding a contract, for `GET /admin/v1/contracts/{key}/members`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct ContractMember {
     pub sub: String,
     pub email: Option<String>,
@@ -342,7 +366,7 @@ pub struct ContractMember {
 }
 
 /// One recorded change (SPEC §1: every membership / attachment change, with actor and reason).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct AuditEvent {
     pub id: i64,
     #[serde(with = "time::serde::rfc3339")]
@@ -393,7 +417,7 @@ pub struct CachedJwks {
 }
 
 /// How often an enrollment code can be redeemed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 pub enum Redemption {
     /// By one user (that user may redeem it again: the answer is "already attached").
     #[serde(rename = "one-time")]
@@ -457,7 +481,7 @@ pub struct NewEnrollmentCode {
 }
 
 /// Where a durable job is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
     /// Waiting for `next_run_at`.

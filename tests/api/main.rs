@@ -13,6 +13,7 @@ mod helpers;
 mod hostile;
 mod keycloak;
 mod nginx;
+mod openapi;
 mod proxy;
 mod redis;
 mod token_gate;

@@ -8,13 +8,11 @@
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use crate::helpers::pg::TestDatabase;
-use crate::helpers::{Db, FakeKeycloak, TestApp, base_env, metric, set};
-
-/// The static admin token the tests configure (by its SHA-256) under the name `ops`.
-const TOKEN: &str = "ops-static-admin-token-0123456789";
+use crate::helpers::{
+    ADMIN_TOKEN, Db, FakeKeycloak, TestApp, base_env, metric, set, use_database, with_admin_token,
+};
 
 /// A running sidecar with a static admin token, on the chosen database.
 struct Admin {
@@ -31,16 +29,8 @@ async fn start(db: Db) -> Admin {
 async fn start_with(db: Db, configure: impl FnOnce(&mut Vec<(String, String)>)) -> Admin {
     let kc = FakeKeycloak::start().await;
     let mut env = base_env(&kc);
-    let sha256 = hex::encode(Sha256::digest(TOKEN.as_bytes()));
-    set(&mut env, "SIDECAR__ADMIN__TOKEN_SHA256", json!([{"name": "ops", "sha256": sha256}]).to_string());
-    let database = match db {
-        Db::Sqlite => None,
-        Db::Postgres => {
-            let database = TestDatabase::create().await;
-            set(&mut env, "SIDECAR__DATABASE__URL", database.url.clone());
-            Some(database)
-        }
-    };
+    with_admin_token(&mut env);
+    let database = use_database(db, &mut env).await;
     configure(&mut env);
     let app = TestApp::spawn_with(env).await;
     Admin { app, kc, _db: database }
@@ -49,7 +39,10 @@ async fn start_with(db: Db, configure: impl FnOnce(&mut Vec<(String, String)>)) 
 impl Admin {
     /// A request to `/admin/v1{path}` with the static admin token.
     fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.app.http.request(method, self.app.admin_url(&format!("/admin/v1{path}"))).bearer_auth(TOKEN)
+        self.app
+            .http
+            .request(method, self.app.admin_url(&format!("/admin/v1{path}")))
+            .bearer_auth(ADMIN_TOKEN)
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
@@ -149,22 +142,7 @@ fn keys(items: &Value) -> Vec<&str> {
     items.as_array().unwrap().iter().map(|i| i["key"].as_str().unwrap()).collect()
 }
 
-macro_rules! on_both_databases {
-    ($($test:ident),+ $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test]
-            async fn $test() {
-                super::$test(super::Db::Sqlite).await
-            })+
-        }
-        mod postgres {
-            $(#[tokio::test]
-            async fn $test() {
-                super::$test(super::Db::Postgres).await
-            })+
-        }
-    };
-}
+use crate::helpers::on_both_databases;
 
 on_both_databases!(
     organizations_are_created_read_merge_patched_listed_and_deleted,
@@ -194,7 +172,7 @@ async fn admin_routes_need_a_static_token_or_a_keycloak_admin_role() {
     let res = http.get(&url).bearer_auth("not-the-admin-token").send().await.unwrap();
     assert_eq!(res.status(), 401);
     assert!(res.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
-    let res = http.get(&url).header("authorization", format!("Basic {TOKEN}")).send().await.unwrap();
+    let res = http.get(&url).header("authorization", format!("Basic {ADMIN_TOKEN}")).send().await.unwrap();
     assert_eq!(res.status(), 401, "only the Bearer scheme carries the token");
 
     let learner = admin.kc.token().realm_roles(&["learner"]).sign();
@@ -216,11 +194,12 @@ async fn admin_routes_need_a_static_token_or_a_keycloak_admin_role() {
         .client_roles("sidecar", &["admin"])
         .sign();
     assert_eq!(http.get(&url).bearer_auth(&client_admin).send().await.unwrap().status(), 200);
-    assert_eq!(http.get(&url).bearer_auth(TOKEN).send().await.unwrap().status(), 200);
+    assert_eq!(http.get(&url).bearer_auth(ADMIN_TOKEN).send().await.unwrap().status(), 200);
 
     // Writes name their admin in the audit trail.
     admin.org("acme").await;
-    for (token, sub) in [(TOKEN, "u-1"), (realm_admin.as_str(), "u-2"), (client_admin.as_str(), "u-3")] {
+    for (token, sub) in [(ADMIN_TOKEN, "u-1"), (realm_admin.as_str(), "u-2"), (client_admin.as_str(), "u-3")]
+    {
         let put = http.put(admin.app.admin_url(&format!("/admin/v1/users/{sub}/organizations/acme")));
         assert_eq!(put.bearer_auth(token).send().await.unwrap().status(), 201);
     }

@@ -863,27 +863,7 @@ async fn concurrent_logins_of_one_user_write_each_row_once(db: Db) {
 
 // ------------------------------------------------------------------------------------------
 
-/// Runs each case on both databases: `b2b::on_sqlite::<case>` and `b2b::on_postgres::<case>`.
-macro_rules! on_both_databases {
-    ($($case:ident),* $(,)?) => {
-        mod on_sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::Db::Sqlite).await;
-                }
-            )*
-        }
-        mod on_postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::Db::Postgres).await;
-                }
-            )*
-        }
-    };
-}
+use crate::helpers::on_both_databases;
 
 on_both_databases!(
     logins_follow_the_issue_table_step_by_step,

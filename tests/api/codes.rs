@@ -18,10 +18,9 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::helpers::binary::Binary;
 use crate::helpers::pg::TestDatabase;
-use crate::helpers::{Db, FakeKeycloak, TestApp, base_env, metric, set};
-
-/// The static admin token the tests configure (by its SHA-256) under the name `ops`.
-const TOKEN: &str = "ops-static-admin-token-0123456789";
+use crate::helpers::{
+    ADMIN_TOKEN, Db, FakeKeycloak, TestApp, base_env, metric, set, use_database, with_admin_token,
+};
 
 const INVALID: &str = "Invalid or expired enrollment code.";
 const NO_CONTRACT: &str = "No contracts found for this code.";
@@ -66,16 +65,8 @@ async fn start(db: Db) -> World {
 async fn start_with(db: Db, configure: impl FnOnce(&mut Vec<(String, String)>)) -> World {
     let kc = FakeKeycloak::start().await;
     let mut env = base_env(&kc);
-    let sha256 = hex::encode(Sha256::digest(TOKEN.as_bytes()));
-    set(&mut env, "SIDECAR__ADMIN__TOKEN_SHA256", json!([{"name": "ops", "sha256": sha256}]).to_string());
-    let database = match db {
-        Db::Sqlite => None,
-        Db::Postgres => {
-            let database = TestDatabase::create().await;
-            set(&mut env, "SIDECAR__DATABASE__URL", database.url.clone());
-            Some(database)
-        }
-    };
+    with_admin_token(&mut env);
+    let database = use_database(db, &mut env).await;
     configure(&mut env);
     let app = TestApp::spawn_with(env).await;
     World { app, kc, _db: database }
@@ -83,7 +74,10 @@ async fn start_with(db: Db, configure: impl FnOnce(&mut Vec<(String, String)>)) 
 
 impl World {
     fn admin(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.app.http.request(method, self.app.admin_url(&format!("/admin/v1{path}"))).bearer_auth(TOKEN)
+        self.app
+            .http
+            .request(method, self.app.admin_url(&format!("/admin/v1{path}")))
+            .bearer_auth(ADMIN_TOKEN)
     }
 
     async fn get(&self, path: &str) -> Answer {
@@ -204,22 +198,7 @@ fn parse_time(v: &Value) -> OffsetDateTime {
 /// A code in the right format that was never issued.
 const NEVER_ISSUED: &str = "ZZZZZ-ZZZZZ-ZZZZZ-ZZZZZ-ZZZZZ";
 
-macro_rules! on_both_databases {
-    ($($test:ident),+ $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $test() {
-                super::$test(super::Db::Sqlite).await
-            })+
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $test() {
-                super::$test(super::Db::Postgres).await
-            })+
-        }
-    };
-}
+use crate::helpers::on_both_databases;
 
 on_both_databases!(
     unknown_unusable_and_spent_codes_are_invalid_unless_the_valid_contract_is_full,
@@ -831,7 +810,7 @@ async fn forty_users_racing_for_ten_seats_with_forty_codes_get_exactly_ten_on_po
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_body_form_redeems_and_no_code_ever_reaches_the_log() {
     let kc = FakeKeycloak::start().await;
-    let sha256 = hex::encode(Sha256::digest(TOKEN.as_bytes()));
+    let sha256 = hex::encode(Sha256::digest(ADMIN_TOKEN.as_bytes()));
     let mut bin = Binary::start(&format!(
         r#"
 [server]
@@ -858,7 +837,7 @@ level = "debug"
     bin.wait_ready(Duration::from_secs(20)).await;
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let admin = |method: Method, path: &str| {
-        http.request(method, bin.admin_url(&format!("/admin/v1{path}"))).bearer_auth(TOKEN)
+        http.request(method, bin.admin_url(&format!("/admin/v1{path}"))).bearer_auth(ADMIN_TOKEN)
     };
 
     let res = admin(Method::POST, "/organizations")

@@ -9,24 +9,19 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use identity_sidecar::store::model::{Job, JobStatus};
 use identity_sidecar::store::{Store, jobs};
 
 use crate::helpers::pg::TestDatabase;
-use crate::helpers::{Db, FakeKeycloak, TestApp, base_env, metric, set};
-
-/// The static admin token the tests configure under the name `ops`.
-const TOKEN: &str = "ops-static-admin-token-for-keycloak-tests";
+use crate::helpers::{ADMIN_TOKEN, Db, FakeKeycloak, TestApp, base_env, metric, set, with_admin_token};
 
 /// Config pairs of a sidecar with a static admin token and the fake realm's admin client;
 /// retries are fast and organizations are listed 10 per page (Keycloak's default page size).
 fn env_for(kc: &FakeKeycloak, database_url: Option<&str>) -> Vec<(String, String)> {
     let mut env = base_env(kc);
-    let sha256 = hex::encode(Sha256::digest(TOKEN.as_bytes()));
-    set(&mut env, "SIDECAR__ADMIN__TOKEN_SHA256", json!([{"name": "ops", "sha256": sha256}]).to_string());
+    with_admin_token(&mut env);
     let (client_id, secret) = kc.admin_client();
     set(&mut env, "SIDECAR__KEYCLOAK_ADMIN__URL", kc.base_url());
     set(&mut env, "SIDECAR__KEYCLOAK_ADMIN__REALM", kc.realm());
@@ -67,7 +62,8 @@ async fn start_with(db: Db, configure: impl FnOnce(&mut Vec<(String, String)>)) 
 
 /// `(status, JSON body or null)` of an admin API call with the static token.
 async fn call(app: &TestApp, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut request = app.http.request(method, app.admin_url(&format!("/admin/v1{path}"))).bearer_auth(TOKEN);
+    let mut request =
+        app.http.request(method, app.admin_url(&format!("/admin/v1{path}"))).bearer_auth(ADMIN_TOKEN);
     if let Some(body) = body {
         request = request.json(&body);
     }
@@ -153,22 +149,7 @@ async fn enqueue_add_member(store: &Store, org: Uuid, sub: &str) -> i64 {
         .id
 }
 
-macro_rules! on_both_databases {
-    ($($test:ident),+ $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test]
-            async fn $test() {
-                super::$test(super::Db::Sqlite).await
-            })+
-        }
-        mod postgres {
-            $(#[tokio::test]
-            async fn $test() {
-                super::$test(super::Db::Postgres).await
-            })+
-        }
-    };
-}
+use crate::helpers::on_both_databases;
 
 on_both_databases!(
     sync_imports_every_organization_page_by_page_and_then_skips_them,
@@ -589,8 +570,14 @@ async fn reconcile_all_runs_as_a_job_and_reports_progress(db: Db) {
     s.kc.set_user_orgs("u1", vec![acme]);
     s.kc.set_user_orgs("u3", vec![acme]);
 
-    let res =
-        s.app.http.post(s.app.admin_url("/admin/v1/reconcile")).bearer_auth(TOKEN).send().await.unwrap();
+    let res = s
+        .app
+        .http
+        .post(s.app.admin_url("/admin/v1/reconcile"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 202);
     let location = res.headers()["location"].to_str().unwrap().to_owned();
     let body: Value = res.json().await.unwrap();
@@ -628,7 +615,7 @@ async fn reconciling_a_contract_attaches_its_organizations_members_while_seats_l
     assert_eq!(status, 201);
     for sub in ["m3", "m1", "m2"] {
         let res = s.app.http.put(s.app.admin_url(&format!("/admin/v1/users/{sub}/organizations/acme")));
-        assert_eq!(res.bearer_auth(TOKEN).send().await.unwrap().status(), 201);
+        assert_eq!(res.bearer_auth(ADMIN_TOKEN).send().await.unwrap().status(), 201);
     }
     s.contract("acme-pilot", "acme", "code", Some(2)).await;
 

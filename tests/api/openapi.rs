@@ -8,11 +8,8 @@
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
-use crate::helpers::{FakeKeycloak, TestApp, base_env, set};
-
-const TOKEN: &str = "openapi-probe-admin-token-0123456789";
+use crate::helpers::{ADMIN_TOKEN, FakeKeycloak, TestApp, base_env, with_admin_token};
 
 /// What the admin port's fallback says for a path no route matches.
 const UNKNOWN_PATH: &str = "No such path.";
@@ -23,13 +20,13 @@ const METHODS: [&str; 6] = ["get", "put", "post", "delete", "patch", "options"];
 async fn start() -> (TestApp, FakeKeycloak) {
     let kc = FakeKeycloak::start().await;
     let mut env = base_env(&kc);
-    let sha256 = hex::encode(Sha256::digest(TOKEN.as_bytes()));
-    set(&mut env, "SIDECAR__ADMIN__TOKEN_SHA256", json!([{"name": "probe", "sha256": sha256}]).to_string());
+    with_admin_token(&mut env);
     (TestApp::spawn_with(env).await, kc)
 }
 
 async fn document(app: &TestApp) -> Value {
-    let res = app.http.get(app.admin_url("/admin/v1/openapi.json")).bearer_auth(TOKEN).send().await.unwrap();
+    let res =
+        app.http.get(app.admin_url("/admin/v1/openapi.json")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["content-type"], "application/json");
     res.json().await.unwrap()
@@ -74,7 +71,7 @@ async fn every_documented_operation_reaches_a_handler_and_undocumented_methods_a
         for method in METHODS {
             let request =
                 app.http.request(Method::from_bytes(method.to_uppercase().as_bytes()).unwrap(), &url);
-            let res = request.bearer_auth(TOKEN).send().await.unwrap();
+            let res = request.bearer_auth(ADMIN_TOKEN).send().await.unwrap();
             let status = res.status().as_u16();
             let body: Value = res.json().await.unwrap_or(Value::Null);
             let what = format!("{} {path} → {status} {body}", method.to_uppercase());

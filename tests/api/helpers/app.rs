@@ -43,6 +43,33 @@ pub fn base_env(kc: &FakeKeycloak) -> Vec<(String, String)> {
     .collect()
 }
 
+/// The static admin token test apps accept (audit actor `admin:ops`).
+pub const ADMIN_TOKEN: &str = "ops-static-admin-token-0123456789";
+
+/// Configures [`ADMIN_TOKEN`] as the static admin token named `ops`.
+pub fn with_admin_token(env: &mut Vec<(String, String)>) {
+    use sha2::Digest as _;
+    let sha256 = hex::encode(sha2::Sha256::digest(ADMIN_TOKEN.as_bytes()));
+    set(
+        env,
+        "SIDECAR__ADMIN__TOKEN_SHA256",
+        serde_json::json!([{"name": "ops", "sha256": sha256}]).to_string(),
+    );
+}
+
+/// Points the config at `db`: the default SQLite file, or a fresh PostgreSQL database whose
+/// guard the caller keeps for the test's lifetime.
+pub async fn use_database(db: Db, env: &mut Vec<(String, String)>) -> Option<super::pg::TestDatabase> {
+    match db {
+        Db::Sqlite => None,
+        Db::Postgres => {
+            let database = super::pg::TestDatabase::create().await;
+            set(env, "SIDECAR__DATABASE__URL", database.url.clone());
+            Some(database)
+        }
+    }
+}
+
 /// Sets (or replaces) one pair.
 pub fn set(env: &mut Vec<(String, String)>, key: &str, value: impl Into<String>) {
     env.retain(|(k, _)| k != key);

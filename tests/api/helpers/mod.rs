@@ -76,7 +76,7 @@ pub mod upstream;
 
 // The short paths tests import; some are only named by tests the lead is still writing.
 #[allow(unused_imports, reason = "re-exports for tests not written yet")]
-pub use app::{Db, TestApp, base_env, metric, set};
+pub use app::{ADMIN_TOKEN, Db, TestApp, base_env, metric, set, use_database, with_admin_token};
 #[allow(unused_imports, reason = "re-exports for tests not written yet")]
 pub use keycloak::{FakeKeycloak, Kid, Mode};
 #[allow(unused_imports, reason = "re-exports for tests not written yet")]
@@ -169,3 +169,27 @@ pub fn serve_on(listener: TcpListener, router: Router) -> ServerTask {
     });
     ServerTask(task.abort_handle())
 }
+
+/// Runs each `async fn case(db: Db)` on both databases, as `<module>::on_sqlite::case` and
+/// `<module>::on_postgres::case`.
+macro_rules! on_both_databases {
+    ($($case:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case($crate::helpers::Db::Sqlite).await;
+                }
+            )*
+        }
+        mod on_postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case($crate::helpers::Db::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+pub(crate) use on_both_databases;

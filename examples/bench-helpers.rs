@@ -649,7 +649,17 @@ mod report {
         // Markdown.
         let mut md = String::new();
         let _ = writeln!(md, "## identity-sidecar benchmark ({} mode)\n", run.get("mode").map_or("?", |s| s));
-        for key in ["started_at", "commit", "cpus", "kernel", "loadavg_start", "wrk", "oha"] {
+        for key in [
+            "started_at",
+            "commit",
+            "sidecar",
+            "cpus",
+            "kernel",
+            "loadavg_start",
+            "loadavg_end",
+            "wrk",
+            "oha",
+        ] {
             if let Some(v) = run.get(key) {
                 let _ = writeln!(md, "- {key}: {v}");
             }
@@ -676,6 +686,17 @@ mod report {
                     "{:.0} req per CPU-s of {}",
                     req as f64 / cpu,
                     r.meta.get("process").map_or("it", |s| s)
+                ));
+            }
+            if let (Some(user), Some(kernel), Some(req)) =
+                (r.meta_f64("instructions_user"), r.meta_f64("instructions_kernel"), r.requests)
+                && req > 0
+            {
+                notes.push(format!(
+                    "{:.0}k instructions per request (user {:.0}k, kernel {:.0}k)",
+                    (user + kernel) / req as f64 / 1e3,
+                    user / req as f64 / 1e3,
+                    kernel / req as f64 / 1e3
                 ));
             }
             let hwm = r.meta_f64("hwm_kib").map(|k| k / 1024.0);

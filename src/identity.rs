@@ -35,10 +35,10 @@ impl AppState {
         let now = unix_now();
         let today = OffsetDateTime::now_utc().date();
         if let Some(entry) = self.logins.get(&key) {
-            self.metrics.cache.get_or_create(&vec![("cache", "login"), ("result", "hit")]).inc();
+            self.metrics.count_cache("login", "hit");
             return Ok((entry.b2b(p, &self.render_context(), now, today), Status::Authenticated));
         }
-        self.metrics.cache.get_or_create(&vec![("cache", "login"), ("result", "miss")]).inc();
+        self.metrics.count_cache("login", "miss");
 
         // Captured before anything is read (Redis or the store): an invalidation from here on
         // keeps what is read out of the memory tier.

@@ -171,7 +171,6 @@ async fn fallback(State(state): State<AppState>) -> Response {
 impl AppState {
     /// Counts a request by mode and status class.
     pub fn count(&self, mode: &'static str, status: u16) {
-        let class = crate::metrics::status_class(status);
-        self.metrics.requests.get_or_create(&vec![("mode", mode), ("class", class)]).inc();
+        self.metrics.count_request(mode, crate::metrics::status_class(status));
     }
 }

@@ -123,7 +123,9 @@ impl Authenticator {
             }
         }
         self.metrics.count_cache("token", "miss");
-        let principal = Arc::new(self.validate(token).await?);
+        // Boxed: validation may refetch the JWKS (an HTTP request, a large future) that a
+        // cached token never needs but would otherwise carry and copy along.
+        let principal = Arc::new(Box::pin(self.validate(token)).await?);
         self.tokens.insert(digest, principal.clone());
         Ok(principal)
     }

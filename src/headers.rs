@@ -2,11 +2,14 @@
 //! owned header — empty where nothing applies — so a gateway's header list never lets a
 //! client value through.
 
+use std::borrow::Cow;
+
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
-use serde_json::{Value, json};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::{Map, Value};
 
 use crate::auth::validate::Principal;
 
@@ -68,12 +71,18 @@ const VALUE_ESCAPES: &AsciiSet = &CONTROLS.add(b'%').add(b',');
 
 /// Percent-encodes one value for a header.
 pub fn encode_value(value: &str) -> String {
-    utf8_percent_encode(value, VALUE_ESCAPES).to_string()
+    encode_cow(value).into_owned()
+}
+
+/// Percent-encodes one value, borrowing it when nothing needs encoding (the usual case;
+/// cheaper than formatting it through `Display`).
+fn encode_cow(value: &str) -> Cow<'_, str> {
+    utf8_percent_encode(value, VALUE_ESCAPES).into()
 }
 
 /// A sorted, comma-separated list of encoded items.
 pub fn encode_list<S: AsRef<str>>(items: &[S]) -> String {
-    let mut encoded: Vec<String> = items.iter().map(|s| encode_value(s.as_ref())).collect();
+    let mut encoded: Vec<Cow<'_, str>> = items.iter().map(|s| encode_cow(s.as_ref())).collect();
     encoded.sort();
     encoded.dedup();
     encoded.join(",")
@@ -148,22 +157,85 @@ pub fn render(
 
 /// `X-Userinfo`: base64 (standard) JSON of the token's identity claims as received, plus a
 /// compact `b2b` object.
+///
+/// Written straight from the borrowed claims: the same bytes as inserting `b2b` into a copy
+/// of the claims map and printing it (see [`Userinfo`]), without copying every claim — the
+/// organization claim included — on every request.
 fn userinfo_value(p: &Principal, b2b: &B2b) -> String {
-    let mut object = p.userinfo.clone();
-    let sorted = |v: &[String]| {
-        let mut v = v.to_vec();
-        v.sort();
-        v
+    let object = Userinfo {
+        claims: &p.userinfo,
+        b2b: B2bSummary {
+            contracts: &b2b.contracts,
+            managed_organizations: &b2b.managed_organizations,
+            organizations: &b2b.organizations,
+        },
     };
-    object.insert(
-        "b2b".into(),
-        json!({
-            "organizations": sorted(&b2b.organizations),
-            "managed_organizations": sorted(&b2b.managed_organizations),
-            "contracts": sorted(&b2b.contracts),
-        }),
-    );
-    STANDARD.encode(Value::Object(object).to_string())
+    // Serialising borrowed JSON values and string lists into a Vec cannot fail.
+    STANDARD.encode(serde_json::to_vec(&object).unwrap_or_default())
+}
+
+/// The claims map with a `b2b` member, printed as `serde_json` prints a `Map` (keys in sorted
+/// order, `b2b` replacing a claim of that name): `serde_json` is built without
+/// `preserve_order`, so its `Map` is a `BTreeMap`. The unit test compares the two.
+struct Userinfo<'a> {
+    claims: &'a Map<String, Value>,
+    b2b: B2bSummary<'a>,
+}
+
+impl Serialize for Userinfo<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        const KEY: &str = "b2b";
+        let len = self.claims.len() + usize::from(!self.claims.contains_key(KEY));
+        let mut map = serializer.serialize_map(Some(len))?;
+        let mut pending = true;
+        for (key, value) in self.claims {
+            if pending && key.as_str() >= KEY {
+                map.serialize_entry(KEY, &self.b2b)?;
+                pending = false;
+                if key == KEY {
+                    continue;
+                }
+            }
+            map.serialize_entry(key, value)?;
+        }
+        if pending {
+            map.serialize_entry(KEY, &self.b2b)?;
+        }
+        map.end()
+    }
+}
+
+/// `{"contracts": [...], "managed_organizations": [...], "organizations": [...]}`, each list
+/// sorted (the members in the order a `json!` object prints them).
+struct B2bSummary<'a> {
+    contracts: &'a [String],
+    managed_organizations: &'a [String],
+    organizations: &'a [String],
+}
+
+impl Serialize for B2bSummary<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(3))?;
+        map.serialize_entry("contracts", &Sorted(self.contracts))?;
+        map.serialize_entry("managed_organizations", &Sorted(self.managed_organizations))?;
+        map.serialize_entry("organizations", &Sorted(self.organizations))?;
+        map.end()
+    }
+}
+
+/// A string list printed in sorted order (usually it already is).
+struct Sorted<'a>(&'a [String]);
+
+impl Serialize for Sorted<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.0.is_sorted() {
+            serializer.collect_seq(self.0)
+        } else {
+            let mut items: Vec<&str> = self.0.iter().map(String::as_str).collect();
+            items.sort_unstable();
+            serializer.collect_seq(items)
+        }
+    }
 }
 
 /// Replaces the owned headers in `headers` with `rendered`.
@@ -216,6 +288,61 @@ mod tests {
         assert_eq!(encode_value("50%,x"), "50%25%2Cx");
         assert_eq!(encode_value("a\r\nb"), "a%0D%0Ab");
         assert_eq!(encode_list(&["b", "a,c", "b"]), "a%2Cc,b");
+    }
+
+    /// The previous `X-Userinfo` code: a copy of the claims with `b2b` inserted, printed.
+    fn userinfo_by_copy(p: &Principal, b2b: &B2b) -> String {
+        let mut object = p.userinfo.clone();
+        let sorted = |v: &[String]| {
+            let mut v = v.to_vec();
+            v.sort();
+            v
+        };
+        object.insert(
+            "b2b".into(),
+            serde_json::json!({
+                "organizations": sorted(&b2b.organizations),
+                "managed_organizations": sorted(&b2b.managed_organizations),
+                "contracts": sorted(&b2b.contracts),
+            }),
+        );
+        STANDARD.encode(Value::Object(object).to_string())
+    }
+
+    #[test]
+    fn userinfo_is_written_as_a_copy_of_the_claims_with_b2b_would_print() {
+        use serde_json::json;
+        let b2b = B2b {
+            organizations: vec!["zeta".into(), "acme".into(), "m\u{e9}t\"a".into()],
+            managed_organizations: vec!["acme".into()],
+            contracts: vec![],
+            entitlements: String::new(),
+        };
+        let claims = [
+            json!({}),
+            json!({"sub": "u1", "email": "a@x.org", "email_verified": true, "name": "Zoë \"Q\" </>",
+                   "organization": {"acme": {"id": "2a0e2e54-3f5e-4f7c-9a1e-0c1b2d3e4f50", "n": [1, 2.5, null]}}}),
+            // Keys before and after "b2b", and a claim named "b2b" (an organization claim can be
+            // named anything): the inserted object replaces it in place.
+            json!({"a_org": ["x"], "b2b": "claimed", "b2c": 1, "aaa": {}, "sub": "u"}),
+            json!({"b2": 1, "b2b0": 2, "B2B": 3}),
+        ];
+        for claims in claims {
+            let Value::Object(userinfo) = claims else { unreachable!() };
+            let p = Principal {
+                sub: "u".into(),
+                sid: None,
+                exp: 0,
+                scope: String::new(),
+                email: None,
+                preferred_username: None,
+                name: None,
+                roles: vec![],
+                organizations: Default::default(),
+                userinfo,
+            };
+            assert_eq!(userinfo_value(&p, &b2b), userinfo_by_copy(&p, &b2b), "{:?}", p.userinfo);
+        }
     }
 
     #[test]

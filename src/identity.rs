@@ -5,13 +5,13 @@
 
 use std::sync::Arc;
 
-use time::OffsetDateTime;
+use time::{Date, OffsetDateTime};
 
 use crate::auth::gate::unix_now;
 use crate::auth::validate::Principal;
 use crate::cache::{Invalidation, Lookup};
 use crate::config::OnStoreError;
-use crate::entitlements::logins::{RenderContext, login_key, render};
+use crate::entitlements::logins::{LoginKey, RenderContext, login_key, render};
 use crate::error::ApiError;
 use crate::headers::{B2b, Status};
 use crate::reconcile::apply::{Actor, Snapshot, reconcile_user};
@@ -35,11 +35,27 @@ impl AppState {
         let now = unix_now();
         let today = OffsetDateTime::now_utc().date();
         if let Some(entry) = self.logins.get(&key) {
-            self.metrics.cache.get_or_create(&vec![("cache", "login"), ("result", "hit")]).inc();
+            self.metrics.count_cache("login", "hit");
             return Ok((entry.b2b(p, &self.render_context(), now, today), Status::Authenticated));
         }
-        self.metrics.cache.get_or_create(&vec![("cache", "login"), ("result", "miss")]).inc();
+        self.metrics.count_cache("login", "miss");
+        // Boxed: a login's future (Redis, the store's queries) is large, and every cached
+        // request would otherwise carry its space in the handler's future and copy it each
+        // time a layer moves that future.
+        Box::pin(self.login(p, key, authoritative, now, today)).await
+    }
 
+    /// A login that is not cached here: the Redis tier, else a reconciliation, else (store
+    /// down) the last known facts or 503.
+    async fn login(
+        &self,
+        p: &Principal,
+        key: LoginKey,
+        authoritative: bool,
+        now: u64,
+        today: Date,
+    ) -> Result<(Arc<B2b>, Status), ApiError> {
+        let reconcile = &self.config.reconcile;
         // Captured before anything is read (Redis or the store): an invalidation from here on
         // keeps what is read out of the memory tier.
         let generation = self.logins.generation();

@@ -2,6 +2,8 @@
 //! so two apps in one test process count separately. Label values come from small fixed
 //! sets (reason codes, status classes), never from tokens, paths or users.
 
+use std::sync::OnceLock;
+
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -54,6 +56,37 @@ pub struct Metrics {
     /// Enrollment-code redemptions by `result` (created, already, invalid, no_contract, full,
     /// rate_limited).
     pub code_redemptions: Family<Labels, Counter>,
+    /// The series every request counts, resolved once (see [`Hot`]).
+    hot: Hot,
+}
+
+/// Request modes counted in `requests`, and status classes.
+const MODES: [&str; 5] = ["forward_auth", "proxy", "me", "other", "admin"];
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+const UPSTREAM_OUTCOMES: [&str; 8] = ["1xx", "2xx", "3xx", "4xx", "5xx", "timeout", "connect_error", "error"];
+
+/// Counters on every request's path, each taken from its family on first use and then kept,
+/// so a request neither allocates a label vector nor takes a family's lock to count. A series
+/// still appears in `/metrics` only once it has been counted (families are never cleared, so a
+/// kept counter stays the family's own).
+#[derive(Default)]
+struct Hot {
+    token_hit: OnceLock<Counter>,
+    token_miss: OnceLock<Counter>,
+    login_hit: OnceLock<Counter>,
+    login_miss: OnceLock<Counter>,
+    auth_ok: OnceLock<Counter>,
+    auth_anonymous: OnceLock<Counter>,
+    requests: [[OnceLock<Counter>; CLASSES.len()]; MODES.len()],
+    upstream: [OnceLock<Counter>; UPSTREAM_OUTCOMES.len()],
+}
+
+fn kept<'a>(
+    slot: &'a OnceLock<Counter>,
+    family: &Family<Labels, Counter>,
+    labels: &[(&'static str, &'static str)],
+) -> &'a Counter {
+    slot.get_or_init(|| family.get_or_create(&labels.to_vec()).clone())
 }
 
 impl Default for Metrics {
@@ -143,6 +176,7 @@ impl Metrics {
             jobs_queue_depth,
             jobs,
             code_redemptions,
+            hot: Hot::default(),
             redis_errors,
             redis_invalidations,
             redis_subscribed,
@@ -170,6 +204,54 @@ impl Metrics {
         out
     }
 
+    /// Counts a request in `requests` by `mode` and status `class`.
+    pub fn count_request(&self, mode: &'static str, class: &'static str) {
+        let labels = [("mode", mode), ("class", class)];
+        match (MODES.iter().position(|m| *m == mode), CLASSES.iter().position(|c| *c == class)) {
+            (Some(m), Some(c)) => kept(&self.hot.requests[m][c], &self.requests, &labels).inc(),
+            _ => self.requests.get_or_create(&labels.to_vec()).inc(),
+        };
+    }
+
+    /// Counts a lookup in `cache_lookups` by `cache` and `result`.
+    pub fn count_cache(&self, cache: &'static str, result: &'static str) {
+        let labels = [("cache", cache), ("result", result)];
+        let slot = match (cache, result) {
+            ("token", "hit") => &self.hot.token_hit,
+            ("token", "miss") => &self.hot.token_miss,
+            ("login", "hit") => &self.hot.login_hit,
+            ("login", "miss") => &self.hot.login_miss,
+            _ => {
+                self.cache.get_or_create(&labels.to_vec()).inc();
+                return;
+            }
+        };
+        kept(slot, &self.cache, &labels).inc();
+    }
+
+    /// Counts an authentication outcome in `auth_decisions` by `reason`.
+    pub fn count_auth(&self, reason: &'static str) {
+        let labels = [("reason", reason)];
+        let slot = match reason {
+            "ok" => &self.hot.auth_ok,
+            "anonymous" => &self.hot.auth_anonymous,
+            _ => {
+                self.auth_decisions.get_or_create(&labels.to_vec()).inc();
+                return;
+            }
+        };
+        kept(slot, &self.auth_decisions, &labels).inc();
+    }
+
+    /// Counts an upstream response in `upstream_responses` by `outcome`.
+    pub fn count_upstream(&self, outcome: &'static str) {
+        let labels = [("outcome", outcome)];
+        match UPSTREAM_OUTCOMES.iter().position(|o| *o == outcome) {
+            Some(i) => kept(&self.hot.upstream[i], &self.upstream_responses, &labels).inc(),
+            None => self.upstream_responses.get_or_create(&labels.to_vec()).inc(),
+        };
+    }
+
     /// Adds an externally owned metric (store query counter, job queue gauges).
     pub fn registry_mut(&mut self) -> &mut Registry {
         &mut self.registry
@@ -184,5 +266,43 @@ pub fn status_class(status: u16) -> &'static str {
         300..=399 => "3xx",
         400..=499 => "4xx",
         _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_counters_count_in_their_family_and_appear_only_once_used() {
+        let m = Metrics::new();
+        assert!(!m.render().contains("mode=\"proxy\""));
+        for _ in 0..3 {
+            m.count_request("proxy", "2xx");
+            m.count_cache("token", "hit");
+            m.count_auth("ok");
+            m.count_upstream("2xx");
+        }
+        m.count_request("proxy", "2xx");
+        m.count_request("custom", "2xx");
+        m.count_cache("redis", "hit");
+        m.count_auth("expired");
+        m.count_upstream("weird");
+        let text = m.render();
+        for line in [
+            "identity_sidecar_requests_total{mode=\"proxy\",class=\"2xx\"} 4",
+            "identity_sidecar_requests_total{mode=\"custom\",class=\"2xx\"} 1",
+            "identity_sidecar_cache_lookups_total{cache=\"token\",result=\"hit\"} 3",
+            "identity_sidecar_cache_lookups_total{cache=\"redis\",result=\"hit\"} 1",
+            "identity_sidecar_auth_decisions_total{reason=\"ok\"} 3",
+            "identity_sidecar_auth_decisions_total{reason=\"expired\"} 1",
+            "identity_sidecar_upstream_responses_total{outcome=\"2xx\"} 3",
+            "identity_sidecar_upstream_responses_total{outcome=\"weird\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
+        assert!(!text.contains("result=\"miss\""), "unused series appear: {text}");
+        // A counter taken before is the family's own: get_or_create sees its counts.
+        assert_eq!(m.requests.get_or_create(&vec![("mode", "proxy"), ("class", "2xx")]).get(), 4);
     }
 }

@@ -320,7 +320,7 @@ impl http_body::Body for Tracked {
 
 impl AppState {
     fn upstream_outcome(&self, outcome: &'static str) {
-        self.metrics.upstream_responses.get_or_create(&vec![("outcome", outcome)]).inc();
+        self.metrics.count_upstream(outcome);
     }
 }
 

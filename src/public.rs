@@ -100,16 +100,17 @@ pub async fn admit(
 async fn forward_auth(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    method: Method,
-    headers: HeaderMap,
     request: Request,
 ) -> Response {
+    // Read from the request itself: a `HeaderMap` extractor would copy every header.
+    let headers = request.headers();
     let trusted = state.is_trusted(peer.ip());
     let forwarded = |name: &str| trusted.then(|| headers.get(name).and_then(|v| v.to_str().ok())).flatten();
-    let original_method =
-        forwarded("x-forwarded-method").and_then(|m| Method::from_bytes(m.as_bytes()).ok()).unwrap_or(method);
+    let original_method = forwarded("x-forwarded-method")
+        .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+        .unwrap_or_else(|| request.method().clone());
     let original_uri = forwarded("x-forwarded-uri").unwrap_or_else(|| request.uri().path());
-    let response = match admit(&state, &original_method, original_uri, &headers).await {
+    let response = match admit(&state, &original_method, original_uri, headers).await {
         Ok(admission) => {
             let mut response = StatusCode::OK.into_response();
             response.headers_mut().extend(admission.headers);
@@ -173,7 +174,6 @@ async fn fallback(State(state): State<AppState>) -> Response {
 impl AppState {
     /// Counts a request by mode and status class.
     pub fn count(&self, mode: &'static str, status: u16) {
-        let class = crate::metrics::status_class(status);
-        self.metrics.requests.get_or_create(&vec![("mode", mode), ("class", class)]).inc();
+        self.metrics.count_request(mode, crate::metrics::status_class(status));
     }
 }

@@ -124,7 +124,7 @@ impl Authenticator {
     }
 
     fn decision(&self, reason: &'static str) {
-        self.metrics.auth_decisions.get_or_create(&vec![("reason", reason)]).inc();
+        self.metrics.count_auth(reason);
     }
 
     /// The principal for a token: cached, or validated now.
@@ -136,12 +136,14 @@ impl Authenticator {
         if let Some(p) = self.tokens.get(&digest) {
             // The cache drops entries at `exp`; the leeway still applies at the boundary.
             if p.exp.saturating_add(self.policy.leeway_secs) > unix_now() {
-                self.metrics.cache.get_or_create(&vec![("cache", "token"), ("result", "hit")]).inc();
+                self.metrics.count_cache("token", "hit");
                 return Ok(p);
             }
         }
-        self.metrics.cache.get_or_create(&vec![("cache", "token"), ("result", "miss")]).inc();
-        let principal = Arc::new(self.validate(token).await?);
+        self.metrics.count_cache("token", "miss");
+        // Boxed: validation may refetch the JWKS (an HTTP request, a large future) that a
+        // cached token never needs but would otherwise carry and copy along.
+        let principal = Arc::new(Box::pin(self.validate(token)).await?);
         self.tokens.insert(digest, principal.clone());
         Ok(principal)
     }

@@ -217,10 +217,10 @@ async fn load_persisted_keys(store: &crate::store::Store, jwks: &Jwks, issuer: &
 }
 
 /// Persists a freshly fetched JWKS (best effort: the store being down must not stop keys).
-async fn persist_keys(state: &AppState, body: &[u8]) {
+async fn persist_keys(store: &crate::store::Store, state: &AppState, body: &[u8]) {
     let Ok(text) = std::str::from_utf8(body) else { return };
     let saved = async {
-        let mut conn = state.store.conn().await?;
+        let mut conn = store.conn().await?;
         crate::store::jwks::save(&mut conn, &state.config.oidc.issuer, text, time::OffsetDateTime::now_utc())
             .await
     }
@@ -235,10 +235,12 @@ async fn persist_keys(state: &AppState, body: &[u8]) {
 async fn refresh_keys(state: AppState, stop: CancellationToken) -> anyhow::Result<()> {
     let every = Duration::from_secs(state.config.oidc.jwks_refresh_secs.max(1));
     let mut backoff = Duration::from_millis(200);
+    // Background statements are counted apart from requests' (see `Store::with_own_counter`).
+    let store = state.store.with_own_counter();
     loop {
         let wait = match state.jwks.refresh().await {
             Ok(body) => {
-                persist_keys(&state, &body).await;
+                persist_keys(&store, &state, &body).await;
                 backoff = Duration::from_millis(200);
                 every
             }

@@ -291,7 +291,7 @@ pub fn contract_valid_today(
     ends_on: Option<Date>,
     today: Date,
 ) -> bool {
-    active && starts_on.is_none_or(|s| s <= today) && ends_on.is_none_or(|e| today <= e)
+    crate::store::model::valid_on(active, starts_on, ends_on, today)
 }
 
 /// A contract is full when it has a seat limit (`max_learners > 0`) and every seat is taken.

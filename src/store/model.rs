@@ -161,11 +161,13 @@ impl Contract {
 
     /// Every seat is taken (never true for an unlimited contract).
     pub fn is_full(&self) -> bool {
-        self.max_learners.is_some_and(|m| m > 0 && self.seats_used >= m)
+        crate::reconcile::plan::contract_is_full(self.max_learners, self.seats_used)
     }
 }
 
-fn valid_on(active: bool, starts_on: Option<Date>, ends_on: Option<Date>, today: Date) -> bool {
+/// Active and `starts_on <= today <= ends_on` (UTC dates; a missing bound is unbounded) —
+/// the one definition of "valid today" (SPEC §1), used by the plan, codes and headers.
+pub fn valid_on(active: bool, starts_on: Option<Date>, ends_on: Option<Date>, today: Date) -> bool {
     active && starts_on.is_none_or(|s| s <= today) && ends_on.is_none_or(|e| today <= e)
 }
 

@@ -518,8 +518,13 @@ impl Config {
             bail!("server.reserved_prefix must start with '/' and name a path, e.g. /_sidecar");
         }
         for (i, rule) in self.auth.rules.iter().enumerate() {
-            if !rule.prefix.starts_with('/') || crate::auth::rules::normalize_prefix(&rule.prefix).is_err() {
-                bail!("auth.rules[{i}].prefix must be a plain path starting with '/' (no '..')");
+            if !rule.prefix.starts_with('/') {
+                bail!("auth.rules[{i}].prefix must be a plain path starting with '/'");
+            }
+            // A prefix no request could match (requests spelled so are refused) is a mistake
+            // to show at startup, not a rule to drop silently.
+            if let Err(e) = crate::auth::rules::normalize_prefix(&rule.prefix) {
+                bail!("auth.rules[{i}].prefix must be a plain path: {e}");
             }
         }
         for (i, t) in self.admin.token_sha256.iter().enumerate() {

@@ -19,7 +19,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::json;
 
 use crate::auth::gate::{Caller, Failure};
-use crate::auth::rules::{Decision, Holdings, decide, normalize_path};
+use crate::auth::rules::{Decision, Holdings};
 use crate::error::ApiError;
 use crate::headers::{self, B2b, Status};
 use crate::state::AppState;
@@ -54,8 +54,10 @@ pub async fn admit(
     raw_path: &str,
     headers: &HeaderMap,
 ) -> Result<Admission, ApiError> {
-    let path = normalize_path(raw_path).map_err(|_| ApiError::BadRequest {
-        detail: "The request path is not acceptable.".into(),
+    // Judged before anything else: a path the gate cannot read is refused, never matched
+    // as "no rule".
+    let applicable = state.rules.judge(raw_path).map_err(|e| ApiError::BadRequest {
+        detail: format!("The request path is not acceptable: {e}."),
         errors: vec![],
     })?;
     let preflight = method == Method::OPTIONS && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
@@ -79,7 +81,7 @@ pub async fn admit(
                 contracts: &b2b.contracts,
             }),
         };
-        match decide(state.rules.find(&path), holdings) {
+        match applicable.decide(holdings) {
             Decision::Allow => {}
             Decision::Unauthenticated => return Err(ApiError::Unauthenticated),
             Decision::Forbidden => {

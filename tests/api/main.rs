@@ -14,6 +14,7 @@ mod hostile;
 mod keycloak;
 mod nginx;
 mod openapi;
+mod paths;
 mod proxy;
 mod redis;
 mod token_gate;

@@ -5,6 +5,11 @@
 //! Every request goes through [`admit`]: authenticate (token → principal), authorize
 //! (`[[auth.rules]]`), then render the owned header set. Forward-auth returns those headers;
 //! the proxy strips the client's identity headers and injects them.
+//!
+//! Both fail closed (SPEC §2, §6 v2): forward-auth judges the forwarded URI read as bytes and
+//! refuses a forwarded request it cannot read unambiguously rather than judge its own path,
+//! and only a bodiless `OPTIONS` with `Origin`, `Access-Control-Request-Method` and no method
+//! override is a preflight that passes without a token.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -342,4 +342,61 @@ mod tests {
         assert_eq!(extract_token(&with(&[("x-access-token", b"")]), &BOTH), Ok(None), "empty is absent");
         assert_eq!(extract_token(&HeaderMap::new(), &BOTH), Ok(None));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Credential-header values built from the pieces that make them ambiguous.
+        fn value() -> impl Strategy<Value = Vec<u8>> {
+            let piece = prop_oneof![
+                Just(&b"Bearer"[..]),
+                Just(&b"bEARER"[..]),
+                Just(&b"Basic"[..]),
+                Just(&b" "[..]),
+                Just(&b"\t"[..]),
+                Just(&b"tok"[..]),
+                Just(&b"en"[..]),
+                Just(&b"."[..]),
+            ];
+            prop::collection::vec(piece, 0..6).prop_map(|pieces| pieces.concat())
+        }
+
+        fn headers() -> impl Strategy<Value = Vec<(bool, Vec<u8>)>> {
+            // `true`: Authorization, `false`: X-Access-Token.
+            prop::collection::vec((any::<bool>(), value()), 0..4)
+        }
+
+        proptest! {
+            /// Whatever the sidecar accepts, an app reading any credential header any way
+            /// (split on whitespace, first or last header, either source) finds that token
+            /// or a non-Bearer value it never mistakes for one.
+            #[test]
+            fn an_accepted_token_is_the_only_token_an_app_can_read(pairs in headers()) {
+                let mut h = HeaderMap::new();
+                for (authorization, value) in &pairs {
+                    let name = if *authorization { "authorization" } else { X_ACCESS_TOKEN };
+                    h.append(name, HeaderValue::from_bytes(value).unwrap());
+                }
+                if let Ok(Some(token)) = extract_token(&h, &BOTH) {
+                    prop_assert!(!token.is_empty() && !token.contains([' ', '\t']));
+                    prop_assert!(h.get_all(header::AUTHORIZATION).iter().count() <= 1);
+                    prop_assert!(h.get_all(X_ACCESS_TOKEN).iter().count() <= 1);
+                    let bearer_form = |value: &HeaderValue| {
+                        let text = value.to_str().unwrap();
+                        text.len() > 7 && text.as_bytes()[6] == b' ' && &text[7..] == token
+                    };
+                    // A Bearer value anywhere is exactly `Bearer <token>`; a non-Bearer
+                    // Authorization is the app's own (Basic…) and never names a token.
+                    for value in h.get_all(header::AUTHORIZATION) {
+                        prop_assert!(!is_bearer(value.as_bytes()) || bearer_form(value));
+                    }
+                    for value in h.get_all(X_ACCESS_TOKEN) {
+                        let plain = value.to_str().unwrap();
+                        prop_assert!(plain.is_empty() || plain == token || bearer_form(value), "{plain:?}");
+                    }
+                }
+            }
+        }
+    }
 }

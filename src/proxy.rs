@@ -2,8 +2,10 @@
 //! authorize, render headers) and forwarded to `upstream.url` with bodies streamed both ways.
 //!
 //! Header discipline, in order: drop hop-by-hop headers (including those named by
-//! `Connection`), strip every client-sent identity header, inject the fresh set, set
-//! `X-Forwarded-*` (appended to only for trusted peers). WebSocket upgrades are tunnelled.
+//! `Connection`), strip every client-sent identity header, inject the fresh set, leave only
+//! the validated credential, drop the headers frameworks route by (`X-Original-URL`,
+//! method overrides), set `X-Forwarded-*` (appended to only for trusted peers, and
+//! `X-Forwarded-Prefix/-Uri/-Method` dropped from the others). WebSocket upgrades are tunnelled.
 //! `upstream.timeout_secs` bounds the wait for response headers after the request body last
 //! moved; it never cuts a response body, a slow upload or a WebSocket.
 //! Dropping the handler future (client gone) drops the upstream request with it.
@@ -25,9 +27,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use crate::config::UpstreamConfig;
+use crate::auth::gate::{X_ACCESS_TOKEN, is_bearer};
+use crate::config::{TokenSource, UpstreamConfig};
 use crate::error::ApiError;
-use crate::public::admit;
+use crate::public::{METHOD_OVERRIDE_HEADERS, admit};
 use crate::state::AppState;
 
 /// The upstream app and a pooled client for it.
@@ -135,9 +138,17 @@ fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr, trusted: bool) {
     let host = keep(headers, &host_name).or_else(|| headers.get(header::HOST).cloned());
     headers.remove(&for_name);
     if !trusted {
-        // Other spellings of the same claims, which apps also read: only a trusted proxy
-        // may state them.
-        for name in ["forwarded", "x-real-ip", "x-forwarded-port"] {
+        // Other spellings of the same claims, which apps also read, and the original
+        // prefix, URI and method some frameworks route by: only a trusted proxy may state
+        // them.
+        for name in [
+            "forwarded",
+            "x-real-ip",
+            "x-forwarded-port",
+            "x-forwarded-prefix",
+            "x-forwarded-uri",
+            "x-forwarded-method",
+        ] {
             headers.remove(name);
         }
     }
@@ -149,6 +160,37 @@ fn set_forwarded(headers: &mut HeaderMap, peer: SocketAddr, trusted: bool) {
         Some(h) => headers.insert(host_name, h),
         None => headers.remove(&host_name),
     };
+}
+
+/// Headers some frameworks route by instead of the request line (IIS/ASP.NET URL rewriting,
+/// Symfony and Zend path overrides). Removed from every peer, trusted ones included: an
+/// in-cluster gateway is trusted and passes its clients' headers through, so the app would
+/// route a request the rules judged on another path or method.
+const ROUTING_HEADERS: [&str; 2] = ["x-original-url", "x-rewrite-url"];
+
+/// Removes [`ROUTING_HEADERS`] and the method-override headers.
+fn strip_routing_headers(headers: &mut HeaderMap) {
+    for name in ROUTING_HEADERS.iter().chain(&METHOD_OVERRIDE_HEADERS) {
+        headers.remove(*name);
+    }
+}
+
+/// Leaves the app the credential the sidecar validated and nothing it could read instead
+/// (SPEC §2 v2): the validated token stays where it came from; any other token-source header
+/// (`X-Access-Token`, or a Bearer `Authorization`) goes, configured as a source or not; a
+/// non-Bearer `Authorization` (Basic for the app) stays unchanged. `validated` is `None`
+/// for an anonymous caller or a preflight, whose tokens nobody checked.
+fn keep_only_the_validated_credential(headers: &mut HeaderMap, validated: Option<TokenSource>) {
+    if validated != Some(TokenSource::XAccessToken) {
+        headers.remove(X_ACCESS_TOKEN);
+    }
+    if validated != Some(TokenSource::Authorization) {
+        let values = headers.get_all(header::AUTHORIZATION);
+        // Several values only reach here unvalidated (a preflight): none can be trusted.
+        if values.iter().count() > 1 || values.iter().any(|v| is_bearer(v.as_bytes())) {
+            headers.remove(header::AUTHORIZATION);
+        }
+    }
 }
 
 /// The fallback handler in proxy mode.
@@ -183,6 +225,8 @@ async fn proxy(
     let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
     strip_hop_by_hop(&mut parts.headers);
     crate::headers::inject(&mut parts.headers, &admission.headers);
+    keep_only_the_validated_credential(&mut parts.headers, admission.credential);
+    strip_routing_headers(&mut parts.headers);
     if state.config.headers.hide_credentials {
         parts.headers.remove(header::AUTHORIZATION);
         parts.headers.remove("x-access-token");
@@ -362,5 +406,63 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "10.0.0.5");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert!(!h.contains_key("forwarded") && !h.contains_key("x-real-ip"));
+    }
+
+    #[test]
+    fn routing_headers_go_from_every_peer_and_forwarded_routing_from_untrusted_ones() {
+        let peer: SocketAddr = "10.0.0.5:1234".parse().unwrap();
+        let mut h = HeaderMap::new();
+        for name in [
+            "x-original-url",
+            "x-rewrite-url",
+            "x-http-method-override",
+            "x-http-method",
+            "x-method-override",
+        ] {
+            h.insert(name, HeaderValue::from_static("/admin"));
+        }
+        for name in ["x-forwarded-prefix", "x-forwarded-uri", "x-forwarded-method"] {
+            h.insert(name, HeaderValue::from_static("/admin"));
+        }
+        strip_routing_headers(&mut h);
+        let mut trusted = h.clone();
+        set_forwarded(&mut trusted, peer, true);
+        assert!(trusted.contains_key("x-forwarded-prefix") && trusted.contains_key("x-forwarded-uri"));
+        assert!(trusted.contains_key("x-forwarded-method"));
+        set_forwarded(&mut h, peer, false);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["x-forwarded-for", "x-forwarded-proto"]);
+    }
+
+    #[test]
+    fn the_app_receives_only_the_validated_credential() {
+        let basic = HeaderValue::from_static("Basic dXNlcjpwdw==");
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer t"));
+        h.insert(X_ACCESS_TOKEN, HeaderValue::from_static("t"));
+        let mut from_authorization = h.clone();
+        keep_only_the_validated_credential(&mut from_authorization, Some(TokenSource::Authorization));
+        assert_eq!(from_authorization[header::AUTHORIZATION], "Bearer t");
+        assert!(!from_authorization.contains_key(X_ACCESS_TOKEN));
+        let mut from_x_access_token = h.clone();
+        keep_only_the_validated_credential(&mut from_x_access_token, Some(TokenSource::XAccessToken));
+        assert_eq!(from_x_access_token[X_ACCESS_TOKEN], "t");
+        assert!(!from_x_access_token.contains_key(header::AUTHORIZATION));
+        let mut anonymous = h.clone();
+        keep_only_the_validated_credential(&mut anonymous, None);
+        assert!(anonymous.is_empty());
+
+        let mut beside = HeaderMap::new();
+        beside.insert(header::AUTHORIZATION, basic.clone());
+        beside.insert(X_ACCESS_TOKEN, HeaderValue::from_static("t"));
+        keep_only_the_validated_credential(&mut beside, Some(TokenSource::XAccessToken));
+        assert_eq!(beside[header::AUTHORIZATION], basic);
+        assert_eq!(beside[X_ACCESS_TOKEN], "t");
+        let mut two = HeaderMap::new();
+        two.append(header::AUTHORIZATION, basic.clone());
+        two.append(header::AUTHORIZATION, basic);
+        keep_only_the_validated_credential(&mut two, None);
+        assert!(two.is_empty());
     }
 }

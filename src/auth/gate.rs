@@ -57,32 +57,102 @@ pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// The token of a request, from the configured sources in order. A non-Bearer
-/// `Authorization` (Basic for the app, say) is not ours and is skipped; a credential header
-/// that is not visible ASCII is a malformed token, never an anonymous request.
+/// A token found in a request, and the source it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Credential<'h> {
+    pub token: &'h str,
+    pub source: TokenSource,
+}
+
+/// The token of a request, from the configured sources (see [`find_credential`]).
 pub fn extract_token<'h>(headers: &'h HeaderMap, sources: &[TokenSource]) -> Result<Option<&'h str>, Reject> {
-    for source in sources {
+    find_credential(headers, sources).map(|found| found.map(|c| c.token))
+}
+
+/// The credential of a request, read from the configured sources, refusing every reading
+/// that is not the only one (SPEC §2 v2). An app behind the sidecar may parse credentials
+/// differently (split on any whitespace, take the last header, read another source), so
+/// whatever it could read other than the validated token is [`Reject::Ambiguous`]:
+///
+/// - more than one `Authorization` header, whatever their schemes (and whether or not
+///   `authorization` is a configured source);
+/// - a configured source header present more than once;
+/// - a value that starts with `Bearer` in any case but is not exactly `Bearer`, one space and
+///   a non-empty token without whitespace (`Bearer<TAB>t`, `Bearer  t`, `Bearer t x`,
+///   `Bearert`, `Bearer `);
+/// - different tokens in two sources (the same token twice is one credential; the first
+///   source in order is the one reported).
+///
+/// A non-Bearer `Authorization` (Basic for the app, say) is not ours and is skipped; a
+/// configured credential header that is not visible ASCII is [`Reject::Malformed`], never an
+/// anonymous request.
+pub fn find_credential<'h>(
+    headers: &'h HeaderMap,
+    sources: &[TokenSource],
+) -> Result<Option<Credential<'h>>, Reject> {
+    let mut authorization = headers.get_all(header::AUTHORIZATION).iter();
+    let first_authorization = authorization.next();
+    if authorization.next().is_some() {
+        return Err(Reject::Ambiguous);
+    }
+    let mut found: Option<Credential<'h>> = None;
+    for &source in sources {
         let token = match source {
             TokenSource::Authorization => {
-                let Some(value) = headers.get(header::AUTHORIZATION) else { continue };
-                let value = value.to_str().map_err(|_| Reject::Malformed)?;
-                let Some((scheme, token)) = value.split_once(' ') else { continue };
-                if !scheme.eq_ignore_ascii_case("bearer") {
+                let Some(value) = first_authorization else { continue };
+                value.to_str().map_err(|_| Reject::Malformed)?;
+                if !is_bearer(value.as_bytes()) {
                     continue;
                 }
-                token.trim()
+                bearer_token(value)?
             }
             TokenSource::XAccessToken => {
-                let Some(value) = headers.get("x-access-token") else { continue };
-                let value = value.to_str().map_err(|_| Reject::Malformed)?.trim();
-                value.strip_prefix("Bearer ").unwrap_or(value)
+                let mut values = headers.get_all(X_ACCESS_TOKEN).iter();
+                let Some(value) = values.next() else { continue };
+                if values.next().is_some() {
+                    return Err(Reject::Ambiguous);
+                }
+                let text = value.to_str().map_err(|_| Reject::Malformed)?;
+                if text.is_empty() {
+                    continue;
+                }
+                // APISIX sends the bare token; a `Bearer ` prefix is tolerated, exactly.
+                if is_bearer(value.as_bytes()) { bearer_token(value)? } else { plain_token(text)? }
             }
         };
-        if !token.is_empty() {
-            return Ok(Some(token));
+        match found {
+            None => found = Some(Credential { token, source }),
+            Some(first) if first.token == token => {}
+            Some(_) => return Err(Reject::Ambiguous),
         }
     }
-    Ok(None)
+    Ok(found)
+}
+
+/// The header APISIX's openid-connect plugin puts the session's access token in.
+pub const X_ACCESS_TOKEN: &str = "x-access-token";
+
+/// Whether a credential value claims the Bearer scheme: it starts with `bearer` in any case.
+/// Such a value is ours to validate (or to refuse), never passed on unread.
+pub fn is_bearer(value: &[u8]) -> bool {
+    value.get(..6).is_some_and(|scheme| scheme.eq_ignore_ascii_case(b"bearer"))
+}
+
+/// `Bearer <token>`: the scheme (any case), exactly one space, a token.
+fn bearer_token(value: &axum::http::HeaderValue) -> Result<&str, Reject> {
+    let text = value.to_str().map_err(|_| Reject::Malformed)?;
+    // `to_str` guarantees ASCII, so byte 6 is a character boundary.
+    let token = text[6..].strip_prefix(' ').ok_or(Reject::Ambiguous)?;
+    plain_token(token)
+}
+
+/// A token is non-empty and holds no whitespace: an app splitting on whitespace must read
+/// the same token the sidecar validated.
+fn plain_token(token: &str) -> Result<&str, Reject> {
+    if token.is_empty() || token.contains(|c: char| c.is_ascii_whitespace()) {
+        return Err(Reject::Ambiguous);
+    }
+    Ok(token)
 }
 
 /// Authentication dependencies, shared by every request.
@@ -97,11 +167,20 @@ pub struct Authenticator {
 impl Authenticator {
     /// Classifies a request by its headers.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, Failure> {
-        let token = match extract_token(headers, &self.sources) {
-            Ok(Some(token)) => token,
+        self.authenticate_with_source(headers).await.map(|(caller, _)| caller)
+    }
+
+    /// Classifies a request by its headers, and says which source the validated token came
+    /// from (`None` for an anonymous caller), so the proxy can hand the app that one alone.
+    pub async fn authenticate_with_source(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<(Caller, Option<TokenSource>), Failure> {
+        let Credential { token, source } = match find_credential(headers, &self.sources) {
+            Ok(Some(credential)) => credential,
             Ok(None) => {
                 self.decision("anonymous");
-                return Ok(Caller::Anonymous);
+                return Ok((Caller::Anonymous, None));
             }
             Err(reject) => {
                 self.decision(reject.code());
@@ -111,7 +190,7 @@ impl Authenticator {
         match self.principal(token).await {
             Ok(p) => {
                 self.decision("ok");
-                Ok(Caller::Authenticated(p))
+                Ok((Caller::Authenticated(p), Some(source)))
             }
             Err(failure) => {
                 self.decision(match failure {
@@ -182,15 +261,142 @@ mod tests {
     fn tokens_come_from_the_configured_sources_in_order() {
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic dXNlcjpwdw=="));
-        h.insert("x-access-token", HeaderValue::from_static("abc"));
+        h.insert(X_ACCESS_TOKEN, HeaderValue::from_static("abc"));
         let both = [TokenSource::Authorization, TokenSource::XAccessToken];
         assert_eq!(extract_token(&h, &both), Ok(Some("abc")));
         assert_eq!(extract_token(&h, &[TokenSource::Authorization]), Ok(None));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer xyz"));
-        assert_eq!(extract_token(&h, &both), Ok(Some("xyz")));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
-        assert_eq!(extract_token(&h, &[TokenSource::Authorization]), Ok(None));
+        // The same token in both sources is one credential, reported from the first source.
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer abc"));
+        let found = find_credential(&h, &both).unwrap().unwrap();
+        assert_eq!((found.token, found.source), ("abc", TokenSource::Authorization));
+        let reversed = [TokenSource::XAccessToken, TokenSource::Authorization];
+        assert_eq!(find_credential(&h, &reversed).unwrap().unwrap().source, TokenSource::XAccessToken);
         h.insert(header::AUTHORIZATION, HeaderValue::from_bytes(b"Bearer \xff\xfe").unwrap());
         assert_eq!(extract_token(&h, &[TokenSource::Authorization]), Err(Reject::Malformed));
+    }
+
+    fn with(pairs: &[(&'static str, &'static [u8])]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.append(*name, HeaderValue::from_bytes(value).unwrap());
+        }
+        h
+    }
+
+    const BOTH: [TokenSource; 2] = [TokenSource::Authorization, TokenSource::XAccessToken];
+
+    #[test]
+    fn a_bearer_value_that_is_not_exactly_bearer_space_token_is_ambiguous() {
+        for value in [
+            &b"Bearer\tt"[..],
+            b"Bearer  t",
+            b"Bearer t x",
+            b"Bearer t\t",
+            b"Bearert",
+            b"Bearer",
+            b"Bearer ",
+            b"bEaReR\tt",
+        ] {
+            let h = with(&[("authorization", value)]);
+            let shown = String::from_utf8_lossy(value);
+            assert_eq!(extract_token(&h, &BOTH), Err(Reject::Ambiguous), "{shown:?}");
+            let h = with(&[("x-access-token", value)]);
+            assert_eq!(extract_token(&h, &BOTH), Err(Reject::Ambiguous), "x-access-token {shown:?}");
+        }
+        for (value, token) in [("Bearer t", "t"), ("bearer t", "t"), ("BEARER a.b.c", "a.b.c")] {
+            let h = with(&[("authorization", value.as_bytes())]);
+            assert_eq!(extract_token(&h, &BOTH), Ok(Some(token)), "{value:?}");
+        }
+        assert_eq!(extract_token(&with(&[("x-access-token", b"a b")]), &BOTH), Err(Reject::Ambiguous));
+        assert_eq!(extract_token(&with(&[("x-access-token", b"Bearer t")]), &BOTH), Ok(Some("t")));
+    }
+
+    #[test]
+    fn more_than_one_authorization_header_is_ambiguous_whatever_the_schemes() {
+        let cases: [&[(&str, &[u8])]; 4] = [
+            &[("authorization", b"Bearer a"), ("authorization", b"Bearer a")],
+            &[("authorization", b"Bearer a"), ("authorization", b"Bearer b")],
+            &[("authorization", b"Basic dXNlcjpwdw=="), ("authorization", b"Bearer a")],
+            &[("authorization", b"Basic dXNlcjpwdw=="), ("authorization", b"Basic eDp5")],
+        ];
+        for pairs in cases {
+            let h = with(pairs);
+            assert_eq!(extract_token(&h, &BOTH), Err(Reject::Ambiguous), "{pairs:?}");
+            // Even where only X-Access-Token is read: the app behind may read either header.
+            assert_eq!(extract_token(&h, &[TokenSource::XAccessToken]), Err(Reject::Ambiguous));
+        }
+    }
+
+    #[test]
+    fn a_token_source_given_twice_or_two_different_tokens_are_ambiguous() {
+        let twice = with(&[("x-access-token", b"a"), ("x-access-token", b"a")]);
+        assert_eq!(extract_token(&twice, &BOTH), Err(Reject::Ambiguous));
+        // A source that is not configured is not read (the proxy removes it instead).
+        assert_eq!(extract_token(&twice, &[TokenSource::Authorization]), Ok(None));
+        let different = with(&[("authorization", b"Bearer a"), ("x-access-token", b"b")]);
+        assert_eq!(extract_token(&different, &BOTH), Err(Reject::Ambiguous));
+        assert_eq!(extract_token(&different, &[TokenSource::Authorization]), Ok(Some("a")));
+        let basic_beside = with(&[("authorization", b"Basic dXNlcjpwdw=="), ("x-access-token", b"b")]);
+        let found = find_credential(&basic_beside, &BOTH).unwrap().unwrap();
+        assert_eq!((found.token, found.source), ("b", TokenSource::XAccessToken));
+        assert_eq!(extract_token(&with(&[("x-access-token", b"")]), &BOTH), Ok(None), "empty is absent");
+        assert_eq!(extract_token(&HeaderMap::new(), &BOTH), Ok(None));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Credential-header values built from the pieces that make them ambiguous.
+        fn value() -> impl Strategy<Value = Vec<u8>> {
+            let piece = prop_oneof![
+                Just(&b"Bearer"[..]),
+                Just(&b"bEARER"[..]),
+                Just(&b"Basic"[..]),
+                Just(&b" "[..]),
+                Just(&b"\t"[..]),
+                Just(&b"tok"[..]),
+                Just(&b"en"[..]),
+                Just(&b"."[..]),
+            ];
+            prop::collection::vec(piece, 0..6).prop_map(|pieces| pieces.concat())
+        }
+
+        fn headers() -> impl Strategy<Value = Vec<(bool, Vec<u8>)>> {
+            // `true`: Authorization, `false`: X-Access-Token.
+            prop::collection::vec((any::<bool>(), value()), 0..4)
+        }
+
+        proptest! {
+            /// Whatever the sidecar accepts, an app reading any credential header any way
+            /// (split on whitespace, first or last header, either source) finds that token
+            /// or a non-Bearer value it never mistakes for one.
+            #[test]
+            fn an_accepted_token_is_the_only_token_an_app_can_read(pairs in headers()) {
+                let mut h = HeaderMap::new();
+                for (authorization, value) in &pairs {
+                    let name = if *authorization { "authorization" } else { X_ACCESS_TOKEN };
+                    h.append(name, HeaderValue::from_bytes(value).unwrap());
+                }
+                if let Ok(Some(token)) = extract_token(&h, &BOTH) {
+                    prop_assert!(!token.is_empty() && !token.contains([' ', '\t']));
+                    prop_assert!(h.get_all(header::AUTHORIZATION).iter().count() <= 1);
+                    prop_assert!(h.get_all(X_ACCESS_TOKEN).iter().count() <= 1);
+                    let bearer_form = |value: &HeaderValue| {
+                        let text = value.to_str().unwrap();
+                        text.len() > 7 && text.as_bytes()[6] == b' ' && &text[7..] == token
+                    };
+                    // A Bearer value anywhere is exactly `Bearer <token>`; a non-Bearer
+                    // Authorization is the app's own (Basic…) and never names a token.
+                    for value in h.get_all(header::AUTHORIZATION) {
+                        prop_assert!(!is_bearer(value.as_bytes()) || bearer_form(value));
+                    }
+                    for value in h.get_all(X_ACCESS_TOKEN) {
+                        let plain = value.to_str().unwrap();
+                        prop_assert!(plain.is_empty() || plain == token || bearer_form(value), "{plain:?}");
+                    }
+                }
+            }
+        }
     }
 }

@@ -66,6 +66,11 @@ impl Policy {
 /// or counted; the description goes into `WWW-Authenticate` and the problem body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reject {
+    /// The request's credentials can be read more than one way (SPEC §2 v2): several
+    /// `Authorization` headers, a token source given twice, a `Bearer` value that is not
+    /// exactly `Bearer <token>`, or different tokens in two sources. An app behind the
+    /// sidecar might read the other one.
+    Ambiguous,
     TooLarge,
     Malformed,
     Encrypted,
@@ -92,6 +97,7 @@ impl Reject {
     /// A short, stable reason code (metric label, log field).
     pub fn code(self) -> &'static str {
         match self {
+            Reject::Ambiguous => "ambiguous",
             Reject::TooLarge => "too_large",
             Reject::Malformed => "malformed",
             Reject::Encrypted => "encrypted",
@@ -118,6 +124,9 @@ impl Reject {
     /// Human-readable description for `error_description` (no token content in it).
     pub fn description(self) -> &'static str {
         match self {
+            Reject::Ambiguous => {
+                "The credentials are ambiguous: send one token, once, as Bearer, one space and the token."
+            }
             Reject::TooLarge => "The token is too large.",
             Reject::Malformed => "The token is not a well-formed JWS.",
             Reject::Encrypted => "Encrypted tokens (JWE) are not accepted.",

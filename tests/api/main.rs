@@ -8,6 +8,7 @@ mod b2b;
 mod codes;
 mod demo;
 mod faults;
+mod forward_auth;
 mod harness_selftest;
 mod helpers;
 mod hostile;

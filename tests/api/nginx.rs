@@ -4,8 +4,9 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::forward_auth::{raw, request};
 use crate::helpers::binary::free_port;
-use crate::helpers::{EchoUpstream, FakeKeycloak, TestApp, base_env, set};
+use crate::helpers::{EchoUpstream, FakeKeycloak, TestApp, base_env, metric, set};
 
 /// The owned headers nginx copies from the auth answer onto the upstream request.
 const COPIED: [&str; 11] = [
@@ -174,4 +175,72 @@ async fn nginx_auth_request_copies_identity_headers_and_refuses_bad_tokens() {
     assert_eq!(echo.header("x-identity-status"), Some("anonymous"));
     // nginx passes no header for an empty value, and never the client's.
     assert_eq!(echo.header("x-identity-subject"), None);
+}
+
+/// nginx with the README's configuration in front of an app whose `/courses` need a login.
+async fn courses_behind_nginx(
+    kc: &FakeKeycloak,
+    upstream: &EchoUpstream,
+    edit: impl FnOnce(String) -> String,
+) -> (TestApp, tempfile::TempDir, Nginx, u16) {
+    let mut env = base_env(kc);
+    set(&mut env, "SIDECAR__AUTH__RULES", r#"[{"prefix":"/courses","require":true}]"#);
+    let app = TestApp::spawn_with(env).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let conf = edit(nginx_conf(dir.path(), port, app.public.port(), upstream.addr().port()));
+    let nginx = start_nginx(dir.path(), &conf, port).await;
+    (app, dir, nginx, port)
+}
+
+#[tokio::test]
+async fn a_raw_non_ascii_byte_in_a_protected_uri_is_refused_end_to_end_through_nginx() {
+    let kc = FakeKeycloak::start().await;
+    let upstream = EchoUpstream::start().await;
+    let (app, _dir, _nginx, port) = courses_behind_nginx(&kc, &upstream, |conf| conf).await;
+    let nginx = ("127.0.0.1", port);
+
+    // nginx passes `$request_uri` with the byte itself; the sidecar reads it as bytes, so the
+    // rule on /courses still applies. An unreadable path (not UTF-8 once decoded) is refused
+    // with 403, the other status `auth_request` passes on.
+    let anonymous = raw(nginx, &request("GET", b"/courses/intro?q=\xff", &[])).await;
+    assert_eq!(anonymous.status, 401, "{anonymous:?}");
+    let in_path = raw(nginx, &request("GET", b"/courses/\xff", &[])).await;
+    assert_eq!(in_path.status, 403, "{in_path:?}");
+    assert_eq!(upstream.request_count(), 0, "a refused request reached the app");
+
+    // Signed in, the same query passes the gate (a byte in a query is no reason to refuse):
+    // nginx forwards it, raw, and the echo app's own HTTP parser (hyper) refuses a raw byte in
+    // a request line with a bodiless 400, so the pass shows in the sidecar's counters. The
+    // path with the byte stays refused.
+    let bearer = format!("Authorization: Bearer {}", kc.token().sub("u-raw").sign());
+    let passed = "identity_sidecar_requests_total{mode=\"forward_auth\",class=\"2xx\"}";
+    let before = metric(&app.metrics().await, passed);
+    let signed_in = raw(nginx, &request("GET", b"/courses/intro?q=\xff", &[bearer.as_bytes()])).await;
+    assert!(![401, 403, 500].contains(&signed_in.status), "{signed_in:?}");
+    assert_eq!(metric(&app.metrics().await, passed), before + 1.0);
+    let in_path = raw(nginx, &request("GET", b"/courses/\xff", &[bearer.as_bytes()])).await;
+    assert_eq!(in_path.status, 403, "{in_path:?}");
+    assert_eq!(metric(&app.metrics().await, passed), before + 1.0);
+}
+
+#[tokio::test]
+async fn a_gateway_that_forgets_x_forwarded_uri_fails_closed_through_nginx() {
+    let kc = FakeKeycloak::start().await;
+    let upstream = EchoUpstream::start().await;
+    let forget = |conf: String| {
+        let line = "      proxy_set_header X-Forwarded-Uri $request_uri;\n";
+        assert!(conf.contains(line), "the README configuration changed: {conf}");
+        conf.replace(line, "")
+    };
+    let (_app, _dir, _nginx, port) = courses_behind_nginx(&kc, &upstream, forget).await;
+    let nginx = ("127.0.0.1", port);
+    // v1 judged the auth path itself, which no rule covers: everything passed. Now the rules
+    // cannot be applied, so nothing does, signed in or not, open path or protected.
+    let bearer = format!("Authorization: Bearer {}", kc.token().sign());
+    for target in [&b"/courses/intro"[..], b"/open"] {
+        assert_eq!(raw(nginx, &request("GET", target, &[])).await.status, 403);
+        assert_eq!(raw(nginx, &request("GET", target, &[bearer.as_bytes()])).await.status, 403);
+    }
+    assert_eq!(upstream.request_count(), 0, "a request reached the app without being judged");
 }

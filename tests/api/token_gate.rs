@@ -6,7 +6,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use crate::helpers::{FakeKeycloak, KeyKind, Mode, TestApp, base_env, metric, set};
+use crate::forward_auth::{raw, request};
+use crate::helpers::{EchoUpstream, FakeKeycloak, KeyKind, Mode, TestApp, base_env, metric, set};
 
 fn header<'a>(res: &'a reqwest::Response, name: &str) -> &'a str {
     res.headers().get(name).map(|v| v.to_str().unwrap()).unwrap_or_else(|| panic!("no {name}"))
@@ -345,8 +346,9 @@ async fn path_rules_match_whole_segments_and_the_longest_prefix() {
     assert_eq!(status("GET", "/api/x", None).await, 401);
     assert_eq!(status("GET", "/apix", None).await, 200, "not a whole segment");
     assert_eq!(status("GET", "/api?x=1", None).await, 401, "query dropped");
-    assert_eq!(status("GET", "/other/../api/x", None).await, 400, ".. rejected");
-    assert_eq!(status("GET", "/other/%2e%2e/api/x", None).await, 400, "encoded .. rejected");
+    // Refused as unreadable: 403 in forward-auth, since nginx turns a 400 into a 500 (SPEC §6 v2).
+    assert_eq!(status("GET", "/other/../api/x", None).await, 403, ".. rejected");
+    assert_eq!(status("GET", "/other/%2e%2e/api/x", None).await, 403, "encoded .. rejected");
     assert_eq!(status("GET", "/%61pi/x", None).await, 401, "percent-decoded before matching");
     assert_eq!(status("GET", "/api/public/x", None).await, 200, "longest prefix wins");
     assert_eq!(status("GET", "/api/x", Some(learner.clone())).await, 200);
@@ -363,6 +365,7 @@ async fn a_cors_preflight_passes_without_a_token() {
     let app = rules_app(&kc).await;
     let res = app
         .forward_auth("OPTIONS", "/api/x")
+        .header("origin", "https://app.example")
         .header("access-control-request-method", "POST")
         .send()
         .await
@@ -386,10 +389,11 @@ async fn forwarded_method_and_uri_are_believed_only_from_trusted_peers() {
     );
     set(&mut env, "SIDECAR__SERVER__TRUSTED_PROXIES", r#"["10.0.0.0/8"]"#);
     let app = TestApp::spawn_with(env).await;
-    // Loopback is not trusted here: X-Forwarded-Uri is ignored and the auth path itself is
-    // matched (and requires a login).
+    // Loopback is not trusted here: X-Forwarded-Uri is not believed, and without it the
+    // rules cannot be applied, so the request is refused (SPEC §6 v2; v1 judged the auth
+    // path itself, which only a rule on `/` happened to cover).
     let res = app.forward_auth("GET", "/open").send().await.unwrap();
-    assert_eq!(res.status(), 401);
+    assert_eq!(res.status(), 403);
 }
 
 #[tokio::test]
@@ -574,4 +578,216 @@ async fn a_restart_during_a_keycloak_outage_becomes_ready_with_the_persisted_key
     let fresh = kc.rotate(KeyKind::Es256);
     assert_eq!(second.auth_status(&kc.token().key(&fresh).sign()).await, 200);
     assert_eq!(metric(&second.metrics().await, "identity_sidecar_jwks_stale"), 0.0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// SPEC §2 v2: ambiguous credentials, narrowed preflights, routing headers (raw sockets where a
+// client library would merge or refuse what is sent)
+// ---------------------------------------------------------------------------------------------
+
+/// A proxy in front of `upstream` reading both token sources, with `/api` closed.
+async fn gate_proxy(kc: &FakeKeycloak, upstream: &EchoUpstream, extra: &[(&str, &str)]) -> TestApp {
+    let mut env = base_env(kc);
+    set(&mut env, "SIDECAR__UPSTREAM__URL", upstream.url());
+    set(&mut env, "SIDECAR__OIDC__TOKEN_SOURCES", r#"["authorization","x-access-token"]"#);
+    set(&mut env, "SIDECAR__AUTH__RULES", r#"[{"prefix":"/api","require":true}]"#);
+    for (key, value) in extra {
+        set(&mut env, key, *value);
+    }
+    TestApp::spawn_with(env).await
+}
+
+#[tokio::test]
+async fn ambiguous_credentials_are_a_bad_token_and_never_reach_the_app() {
+    let kc = FakeKeycloak::start().await;
+    let upstream = EchoUpstream::start().await;
+    let app = gate_proxy(&kc, &upstream, &[]).await;
+    let (a, b) = (kc.token().sub("alice").sign(), kc.token().sub("mallory").sign());
+    let cases: Vec<(&str, Vec<String>)> = vec![
+        (
+            "two Authorization headers",
+            vec![format!("Authorization: Bearer {a}"), format!("Authorization: Bearer {a}")],
+        ),
+        (
+            "Basic beside Bearer",
+            vec!["Authorization: Basic dXNlcjpwdw==".into(), format!("Authorization: Bearer {a}")],
+        ),
+        ("Bearer and a tab", vec![format!("Authorization: Bearer\t{a}")]),
+        ("two spaces", vec![format!("Authorization: Bearer  {a}")]),
+        ("a second word", vec![format!("Authorization: Bearer {a} {b}")]),
+        ("no space", vec![format!("Authorization: Bearer{a}")]),
+        ("X-Access-Token twice", vec![format!("X-Access-Token: {a}"), format!("X-Access-Token: {a}")]),
+        (
+            "different tokens in two sources",
+            vec![format!("Authorization: Bearer {a}"), format!("X-Access-Token: {b}")],
+        ),
+    ];
+    for (what, lines) in &cases {
+        let lines: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+        for (method, target) in [("GET", &b"/open"[..]), ("GET", b"/api/x")] {
+            let answer = raw(app.public, &request(method, target, &lines)).await;
+            answer.assert_problem(401, "ambiguous");
+            let challenge = answer.header("www-authenticate").unwrap_or_default();
+            assert!(challenge.starts_with("Bearer error=\"invalid_token\""), "{what}: {challenge}");
+        }
+        // The same through forward-auth.
+        let mut forwarded: Vec<&[u8]> = vec![b"X-Forwarded-Method: GET", b"X-Forwarded-Uri: /open"];
+        forwarded.extend(&lines);
+        let answer = raw(app.public, &request("GET", b"/_sidecar/auth", &forwarded)).await;
+        answer.assert_problem(401, "ambiguous");
+    }
+    assert_eq!(upstream.request_count(), 0, "an ambiguous request reached the app");
+    let text = app.metrics().await;
+    assert!(metric(&text, "identity_sidecar_auth_decisions_total{reason=\"ambiguous\"}") >= 24.0, "{text}");
+}
+
+#[tokio::test]
+async fn the_app_receives_only_the_validated_credential_where_it_came_from() {
+    let kc = FakeKeycloak::start().await;
+    let upstream = EchoUpstream::start().await;
+    let app = gate_proxy(&kc, &upstream, &[]).await;
+    let token = kc.token().sub("alice").sign();
+    let received = |lines: Vec<String>| {
+        let bytes = request("GET", b"/api/x", &lines.iter().map(|l| l.as_bytes()).collect::<Vec<_>>());
+        let (public, upstream) = (app.public, &upstream);
+        async move {
+            let answer = raw(public, &bytes).await;
+            assert_eq!(answer.status, 200, "{answer:?}");
+            upstream.last_request().unwrap()
+        }
+    };
+
+    // Basic for the app beside APISIX's X-Access-Token: both reach the app unchanged.
+    let seen =
+        received(vec!["Authorization: Basic dXNlcjpwdw==".into(), format!("X-Access-Token: {token}")]).await;
+    assert_eq!(seen.header_all("authorization"), ["Basic dXNlcjpwdw=="]);
+    assert_eq!(seen.header_all("x-access-token"), [token.as_str()]);
+    assert_eq!(seen.header("x-identity-subject"), Some("alice"));
+    // The same token in both sources: the app gets the first source's copy alone.
+    let seen =
+        received(vec![format!("Authorization: Bearer {token}"), format!("X-Access-Token: {token}")]).await;
+    assert_eq!(seen.header_all("authorization"), [format!("Bearer {token}")]);
+    assert!(seen.header_all("x-access-token").is_empty(), "{:?}", seen.headers);
+
+    // A proxy reading Authorization only: an X-Access-Token nobody checked never reaches the app.
+    let upstream2 = EchoUpstream::start().await;
+    let mut env = base_env(&kc);
+    set(&mut env, "SIDECAR__UPSTREAM__URL", upstream2.url());
+    let only_authorization = TestApp::spawn_with(env).await;
+    let forged = kc.token().sub("mallory").sign();
+    let lines = [format!("Authorization: Bearer {token}"), format!("X-Access-Token: {forged}")];
+    let bytes = request("GET", b"/x", &lines.iter().map(|l| l.as_bytes()).collect::<Vec<_>>());
+    assert_eq!(raw(only_authorization.public, &bytes).await.status, 200);
+    let seen = upstream2.last_request().unwrap();
+    assert_eq!(seen.header("x-identity-subject"), Some("alice"));
+    assert!(seen.header_all("x-access-token").is_empty(), "{:?}", seen.headers);
+    let anonymous = request("GET", b"/x", &[format!("X-Access-Token: {forged}").as_bytes()]);
+    assert_eq!(raw(only_authorization.public, &anonymous).await.status, 200);
+    let seen = upstream2.last_request().unwrap();
+    assert_eq!(seen.header("x-identity-status"), Some("anonymous"));
+    assert!(seen.header_all("x-access-token").is_empty(), "{:?}", seen.headers);
+
+    // A preflight passes unchecked, so its tokens are dropped (a Basic one stays).
+    let preflight = request(
+        "OPTIONS",
+        b"/api/x",
+        &[
+            b"Origin: https://app.example",
+            b"Access-Control-Request-Method: POST",
+            b"Authorization: Bearer not-checked",
+            b"X-Access-Token: not-checked",
+        ],
+    );
+    assert_eq!(raw(app.public, &preflight).await.status, 200);
+    let seen = upstream.last_request().unwrap();
+    assert_eq!(seen.method, "OPTIONS");
+    assert!(seen.header_all("authorization").is_empty() && seen.header_all("x-access-token").is_empty());
+}
+
+#[tokio::test]
+async fn only_a_bodiless_options_with_origin_and_no_method_override_passes_as_a_preflight() {
+    let kc = FakeKeycloak::start().await;
+    let upstream = EchoUpstream::start().await;
+    let app = gate_proxy(&kc, &upstream, &[]).await;
+    let preflight: [&[u8]; 2] = [b"Origin: https://app.example", b"Access-Control-Request-Method: DELETE"];
+
+    // Proxy mode, over raw TCP (bodies and framing as sent).
+    let ok = raw(app.public, &request("OPTIONS", b"/api/x", &preflight)).await;
+    assert_eq!(ok.status, 200, "{ok:?}");
+    let zero =
+        raw(app.public, &request("OPTIONS", b"/api/x", &[preflight[0], preflight[1], b"Content-Length: 0"]))
+            .await;
+    assert_eq!(zero.status, 200, "{zero:?}");
+    let before = upstream.request_count();
+    let refused: [(&str, Vec<u8>); 7] = [
+        ("no Origin", request("OPTIONS", b"/api/x", &preflight[1..])),
+        ("no request method", request("OPTIONS", b"/api/x", &preflight[..1])),
+        ("a GET", request("GET", b"/api/x", &preflight)),
+        (
+            "X-HTTP-Method-Override",
+            request("OPTIONS", b"/api/x", &[preflight[0], preflight[1], b"X-HTTP-Method-Override: DELETE"]),
+        ),
+        (
+            "X-HTTP-Method",
+            request("OPTIONS", b"/api/x", &[preflight[0], preflight[1], b"X-HTTP-Method: DELETE"]),
+        ),
+        (
+            "X-Method-Override",
+            request("OPTIONS", b"/api/x", &[preflight[0], preflight[1], b"X-Method-Override: DELETE"]),
+        ),
+        ("a body", {
+            let mut r = request("OPTIONS", b"/api/x", &[preflight[0], preflight[1], b"Content-Length: 5"]);
+            r.extend_from_slice(b"hello");
+            r
+        }),
+    ];
+    for (what, bytes) in &refused {
+        assert_eq!(raw(app.public, bytes).await.status, 401, "{what}");
+    }
+    let mut chunked =
+        request("OPTIONS", b"/api/x", &[preflight[0], preflight[1], b"Transfer-Encoding: chunked"]);
+    chunked.extend_from_slice(b"5\r\nhello\r\n0\r\n\r\n");
+    assert_eq!(raw(app.public, &chunked).await.status, 401, "a chunked body");
+    assert_eq!(upstream.request_count(), before, "a false preflight reached the app");
+
+    // Forward-auth: the method is the forwarded one, the headers the forwarded request's.
+    let fa = |method: &'static str| {
+        app.forward_auth(method, "/api/x")
+            .header("origin", "https://app.example")
+            .header("access-control-request-method", "DELETE")
+    };
+    assert_eq!(fa("OPTIONS").send().await.unwrap().status(), 200);
+    assert_eq!(fa("GET").send().await.unwrap().status(), 401, "forwarded GET");
+    for name in ["x-http-method-override", "x-http-method", "x-method-override"] {
+        assert_eq!(fa("OPTIONS").header(name, "DELETE").send().await.unwrap().status(), 401, "{name}");
+    }
+    assert_eq!(fa("OPTIONS").body("hello").send().await.unwrap().status(), 401, "a body");
+}
+
+#[tokio::test]
+async fn routing_headers_never_reach_the_app_and_forwarded_routing_only_from_trusted_peers() {
+    let kc = FakeKeycloak::start().await;
+    const ALWAYS_REMOVED: [&str; 5] =
+        ["x-original-url", "x-rewrite-url", "x-http-method-override", "x-http-method", "x-method-override"];
+    const TRUSTED_ONLY: [&str; 3] = ["x-forwarded-prefix", "x-forwarded-uri", "x-forwarded-method"];
+    for (trusted_proxies, trusted) in [(None, true), (Some(r#"["10.0.0.0/8"]"#), false)] {
+        let upstream = EchoUpstream::start().await;
+        let extra: Vec<(&str, &str)> =
+            trusted_proxies.map(|t| ("SIDECAR__SERVER__TRUSTED_PROXIES", t)).into_iter().collect();
+        let app = gate_proxy(&kc, &upstream, &extra).await;
+        let mut req = app.get("/open/page");
+        for name in ALWAYS_REMOVED.iter().chain(&TRUSTED_ONLY) {
+            req = req.header(*name, "/api/admin");
+        }
+        assert_eq!(req.send().await.unwrap().status(), 200);
+        let seen = upstream.last_request().unwrap();
+        assert_eq!(seen.path, "/open/page");
+        for name in ALWAYS_REMOVED {
+            assert_eq!(seen.header(name), None, "{name} reached the app (trusted peer: {trusted})");
+        }
+        for name in TRUSTED_ONLY {
+            let expected = trusted.then_some("/api/admin");
+            assert_eq!(seen.header(name), expected, "{name} (trusted peer: {trusted})");
+        }
+    }
 }

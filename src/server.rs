@@ -67,7 +67,9 @@ pub struct Limits {
     pub body_read_timeout: Duration,
     /// Connections served at once per listener.
     pub max_connections: usize,
+    /// More header fields than this: 431 (HTTP/1 by hyper, HTTP/2 here).
     pub max_headers: usize,
+    /// hyper's HTTP/1 read buffer and the HTTP/2 header list size: 431 beyond it.
     pub max_header_bytes: usize,
 }
 
@@ -208,8 +210,9 @@ async fn handle(
     });
     let mut response = router.oneshot(req).await.unwrap_or_else(|never| match never {});
     if stalled.is_some_and(|flag| flag.load(Ordering::Acquire)) {
-        // Whatever the handler made of the failed read (axum's 400, the proxy's 502), the
-        // client is at fault and nothing was answered yet.
+        // Whatever the handler made of the failed read (axum's 400, the proxy's), the client
+        // is at fault and nothing was answered yet.
+        let request_id = response.headers().get("x-request-id").cloned();
         response = crate::error::problem(
             StatusCode::REQUEST_TIMEOUT,
             Some("The request body stopped arriving (server.body_read_timeout_secs)."),
@@ -218,6 +221,9 @@ async fn handle(
         if version <= Version::HTTP_11 {
             // The rest of the body may still come; the connection cannot be reused.
             response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let Some(id) = request_id {
+            response.headers_mut().insert("x-request-id", id);
         }
     }
     Ok(response.map(|body| Guarded { body, _in_flight: in_flight }))

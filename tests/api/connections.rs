@@ -244,3 +244,29 @@ async fn http2_requests_with_too_many_headers_are_refused_431_before_any_route()
     assert!(big.as_ref().is_ok_and(|r| r.status() == 431) || big.is_err(), "{big:?}");
     assert_eq!(upstream.request_count(), 1, "an oversized head reached the upstream");
 }
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
+    use http_body_util::{BodyExt as _, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let kc = FakeKeycloak::start().await;
+    let app = app_with(&kc, None, &[]).await;
+    let io = TokioIo::new(TcpStream::connect(app.admin).await.unwrap());
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake::<_, _, Empty<bytes::Bytes>>(TokioExecutor::new(), io)
+            .await
+            .expect("h2c prior-knowledge handshake");
+    let connection = tokio::spawn(connection);
+    let request = http::Request::get(format!("http://{}/healthz", app.admin)).body(Empty::new()).unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let _ = response.into_body().collect().await;
+    let idle_from = Instant::now();
+
+    // GOAWAY, then the connection ends: after the idle timeout (3 s), not the header one (1 s).
+    let ended = tokio::time::timeout(Duration::from_secs(15), connection).await;
+    assert!(ended.is_ok(), "an idle HTTP/2 connection stayed open");
+    let idle = idle_from.elapsed();
+    assert!(idle >= Duration::from_millis(2500), "closed before the idle timeout: {idle:?}");
+}

@@ -63,7 +63,7 @@ impl App {
         let auth = Authenticator {
             policy,
             jwks: jwks.clone(),
-            tokens: token_cache(config.cache.max_entries),
+            tokens: token_cache(cache_budget(&config)),
             sources: config.oidc.token_sources.clone(),
             metrics: metrics.clone(),
         };
@@ -94,8 +94,8 @@ impl App {
             );
         }
         load_persisted_keys(&store, &jwks, &config.oidc.issuer).await;
-        let logins = crate::entitlements::logins::Logins::new(
-            config.cache.max_entries,
+        let logins = crate::entitlements::logins::Logins::bounded(
+            cache_budget(&config),
             Duration::from_secs(config.reconcile.max_age_secs),
         );
         let last_known = moka::sync::Cache::new(config.cache.max_entries);
@@ -167,6 +167,12 @@ impl App {
         tracing::info!(%public_addr, %admin_addr, "identity-sidecar serving");
         AppHandle { shutdown, tasks, public_addr, admin_addr, grace }
     }
+}
+
+/// The bounds of the token cache and of the login cache: `cache.max_entries` each, and half
+/// of `cache.max_bytes` each, so the two together stay within `cache.max_bytes`.
+pub fn cache_budget(config: &Config) -> crate::weigh::CacheBudget {
+    crate::weigh::CacheBudget { max_entries: config.cache.max_entries, max_bytes: config.cache.max_bytes / 2 }
 }
 
 /// The Keycloak admin client when `keycloak_admin` is complete; a warning names what is

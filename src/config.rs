@@ -49,8 +49,20 @@ pub struct ServerConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// How long in-flight requests may run after SIGTERM before they are cut.
     pub shutdown_grace_secs: u64,
-    /// A client must send its request head within this time (slow-header clients are cut).
+    /// A new connection must deliver its first complete request head within this time of
+    /// being accepted, or it is closed — also one that sends nothing at all.
     pub header_read_timeout_secs: u64,
+    /// A keep-alive connection with no request in flight is closed after this long; its next
+    /// request head must be complete within this time of the previous response's end. Keep
+    /// it longer than the gateway's upstream keep-alive (60 s for nginx and APISIX), so the
+    /// gateway never sends on a connection the sidecar is closing.
+    pub idle_timeout_secs: u64,
+    /// A request body that delivers nothing for this long while it is read ends the request:
+    /// 408 when nothing was answered yet, otherwise the connection is cut.
+    pub body_read_timeout_secs: u64,
+    /// Connections served at once on each listener; further ones wait in the kernel backlog
+    /// until one closes. Keep it under the process's file descriptor limit.
+    pub max_connections: usize,
     /// More request header fields than this: 431.
     pub max_headers: usize,
     /// A request head (request line + headers) larger than this: 431.
@@ -76,6 +88,9 @@ impl Default for ServerConfig {
             .collect(),
             shutdown_grace_secs: 30,
             header_read_timeout_secs: 10,
+            idle_timeout_secs: 75,
+            body_read_timeout_secs: 30,
+            max_connections: 10_000,
             max_headers: 100,
             max_header_bytes: 64 * 1024,
         }
@@ -271,13 +286,17 @@ pub struct CacheConfig {
     #[serde(serialize_with = "redact_opt")]
     pub redis_url: Option<SecretString>,
     pub redis_url_file: Option<PathBuf>,
-    /// Bound of the in-memory login and token caches (entries each).
+    /// Bound of each in-memory cache, in entries (tokens, logins, last known entitlements,
+    /// failed-redemption counters).
     pub max_entries: u64,
+    /// Bound of the in-memory token and login caches together, in estimated bytes (half
+    /// each); an entry weighs at least its share of `max_entries`, so both bounds hold.
+    pub max_bytes: u64,
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        Self { redis_url: None, redis_url_file: None, max_entries: 200_000 }
+        Self { redis_url: None, redis_url_file: None, max_entries: 200_000, max_bytes: 256 * 1024 * 1024 }
     }
 }
 
@@ -513,6 +532,26 @@ impl Config {
         }
         if self.oidc.token_sources.is_empty() {
             bail!("oidc.token_sources must list at least one source");
+        }
+        let server = &self.server;
+        for (key, secs) in [
+            ("header_read_timeout_secs", server.header_read_timeout_secs),
+            ("idle_timeout_secs", server.idle_timeout_secs),
+            ("body_read_timeout_secs", server.body_read_timeout_secs),
+        ] {
+            // 0 would close every connection at once; a huge value would overflow the timers.
+            if !(1..=86_400).contains(&secs) {
+                bail!("server.{key} must be between 1 and 86400 seconds");
+            }
+        }
+        if !(1..=1_000_000).contains(&server.max_connections) {
+            bail!("server.max_connections must be between 1 and 1000000");
+        }
+        if self.cache.max_entries == 0 {
+            bail!("cache.max_entries must be at least 1");
+        }
+        if self.cache.max_bytes < 1024 * 1024 {
+            bail!("cache.max_bytes must be at least 1048576 (1 MiB)");
         }
         if !self.server.reserved_prefix.starts_with('/') || self.server.reserved_prefix.len() < 2 {
             bail!("server.reserved_prefix must start with '/' and name a path, e.g. /_sidecar");

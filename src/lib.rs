@@ -25,6 +25,7 @@ pub mod server;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod weigh;
 
 pub use app::{App, AppHandle};
 pub use config::Config;

@@ -7,7 +7,9 @@
 //! method overrides), set `X-Forwarded-*` (appended to only for trusted peers, and
 //! `X-Forwarded-Prefix/-Uri/-Method` dropped from the others). WebSocket upgrades are tunnelled.
 //! `upstream.timeout_secs` bounds the wait for response headers after the request body last
-//! moved; it never cuts a response body, a slow upload or a WebSocket.
+//! moved; it never cuts a response body, a slow upload or a WebSocket. While the upstream
+//! waits for body bytes the client has not sent, that clock stops: a stalled client body is
+//! `server.body_read_timeout_secs`' business (408, see [`crate::server`]), not a 504.
 //! Dropping the handler future (client gone) drops the upstream request with it.
 
 use std::net::SocketAddr;
@@ -250,6 +252,14 @@ async fn proxy(
             state.upstream_outcome("timeout");
             return Err(ApiError::GatewayTimeout);
         }
+        Ok(Err(e)) if crate::server::is_body_stall(&e) => {
+            // The client stopped sending its body; the server loop answers 408.
+            state.upstream_outcome("client_body_stalled");
+            return Err(ApiError::BadRequest {
+                detail: "The request body stopped arriving.".into(),
+                errors: vec![],
+            });
+        }
         Ok(Err(e)) => {
             state.upstream_outcome(if e.is_connect() { "connect_error" } else { "error" });
             tracing::warn!(error = %e, "upstream request failed");
@@ -295,11 +305,12 @@ async fn await_headers<F: std::future::Future>(
 ) -> Result<F::Output, TimedOut> {
     let mut pending = std::pin::pin!(pending);
     loop {
-        let deadline = tokio::time::Instant::from_std(progress.last() + timeout);
+        // While the client owes body bytes, the clock is stopped (checked again later).
+        let deadline = progress.last().unwrap_or_else(Instant::now) + timeout;
         tokio::select! {
             result = &mut pending => return Ok(result),
-            _ = tokio::time::sleep_until(deadline) => {
-                if progress.last() + timeout <= Instant::now() {
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
+                if progress.last().is_some_and(|last| last + timeout <= Instant::now()) {
                     return Err(TimedOut);
                 }
             }
@@ -312,17 +323,24 @@ async fn await_headers<F: std::future::Future>(
 #[derive(Clone)]
 struct Progress {
     origin: Instant,
-    /// Milliseconds after `origin`.
+    /// Milliseconds after `origin`; [`WAITING_FOR_CLIENT`] while the body waits for the client.
     last_ms: Arc<AtomicU64>,
 }
+
+/// `Progress::last_ms` while the upstream wants body bytes the client has not sent yet.
+const WAITING_FOR_CLIENT: u64 = u64::MAX;
 
 impl Progress {
     fn new(origin: Instant) -> Progress {
         Progress { origin, last_ms: Arc::new(AtomicU64::new(0)) }
     }
 
-    fn last(&self) -> Instant {
-        self.origin + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    /// `None` while the body waits for the client.
+    fn last(&self) -> Option<Instant> {
+        match self.last_ms.load(Ordering::Relaxed) {
+            WAITING_FOR_CLIENT => None,
+            ms => Some(self.origin + Duration::from_millis(ms)),
+        }
     }
 
     fn track(&self, inner: Body) -> Tracked {
@@ -345,10 +363,12 @@ impl http_body::Body for Tracked {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if polled.is_ready() {
-            let elapsed = u64::try_from(self.progress.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
-            self.progress.last_ms.store(elapsed, Ordering::Relaxed);
-        }
+        let stamp = if polled.is_ready() {
+            u64::try_from(self.progress.origin.elapsed().as_millis()).unwrap_or(WAITING_FOR_CLIENT - 1)
+        } else {
+            WAITING_FOR_CLIENT
+        };
+        self.progress.last_ms.store(stamp, Ordering::Relaxed);
         polled
     }
 

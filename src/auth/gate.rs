@@ -48,9 +48,14 @@ impl Expiry<[u8; 32], Arc<Principal>> for UntilExp {
     }
 }
 
-/// A bounded token cache whose entries never outlive their token.
-pub fn token_cache(max_entries: u64) -> TokenCache {
-    moka::sync::Cache::builder().max_capacity(max_entries).expire_after(UntilExp).build()
+/// A token cache whose entries never outlive their token, bounded by `budget` in entries and
+/// in estimated bytes (a principal weighs what its claims hold: see [`crate::weigh`]).
+pub fn token_cache(budget: crate::weigh::CacheBudget) -> TokenCache {
+    moka::sync::Cache::builder()
+        .max_capacity(budget.capacity())
+        .weigher(move |_: &[u8; 32], p: &Arc<Principal>| budget.weight(crate::weigh::principal(p)))
+        .expire_after(UntilExp)
+        .build()
 }
 
 pub fn unix_now() -> u64 {

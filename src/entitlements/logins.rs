@@ -83,10 +83,19 @@ pub struct Logins {
 }
 
 impl Logins {
+    /// A cache of at most `max_entries` logins.
     pub fn new(max_entries: u64, max_age: Duration) -> Logins {
+        Logins::bounded(crate::weigh::CacheBudget::entries(max_entries), max_age)
+    }
+
+    /// A cache bounded in entries and in estimated bytes (see [`crate::weigh::login`]).
+    pub fn bounded(budget: crate::weigh::CacheBudget, max_age: Duration) -> Logins {
         Logins {
             cache: moka::sync::Cache::builder()
-                .max_capacity(max_entries)
+                .max_capacity(budget.capacity())
+                .weigher(move |_: &LoginKey, entry: &Arc<LoginEntry>| {
+                    budget.weight(crate::weigh::login(&entry.sub, &entry.snapshot))
+                })
                 .expire_after(EntryExpiry { max_age })
                 .support_invalidation_closures()
                 .build(),
@@ -147,6 +156,12 @@ impl Logins {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Estimated bytes held (the weighted size), after pending evictions ran.
+    pub fn weighted_size(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.weighted_size()
     }
 }
 

@@ -1,11 +1,14 @@
 //! Enrollment codes (SPEC §6, §7): generation, listing (JSON and CSV) and revocation on the
 //! admin port; redemption on the public port in both forms, with its statuses and messages,
 //! seats, memberships, the Keycloak job it queues, the failure limit, the cache invalidation
-//! that makes the very next request see the contract; and the users lookup and erasure.
+//! that makes the very next request see the contract, what is refused before the body is
+//! read; and the users lookup and erasure.
 //!
 //! Every case runs on SQLite and PostgreSQL (a fresh database per test) except the seat race
-//! (PostgreSQL: the one backend where redemptions really run side by side) and the log check
-//! (the real binary, on SQLite).
+//! (PostgreSQL: the one backend where redemptions really run side by side), the log check
+//! (the real binary, on SQLite), and the checks made before a redemption reaches the store —
+//! authentication before the body, the content type, cross-site requests (SPEC §7 v2) — and
+//! the CSV formula defusing, which no database changes (SQLite).
 
 use std::time::Duration;
 

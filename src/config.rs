@@ -47,6 +47,12 @@ pub struct ServerConfig {
     pub reserved_prefix: String,
     /// Peers whose `X-Forwarded-*` headers are believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Origins (`scheme://host[:port]`) whose cross-site requests may still use the public
+    /// port's write routes (code redemption, SPEC §7). A request is cross-site when its
+    /// `Origin` differs from the request's own origin or its `Sec-Fetch-Site` is neither
+    /// `same-origin` nor `none`; unlisted, it is refused with 403 (see
+    /// [`crate::cross_site`]). Each entry is checked at startup.
+    pub allowed_origins: Vec<crate::cross_site::Origin>,
     /// How long in-flight requests may run after SIGTERM before they are cut.
     pub shutdown_grace_secs: u64,
     /// A new connection must deliver its first complete request head within this time of
@@ -86,6 +92,7 @@ impl Default for ServerConfig {
             .iter()
             .map(|n| n.parse().expect("valid"))
             .collect(),
+            allowed_origins: Vec::new(),
             shutdown_grace_secs: 30,
             header_read_timeout_secs: 10,
             idle_timeout_secs: 75,
@@ -781,6 +788,23 @@ mod tests {
             let mut vars = base();
             vars.push(("SIDECAR__OIDC__ALGORITHMS".into(), format!("[\"{alg}\"]")));
             assert!(Config::load(None, vars).is_err(), "{alg}");
+        }
+    }
+
+    #[test]
+    fn allowed_origins_must_be_bare_origins() {
+        let mut vars = base();
+        vars.push(("SIDECAR__SERVER__ALLOWED_ORIGINS".into(), r#"["HTTPS://Shop.Example:443"]"#.into()));
+        let c = Config::load(None, vars).unwrap();
+        assert_eq!(
+            c.server.allowed_origins,
+            [crate::cross_site::Origin::parse("https://shop.example").unwrap()]
+        );
+        for bad in ["https://shop.example/", "null", "shop.example", "*"] {
+            let mut vars = base();
+            vars.push(("SIDECAR__SERVER__ALLOWED_ORIGINS".into(), format!("[\"{bad}\"]")));
+            let err = Config::load(None, vars).unwrap_err().to_string();
+            assert!(err.contains("allowed_origins") && err.contains("not an origin"), "{bad}: {err}");
         }
     }
 

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod cache;
 pub mod codes;
 pub mod config;
+pub mod cross_site;
 pub mod demo;
 pub mod entitlements;
 pub mod error;

@@ -309,7 +309,8 @@ fn wants_csv(headers: &HeaderMap) -> bool {
 }
 
 /// CSV (RFC 4180): a header row, CRLF line ends, fields quoted when they hold a comma, a quote
-/// or a line break (quotes doubled). Empty fields for absent values.
+/// or a line break (quotes doubled). Empty fields for absent values. A cell that a spreadsheet
+/// would run as a formula is defused ([`defuse`]), in every column.
 fn to_csv(rows: impl Iterator<Item = CodeView>) -> String {
     const HEADER: [&str; 12] = [
         "code",
@@ -356,6 +357,7 @@ fn push_row(out: &mut String, fields: impl Iterator<Item = String>) {
         if i > 0 {
             out.push(',');
         }
+        let field = defuse(field);
         if field.contains([',', '"', '\r', '\n']) {
             out.push('"');
             out.push_str(&field.replace('"', "\"\""));
@@ -365,6 +367,15 @@ fn push_row(out: &mut String, fields: impl Iterator<Item = String>) {
         }
     }
     out.push_str("\r\n");
+}
+
+/// CSV formula injection (SPEC §6 v2, OWASP "CSV Injection"): a spreadsheet that opens the
+/// export runs a cell beginning with `=`, `+`, `-` or `@` (and, in some, a tab or a carriage
+/// return before one) as a formula — `=HYPERLINK(…)` in a subject a user chose. Such a cell is
+/// prefixed with `'`, which spreadsheets show as text. No column is exempt: the values are
+/// not all the sidecar's own (subjects come from tokens, keys from admins).
+fn defuse(field: String) -> String {
+    if field.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{field}") } else { field }
 }
 
 /// Revokes a code nobody has redeemed: 204 (also when it was revoked already), 409 once
@@ -467,6 +478,14 @@ mod tests {
         let mut out = String::new();
         push_row(&mut out, ["a", "b,c", "say \"hi\"", "two\nlines", ""].map(String::from).into_iter());
         assert_eq!(out, "a,\"b,c\",\"say \"\"hi\"\"\",\"two\nlines\",\r\n");
+    }
+
+    #[test]
+    fn csv_cells_that_a_spreadsheet_would_run_are_prefixed_with_a_quote() {
+        let mut out = String::new();
+        let cells = ["=1+1", "+1", "-2", "@SUM(A1)", "\tx", "\r=1", "a=b", "1-2", "", "'=x"];
+        push_row(&mut out, cells.map(String::from).into_iter());
+        assert_eq!(out, "'=1+1,'+1,'-2,'@SUM(A1),'\tx,\"'\r=1\",a=b,1-2,,'=x\r\n");
     }
 
     #[test]

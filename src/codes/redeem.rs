@@ -18,14 +18,23 @@
 //!    organization linked to Keycloak — a durable `keycloak.add_member` job, all committed
 //!    together; then the user's cached logins are invalidated on every replica → 201.
 //!
+//! Before any of that the handlers check, in this order: the caller's token (401), read from
+//! the headers before a byte of the body is read; that the request is not cross-site from an
+//! origin outside `server.allowed_origins` (403, [`crate::cross_site`]); for the body form,
+//! `Content-Type: application/json` (415) and a body of at most [`MAX_BODY_BYTES`] (413) that
+//! is `{"code": "…"}` (400/422); then the failure limit (429).
+//!
 //! Locks, in the store's global order: the user row, then the code row (the guarded claim of a
 //! one-time code), then the contract row (the seat counter).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest as _, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde::Deserialize;
@@ -33,7 +42,8 @@ use serde_json::json;
 use time::OffsetDateTime;
 
 use crate::auth::gate::Caller;
-use crate::error::ApiError;
+use crate::auth::validate::Principal;
+use crate::error::{ApiError, problem};
 use crate::keycloak::jobs::{ADD_MEMBER, AddMemberPayload};
 use crate::reconcile::plan::{contract_is_full, contract_valid_today};
 use crate::state::AppState;
@@ -55,7 +65,10 @@ const FULL: &str = "Contract is full.";
 /// The public routes, under `server.reserved_prefix`.
 pub fn router(prefix: &str) -> Router<AppState> {
     Router::new()
-        .route(&format!("{prefix}/enrollment-codes/redeem"), post(redeem_from_body))
+        .route(
+            &format!("{prefix}/enrollment-codes/redeem"),
+            post(redeem_from_body).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
+        )
         .route(&format!("{prefix}/enrollment-codes/{{code}}/redeem"), post(redeem_from_path))
 }
 
@@ -184,43 +197,120 @@ struct RedeemBody {
     code: String,
 }
 
+/// The largest body the body form reads: `{"code": "…"}` with a 29-character code fits many
+/// times over, and nothing larger is ever buffered.
+pub const MAX_BODY_BYTES: usize = 4 * 1024;
+
+// Both handlers take the whole `Request` and read its body themselves, only after the caller
+// is authenticated: a body extractor would run first and let anonymous clients make the
+// sidecar hold bodies (150 of them with 2 MB each once took 300 MiB). The order (SPEC §7 v2):
+// 1. authenticate from the headers (401);
+// 2. refuse a cross-site request from an origin not allowed (403, `crate::cross_site`);
+// 3. body form only: `Content-Type: application/json` (415), then the body, at most
+//    `MAX_BODY_BYTES` (413), as `{"code": "…"}` (400/422);
+// 4. the failure limit (429) and the redemption itself.
+// The path form never reads its body. Authentication comes first so that a stranger learns
+// nothing about the other checks, and a real user's refusal says what to fix.
+
 async fn redeem_from_path(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     code: Result<Path<String>, PathRejection>,
+    request: Request,
 ) -> Response {
-    let code = code.map(|Path(code)| code).map_err(|_| ApiError::BadRequest {
-        detail: "The code in the path is not readable.".into(),
-        errors: vec![],
-    });
-    answer(&state, handle(&state, &headers, code).await)
+    answer(&state, from_path(&state, peer, code, request).await)
 }
 
-async fn redeem_from_body(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let code = crate::admin::extract::parse::<RedeemBody>(&body).map(|b| b.code);
-    answer(&state, handle(&state, &headers, code).await)
+async fn redeem_from_body(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    answer(&state, from_body(&state, peer, request).await)
 }
 
-fn answer(state: &AppState, result: Result<Response, ApiError>) -> Response {
-    let response = result.unwrap_or_else(IntoResponse::into_response);
+async fn from_path(
+    state: &AppState,
+    peer: SocketAddr,
+    code: Result<Path<String>, PathRejection>,
+    request: Request,
+) -> Result<Response, Response> {
+    let principal = admit(state, peer, request.headers(), request.uri()).await?;
+    let Ok(Path(code)) = code else {
+        let detail = "The code in the path is not readable.".into();
+        return Err(ApiError::BadRequest { detail, errors: vec![] }.into_response());
+    };
+    handle(state, &principal, code).await.map_err(IntoResponse::into_response)
+}
+
+async fn from_body(state: &AppState, peer: SocketAddr, request: Request) -> Result<Response, Response> {
+    let principal = admit(state, peer, request.headers(), request.uri()).await?;
+    if !says_json(request.headers()) {
+        let detail = "The body must be JSON sent with Content-Type: application/json.";
+        return Err(problem(StatusCode::UNSUPPORTED_MEDIA_TYPE, Some(detail), &[]));
+    }
+    let body = read_body(request, state).await?;
+    // A body that is not `{"code": "…"}` is a client bug, not a guess: 400/422, not counted.
+    let code = crate::admin::extract::parse::<RedeemBody>(&body).map_err(IntoResponse::into_response)?;
+    handle(state, &principal, code.code).await.map_err(IntoResponse::into_response)
+}
+
+fn answer(state: &AppState, result: Result<Response, Response>) -> Response {
+    let response = result.unwrap_or_else(|refusal| refusal);
     state.count("redeem", response.status().as_u16());
     response
 }
 
-/// Authenticate, take the code as read from the request, apply the failure limit, redeem,
-/// answer. A code that could not be read is answered only after authentication (401 first).
-async fn handle(
+/// Steps 1 and 2 of the order above: who is calling, and from which site.
+async fn admit(
     state: &AppState,
+    peer: SocketAddr,
     headers: &HeaderMap,
-    code: Result<String, ApiError>,
-) -> Result<Response, ApiError> {
+    uri: &Uri,
+) -> Result<Arc<Principal>, Response> {
     let principal = match state.auth.authenticate(headers).await {
         Ok(Caller::Authenticated(p)) => p,
-        Ok(Caller::Anonymous) => return Err(ApiError::Unauthenticated),
-        Err(failure) => return Err(crate::public::failure_to_error(failure)),
+        Ok(Caller::Anonymous) => return Err(ApiError::Unauthenticated.into_response()),
+        Err(failure) => return Err(crate::public::failure_to_error(failure).into_response()),
     };
-    // A body that is not `{"code": "…"}` is a client bug, not a guess: 400/422, not counted.
-    let typed = code?;
+    crate::cross_site::check(state, peer.ip(), headers, uri).map_err(IntoResponse::into_response)?;
+    Ok(principal)
+}
+
+/// Whether the request says its body is JSON: one `Content-Type`, `application/json`,
+/// parameters (`; charset=utf-8`) allowed. A form post (`application/x-www-form-urlencoded`,
+/// `text/plain`) is what a cross-site page can send without a CORS preflight, so it is
+/// refused (415), not guessed at.
+fn says_json(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(header::CONTENT_TYPE).iter();
+    match (values.next(), values.next()) {
+        (Some(value), None) => value.to_str().ok().is_some_and(is_json),
+        _ => false,
+    }
+}
+
+/// Whether a `Content-Type` value is `application/json`, in any case, with any parameters.
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or_default();
+    essence.trim_matches([' ', '\t']).eq_ignore_ascii_case("application/json")
+}
+
+/// Reads at most [`MAX_BODY_BYTES`]: a larger `Content-Length` is refused before anything is
+/// read, a longer body as soon as it passes the limit (413 either way).
+async fn read_body(request: Request, state: &AppState) -> Result<Bytes, Response> {
+    let declared =
+        request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        let detail = format!("The body must not exceed {MAX_BODY_BYTES} bytes.");
+        return Err(problem(StatusCode::PAYLOAD_TOO_LARGE, Some(&detail), &[]));
+    }
+    // axum's own limit (set on the route by `router`) and its statuses (413 over the limit,
+    // 400 for a broken body), in the problem format.
+    Bytes::from_request(request, state).await.map_err(|e| problem(e.status(), Some(&e.body_text()), &[]))
+}
+
+/// Step 4: applies the failure limit, redeems `typed` for the caller, answers.
+async fn handle(state: &AppState, principal: &Principal, typed: String) -> Result<Response, ApiError> {
     let attempt = match state.code_failures.begin(&principal.sub) {
         Ok(attempt) => attempt,
         Err(retry_after_secs) => {
@@ -329,6 +419,36 @@ mod tests {
             redemptions: 0,
             created_at: NOW,
         }
+    }
+
+    #[test]
+    fn the_body_form_takes_application_json_with_any_parameters() {
+        for ok in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            "application/json ;x=y",
+        ] {
+            assert!(is_json(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "application/jsonx",
+            "application/json-patch+json",
+            "text/json",
+            "application/json, text/plain",
+        ] {
+            assert!(!is_json(bad), "{bad}");
+        }
+        let mut headers = HeaderMap::new();
+        assert!(!says_json(&headers), "no Content-Type");
+        headers.append(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        assert!(says_json(&headers));
+        headers.append(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        assert!(!says_json(&headers), "two Content-Type headers");
     }
 
     #[test]

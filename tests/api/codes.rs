@@ -1,11 +1,14 @@
 //! Enrollment codes (SPEC §6, §7): generation, listing (JSON and CSV) and revocation on the
 //! admin port; redemption on the public port in both forms, with its statuses and messages,
 //! seats, memberships, the Keycloak job it queues, the failure limit, the cache invalidation
-//! that makes the very next request see the contract; and the users lookup and erasure.
+//! that makes the very next request see the contract, what is refused before the body is
+//! read; and the users lookup and erasure.
 //!
 //! Every case runs on SQLite and PostgreSQL (a fresh database per test) except the seat race
-//! (PostgreSQL: the one backend where redemptions really run side by side) and the log check
-//! (the real binary, on SQLite).
+//! (PostgreSQL: the one backend where redemptions really run side by side), the log check
+//! (the real binary, on SQLite), and the checks made before a redemption reaches the store —
+//! authentication before the body, the content type, cross-site requests (SPEC §7 v2) — and
+//! the CSV formula defusing, which no database changes (SQLite).
 
 use std::time::Duration;
 
@@ -897,4 +900,218 @@ level = "debug"
             assert!(!log.contains(form), "the code {form} is in the log");
         }
     }
+}
+
+// --- before the body: authentication, cross-site requests, content type (SPEC §7 v2) ---------
+
+/// Sends `request` over a new connection and reads the answer's head (status line and
+/// headers). The connection is handed back open: the client has not finished its body.
+async fn raw_head(app: &TestApp, request: &[u8]) -> (tokio::net::TcpStream, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(app.public).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut head = Vec::new();
+    // Generous: this only keeps a broken server from hanging the test; the point is that an
+    // answer comes at all while most of the declared body was never sent.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed without an answer: {}", String::from_utf8_lossy(&head));
+            head.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("an answer before the body was sent");
+    (stream, String::from_utf8_lossy(&head).into_owned())
+}
+
+/// A request head declaring a 2 MB JSON body, followed by its first kilobyte only.
+fn two_megabytes_declared(path: &str, authorization: Option<&str>) -> Vec<u8> {
+    let auth = authorization.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: 2000000\r\n\r\n{{\"code\": \""
+    )
+    .into_bytes();
+    request.extend(std::iter::repeat_n(b'A', 1000));
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redemption_is_authenticated_before_its_body_is_read() {
+    let w = start(Db::Sqlite).await;
+    let code_path = format!("/_sidecar/enrollment-codes/{NEVER_ISSUED}/redeem");
+    for path in ["/_sidecar/enrollment-codes/redeem", code_path.as_str()] {
+        let (_open, head) = raw_head(&w.app, &two_megabytes_declared(path, None)).await;
+        assert!(head.starts_with("HTTP/1.1 401"), "anonymous, {path}: {head}");
+        assert!(head.to_lowercase().contains("content-type: application/problem+json"), "{head}");
+    }
+    // Authenticated, the body form refuses the declared size before reading it.
+    let token = w.token("ann");
+    let request = two_megabytes_declared("/_sidecar/enrollment-codes/redeem", Some(&token));
+    let (_open, head) = raw_head(&w.app, &request).await;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    // A chunked body has no declared size: it is cut as soon as it passes 4 KiB.
+    let chunk = format!("{{\"code\": \"{}\"}}", "A".repeat(5000));
+    let request = format!(
+        "POST /_sidecar/enrollment-codes/redeem HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+         Authorization: Bearer {token}\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n",
+        chunk.len()
+    );
+    let (_open, head) = raw_head(&w.app, request.as_bytes()).await;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_body_form_needs_application_json() {
+    let w = start(Db::Sqlite).await;
+    w.org("acme", None).await;
+    w.contract("c", "acme", "code", json!({"max_learners": 5})).await;
+    let codes = w.generate("c", json!({})).await;
+    let url = w.app.url("/_sidecar/enrollment-codes/redeem");
+    let body = json!({"code": codes[0]}).to_string();
+    let send = |content_type: Option<&'static str>, token: Option<String>| {
+        let mut req = w.app.http.post(&url).body(body.clone());
+        if let Some(t) = content_type {
+            req = req.header("content-type", t);
+        }
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        async move { Answer::from(req.send().await.unwrap()).await }
+    };
+    for content_type in [None, Some("text/plain"), Some("application/x-www-form-urlencoded")] {
+        let a = send(content_type, Some(w.token("ann"))).await;
+        assert_eq!(a.status, 415, "{content_type:?}: {}", a.body);
+        assert_eq!(a.headers["content-type"], "application/problem+json");
+        assert!(a.detail().contains("application/json"), "{}", a.detail());
+        // Authentication comes first.
+        assert_eq!(send(content_type, None).await.status, 401, "{content_type:?}");
+    }
+    assert_eq!(w.code("c", &codes[0]).await["redeemed"], false, "a refused body redeemed nothing");
+    let a = send(Some("Application/JSON; charset=utf-8"), Some(w.token("ann"))).await;
+    assert_eq!(a.status, 201, "{}", a.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_site_redemptions_are_refused_unless_their_origin_is_allowed() {
+    let w = start_with(Db::Sqlite, |env| {
+        set(env, "SIDECAR__SERVER__ALLOWED_ORIGINS", r#"["https://Shop.Example:443"]"#);
+    })
+    .await;
+    w.org("acme", None).await;
+    w.contract("c", "acme", "code", json!({"max_learners": 10})).await;
+    let codes = w.generate("c", json!({"count": 5})).await;
+    let same_origin = format!("http://{}", w.app.public);
+    let redeem = |sub: &str, code: &str, headers: &[(&str, &str)], body_form: bool| {
+        let req = if body_form {
+            let url = w.app.url("/_sidecar/enrollment-codes/redeem");
+            w.app.http.post(url).json(&json!({"code": code}))
+        } else {
+            w.app.http.post(w.app.url(&format!("/_sidecar/enrollment-codes/{code}/redeem")))
+        };
+        let req = headers.iter().fold(req.bearer_auth(w.token(sub)), |r, (n, v)| r.header(*n, *v));
+        async move { Answer::from(req.send().await.unwrap()).await }
+    };
+
+    // A page of another site, in both forms: 403, and the code stays unredeemed.
+    for hostile in [
+        vec![("origin", "https://evil.example"), ("sec-fetch-site", "cross-site")],
+        vec![("origin", "https://evil.example")],
+        vec![("origin", "null")],
+        vec![("sec-fetch-site", "cross-site")],
+        vec![("sec-fetch-site", "same-site")],
+        vec![("origin", same_origin.as_str()), ("sec-fetch-site", "cross-site")],
+    ] {
+        for body_form in [true, false] {
+            let a = redeem("victim", &codes[0], &hostile, body_form).await;
+            assert_eq!(a.status, 403, "{hostile:?} body form {body_form}: {}", a.body);
+            assert_eq!(a.headers["content-type"], "application/problem+json");
+            assert!(a.detail().contains("allowed_origins"), "{}", a.detail());
+        }
+    }
+    assert_eq!(w.code("c", &codes[0]).await["redeemed"], false, "nothing was redeemed");
+    assert_eq!(w.seats_used("c").await, 0);
+    assert_eq!(w.get("/users/victim").await.status, 404, "not even a user row");
+    // Authentication is checked first; the content type after the cross-site rule.
+    let url = w.app.url("/_sidecar/enrollment-codes/redeem");
+    let anonymous =
+        w.app.http.post(&url).header("origin", "https://evil.example").json(&json!({"code": codes[0]}));
+    assert_eq!(anonymous.send().await.unwrap().status(), 401);
+    let form = w
+        .app
+        .http
+        .post(&url)
+        .bearer_auth(w.token("victim"))
+        .header("origin", "https://evil.example")
+        .header("content-type", "text/plain")
+        .body(json!({"code": codes[0]}).to_string());
+    assert_eq!(form.send().await.unwrap().status(), 403);
+
+    // The page's own origin, a typed URL, an allowed origin, and a client that says nothing.
+    let a =
+        redeem("ann", &codes[0], &[("origin", &same_origin), ("sec-fetch-site", "same-origin")], true).await;
+    assert_eq!(a.status, 201, "same origin: {}", a.body);
+    let a = redeem("bob", &codes[1], &[("sec-fetch-site", "none")], false).await;
+    assert_eq!(a.status, 201, "typed into the address bar: {}", a.body);
+    let allowed = [("origin", "https://shop.example"), ("sec-fetch-site", "cross-site")];
+    let a = redeem("carol", &codes[2], &allowed, true).await;
+    assert_eq!(a.status, 201, "an allowed origin: {}", a.body);
+    assert_eq!(redeem("dave", &codes[3], &[], true).await.status, 201, "curl");
+    // Behind a TLS-terminating gateway (a trusted peer: loopback), the forwarded scheme and
+    // host are the request's own origin.
+    let behind = [
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "App.Example.com"),
+        ("origin", "https://app.example.com"),
+        ("sec-fetch-site", "same-origin"),
+    ];
+    assert_eq!(redeem("erin", &codes[4], &behind, true).await.status, 201);
+    assert_eq!(w.seats_used("c").await, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_scheme_and_host_from_an_untrusted_peer_do_not_make_a_request_same_origin() {
+    let w = start_with(Db::Sqlite, |env| set(env, "SIDECAR__SERVER__TRUSTED_PROXIES", "[]")).await;
+    w.org("acme", None).await;
+    w.contract("c", "acme", "code", json!({"max_learners": 10})).await;
+    let code = w.generate("c", json!({})).await.remove(0);
+    let res = w
+        .app
+        .http
+        .post(w.app.url(&format!("/_sidecar/enrollment-codes/{code}/redeem")))
+        .bearer_auth(w.token("victim"))
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "evil.example")
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    assert_eq!(w.code("c", &code).await["redeemed"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_cells_that_could_start_a_formula_are_prefixed_with_a_quote() {
+    let w = start(Db::Sqlite).await;
+    w.org("acme", None).await;
+    w.contract("c", "acme", "code", json!({"max_learners": 10})).await;
+    let codes = w.generate("c", json!({"count": 4})).await;
+    // Subjects come from tokens: whoever controls one chooses what lands in the export.
+    let hostile = ["=HYPERLINK(\"https://evil.example\",\"x\")", "+1+1", "-2+3", "@SUM(A1)"];
+    for (code, sub) in codes.iter().zip(hostile) {
+        assert_eq!(w.redeem(sub, code).await.status, 201, "{sub}");
+    }
+    let res = w.admin(Method::GET, "/contracts/c/codes").header("accept", "text/csv").send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let rows = parse_csv(&res.text().await.unwrap());
+    let column = rows[0].iter().position(|h| h == "redeemed_by").unwrap();
+    for (code, sub) in codes.iter().zip(hostile) {
+        let row = rows.iter().find(|r| r[0] == *code).unwrap();
+        assert_eq!(row[column], format!("'{sub}"));
+    }
+    // JSON is data, not a spreadsheet: it shows the subject as it is.
+    assert_eq!(w.code("c", &codes[0]).await["redeemed_by"], hostile[0]);
 }

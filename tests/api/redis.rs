@@ -32,6 +32,11 @@ const SUBSCRIBED: &str = "identity_sidecar_redis_subscribed";
 const RECEIVED: &str = r#"identity_sidecar_redis_invalidations_total{direction="received"}"#;
 const REDIS_HITS: &str = r#"identity_sidecar_cache_lookups_total{cache="redis",result="hit"}"#;
 const REDIS_MISSES: &str = r#"identity_sidecar_cache_lookups_total{cache="redis",result="miss"}"#;
+const BAD_SIGNATURE: &str = r#"identity_sidecar_redis_errors_total{op="lookup",kind="bad_signature"}"#;
+const UNSIGNED: &str = r#"identity_sidecar_redis_errors_total{op="lookup",kind="unsigned"}"#;
+/// Two keys for `cache.redis_key_file`, as `openssl rand -base64 32` and `-hex 32` print them.
+const OLD_KEY: &str = "5VP1oqZGYTfBQXz0AhcdEACzVaj1ij+AnH5+V4x3jGc=";
+const NEW_KEY: &str = "17742bbee4b94841811f5efdd94256b1dddc40a5d28637778d2abe583df06f77";
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
@@ -175,6 +180,199 @@ async fn a_login_reconciled_by_one_replica_is_served_by_another_without_the_data
     let metrics = b.metrics().await;
     assert_eq!(metric(&metrics, REDIS_HITS) + metric(&metrics, REDIS_MISSES), 1.0);
     assert_eq!(metric(&metrics, QUERIES), before);
+}
+
+/// Two replicas on one PostgreSQL database and the test's Redis, each with its own
+/// `cache.redis_key_file` (lines as given); `dir` holds the files.
+async fn two_replicas_with_keys(
+    kc: &FakeKeycloak,
+    redis: &TestRedis,
+    dir: &tempfile::TempDir,
+    keys_a: &[&str],
+    keys_b: &[&str],
+) -> (TestApp, TestApp, TestDatabase) {
+    let db = TestDatabase::create().await;
+    let mut replicas = Vec::new();
+    for (name, keys) in [("a", keys_a), ("b", keys_b)] {
+        let file = dir.path().join(format!("redis-keys-{name}"));
+        std::fs::write(&file, format!("# {name}\n{}\n", keys.join("\n"))).unwrap();
+        let mut env = base_env(kc);
+        set(&mut env, "SIDECAR__DATABASE__URL", db.url.clone());
+        set(&mut env, "SIDECAR__CACHE__REDIS_URL", redis.url());
+        set(&mut env, "SIDECAR__CACHE__REDIS_KEY_FILE", file.display().to_string());
+        let app = TestApp::spawn_with(env).await;
+        wait_subscribed(&app, Duration::from_secs(5)).await;
+        replicas.push(app);
+    }
+    let b = replicas.pop().unwrap();
+    let a = replicas.pop().unwrap();
+    (a, b, db)
+}
+
+/// Raw access to the test's Redis, as an attacker with write access has it.
+struct RawRedis(redis::aio::MultiplexedConnection);
+
+impl RawRedis {
+    async fn connect(redis: &TestRedis) -> RawRedis {
+        RawRedis(redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap())
+    }
+
+    /// The names of the login entries, sorted.
+    async fn logins(&mut self) -> Vec<String> {
+        let mut keys: Vec<String> =
+            redis::cmd("KEYS").arg("identity-sidecar:login:*").query_async(&mut self.0).await.unwrap();
+        keys.sort();
+        keys
+    }
+
+    /// The one login entry `act` writes: its name.
+    async fn written_by(&mut self, act: impl Future<Output = ()>) -> String {
+        let before = self.logins().await;
+        act.await;
+        let after = self.logins().await;
+        let new: Vec<_> = after.into_iter().filter(|k| !before.contains(k)).collect();
+        assert_eq!(new.len(), 1, "expected one new login entry: {new:?}");
+        new.into_iter().next().unwrap()
+    }
+
+    async fn get(&mut self, name: &str) -> Vec<u8> {
+        redis::cmd("GET").arg(name).query_async::<Option<Vec<u8>>>(&mut self.0).await.unwrap().expect("entry")
+    }
+
+    async fn set(&mut self, name: &str, value: &[u8]) {
+        redis::cmd("SET").arg(name).arg(value).arg("KEEPTTL").query_async::<()>(&mut self.0).await.unwrap();
+    }
+}
+
+/// `haystack` with every `from` replaced by `to`, on bytes.
+fn replace_bytes(haystack: &[u8], from: &str, to: &str) -> Vec<u8> {
+    let text = std::str::from_utf8(haystack).expect("the JSON part is UTF-8");
+    assert!(text.contains(from), "{from} not in the entry");
+    text.replace(from, to).into_bytes()
+}
+
+#[tokio::test]
+async fn with_a_key_file_a_login_stored_by_one_replica_is_served_by_another_with_the_same_key() {
+    let kc = FakeKeycloak::start().await;
+    let redis = TestRedis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, _db) = two_replicas_with_keys(&kc, &redis, &dir, &[NEW_KEY], &[NEW_KEY]).await;
+    let alias = unique("acme");
+    let (org, contract) = seed_org(&a, &alias).await;
+    let token = kc.token().sub(&unique("u")).organization(json!([alias])).sign();
+    let mut raw = RawRedis::connect(&redis).await;
+    let name = raw
+        .written_by(async {
+            assert_eq!(facts(&a, &token).await, (200, org.clone(), contract.clone()));
+        })
+        .await;
+    let value = raw.get(&name).await;
+    assert!(value.starts_with(b"hs256:"), "the entry is not signed");
+
+    let before = settled_queries(&b).await;
+    assert_eq!(facts(&b, &token).await, (200, org, contract));
+    let metrics = b.metrics().await;
+    assert_eq!(metric(&metrics, QUERIES), before, "B reconciled instead of using A's signed entry");
+    assert_eq!(metric(&metrics, REDIS_HITS), 1.0);
+    assert_eq!(metric(&metrics, BAD_SIGNATURE) + metric(&metrics, UNSIGNED), 0.0);
+}
+
+/// An attacker with write access to Redis but not the key: a signed entry edited to name
+/// another organization, an unsigned forged entry (the format without a key), and a forged
+/// entry with a made-up tag are each a miss; B reconciles from the database and answers the
+/// user's real facts.
+#[tokio::test]
+async fn a_login_entry_tampered_with_or_forged_in_redis_is_a_miss_and_the_database_answers() {
+    let kc = FakeKeycloak::start().await;
+    let redis = TestRedis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, _db) = two_replicas_with_keys(&kc, &redis, &dir, &[NEW_KEY], &[NEW_KEY]).await;
+    let alias = unique("acme");
+    let (org, contract) = seed_org(&a, &alias).await;
+    // An organization the user does not belong to, with a contract of its own.
+    let (other_org, other_contract) = seed_org(&a, &unique("other")).await;
+    let sub = unique("u");
+    let mut raw = RawRedis::connect(&redis).await;
+
+    type Forge = fn(&[u8], &str, &str, &str, &str) -> Vec<u8>;
+    let forgeries: [(&str, Forge, &str); 3] = [
+        (
+            "the signed value edited to name another organization",
+            |value, org, contract, other_org, other_contract| {
+                let (head, json) = value.split_at(6 + 32);
+                let json = replace_bytes(json, org, other_org);
+                [head, &replace_bytes(&json, contract, other_contract)].concat()
+            },
+            BAD_SIGNATURE,
+        ),
+        (
+            "an unsigned entry naming another organization",
+            |value, org, contract, other_org, other_contract| {
+                let json = replace_bytes(&value[6 + 32..], org, other_org);
+                replace_bytes(&json, contract, other_contract)
+            },
+            UNSIGNED,
+        ),
+        (
+            "a forged entry with a made-up tag",
+            |value, org, contract, other_org, other_contract| {
+                let json = replace_bytes(&value[6 + 32..], org, other_org);
+                [&b"hs256:"[..], &[0x42; 32], &replace_bytes(&json, contract, other_contract)].concat()
+            },
+            BAD_SIGNATURE,
+        ),
+    ];
+    for (what, forge, counted) in forgeries {
+        // A fresh session each time: a new login, in neither replica's memory.
+        let token = kc.token().sub(&sub).sid(&unique("sid")).organization(json!([alias])).sign();
+        let name = raw
+            .written_by(async {
+                assert_eq!(facts(&a, &token).await, (200, org.clone(), contract.clone()));
+            })
+            .await;
+        let value = raw.get(&name).await;
+        raw.set(&name, &forge(&value, &org, &contract, &other_org, &other_contract)).await;
+
+        let metrics = b.metrics().await;
+        let (rejected, before) = (metric(&metrics, counted), settled_queries(&b).await);
+        assert_eq!(facts(&b, &token).await, (200, org.clone(), contract.clone()), "{what} was served");
+        let metrics = b.metrics().await;
+        assert_eq!(metric(&metrics, counted), rejected + 1.0, "{what}: not counted");
+        assert!(metric(&metrics, QUERIES) > before, "{what}: B did not reconcile from the database");
+        // B's own result replaced the forgery, signed again.
+        assert!(raw.get(&name).await.starts_with(b"hs256:"), "{what}: not overwritten");
+    }
+}
+
+/// Rotation: B already has the new key first and the old one second; A still signs with the
+/// old one. B serves A's entry, and A (old key only) refuses B's entry signed with the new key
+/// until A gets it too.
+#[tokio::test]
+async fn during_key_rotation_a_replica_with_new_and_old_keys_accepts_an_entry_signed_with_the_old_one() {
+    let kc = FakeKeycloak::start().await;
+    let redis = TestRedis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, _db) = two_replicas_with_keys(&kc, &redis, &dir, &[OLD_KEY], &[NEW_KEY, OLD_KEY]).await;
+    let alias = unique("acme");
+    let (org, contract) = seed_org(&a, &alias).await;
+    let sub = unique("u");
+
+    let token = kc.token().sub(&sub).sid(&unique("sid")).organization(json!([alias])).sign();
+    assert_eq!(facts(&a, &token).await, (200, org.clone(), contract.clone()));
+    let before = settled_queries(&b).await;
+    assert_eq!(facts(&b, &token).await, (200, org.clone(), contract.clone()));
+    let metrics = b.metrics().await;
+    assert_eq!(metric(&metrics, QUERIES), before, "B refused an entry signed with its second key");
+    assert_eq!(metric(&metrics, REDIS_HITS), 1.0);
+
+    // The other way round: B signs with the new key, which A does not have yet.
+    let token = kc.token().sub(&sub).sid(&unique("sid")).organization(json!([alias])).sign();
+    assert_eq!(facts(&b, &token).await, (200, org.clone(), contract.clone()));
+    let before = settled_queries(&a).await;
+    assert_eq!(facts(&a, &token).await, (200, org, contract));
+    let metrics = a.metrics().await;
+    assert!(metric(&metrics, QUERIES) > before, "A served an entry signed with a key it does not have");
+    assert_eq!(metric(&metrics, BAD_SIGNATURE), 1.0);
 }
 
 #[tokio::test]

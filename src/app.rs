@@ -101,7 +101,18 @@ impl App {
         let last_known = moka::sync::Cache::new(config.cache.max_entries);
         let shared = match &config.cache.redis_url {
             Some(url) => {
-                let shared = crate::cache::SharedCache::new(url.expose_secret(), metrics.clone())?;
+                let keys = match &config.cache.redis_key_file {
+                    Some(path) => Some(crate::cache::EntryKeys::from_file(path)?),
+                    None => None,
+                };
+                if keys.is_none() {
+                    tracing::info!(
+                        "cache.redis_key_file is not set: Redis entries are not signed, so Redis is \
+                         inside the trust boundary"
+                    );
+                }
+                let shared =
+                    crate::cache::SharedCache::with_keys(url.expose_secret(), keys, metrics.clone())?;
                 if !shared.ping().await {
                     tracing::warn!(
                         "cache.redis_url: Redis does not answer; caching in memory only until it does"

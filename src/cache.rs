@@ -57,6 +57,24 @@
 //! the same bound as without Redis. Errors are counted (`identity_sidecar_redis_errors_total`)
 //! and logged once per outage, not once per request.
 //!
+//! # Trust (`cache.redis_key_file`)
+//!
+//! Without a key file Redis is inside the trust boundary: whoever can write to it can write
+//! a login entry naming any organizations and contracts, and every replica serves it. With
+//! one ([`EntryKeys`]), every login entry is written as [`SIGNED_PREFIX`], an HMAC-SHA256 and
+//! the JSON, the HMAC taken over the entry's Redis key name and the JSON (so an entry cannot
+//! be moved to another login either); an entry whose HMAC no configured key verifies, or one
+//! without an HMAC, is a miss — counted as `redis_errors_total{op="lookup",kind=…}` and logged
+//! at warn without its value — and the replica reconciles from the database and overwrites
+//! it. The first key signs and every key verifies, so keys rotate without a flag day.
+//!
+//! What a key does not stop: the epochs and the channel are not signed, so write access to
+//! Redis can still replay an entry this sidecar really wrote for that login (the user's own
+//! facts as of its reconciliation) until the entry's signed `expires_at` passes — at most
+//! `reconcile.max_age_secs` after it was written — even past an invalidation, by restoring
+//! the old epoch too; and it can drop entries or publish invalidations (more reconciliations,
+//! never other facts).
+//!
 //! Keys for one login and its user live in different hash slots: this needs a single Redis
 //! (optionally with replicas or Sentinel), not Redis Cluster.
 
@@ -65,10 +83,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
+use base64::Engine as _;
 use futures_util::StreamExt as _;
+use hmac::{Hmac, KeyInit as _, Mac as _};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 use tokio_util::sync::CancellationToken;
 
 use crate::entitlements::logins::LoginKey;
@@ -91,6 +112,122 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const TICK: Duration = Duration::from_secs(1);
 /// Longest wait between two subscription attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The start of a signed login entry: then 32 bytes of HMAC-SHA256, then the JSON. A JSON
+/// entry starts with `{`, so the two forms never look alike.
+pub const SIGNED_PREFIX: &[u8] = b"hs256:";
+/// Length of an HMAC-SHA256 tag.
+const TAG_LEN: usize = 32;
+/// Shortest key `cache.redis_key_file` accepts, in bytes (that of SHA-256's output).
+pub const MIN_KEY_BYTES: usize = 32;
+/// A key with fewer distinct byte values is refused as not random (32 random bytes have
+/// about 30; a typed word or a repeated pattern has far fewer).
+const MIN_DISTINCT_BYTES: usize = 16;
+
+/// The keys of `cache.redis_key_file`, one per line: the first signs every login entry
+/// written to Redis, every one verifies (rotation). Never printed.
+#[derive(Clone)]
+pub struct EntryKeys {
+    /// One HMAC state per key, already keyed: cloned for each use.
+    macs: Vec<Hmac<Sha256>>,
+}
+
+impl std::fmt::Debug for EntryKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EntryKeys({} keys, redacted)", self.macs.len())
+    }
+}
+
+impl EntryKeys {
+    /// Reads and checks a key file (see [`EntryKeys::parse`]). Errors name the file and the
+    /// line, never a key.
+    pub fn from_file(path: &std::path::Path) -> anyhow::Result<EntryKeys> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cache.redis_key_file: cannot read {}", path.display()))?;
+        EntryKeys::parse(&text).with_context(|| format!("cache.redis_key_file {}", path.display()))
+    }
+
+    /// One key per line, at least [`MIN_KEY_BYTES`] bytes each, written as hex (a line of
+    /// hex digits only, e.g. `openssl rand -hex 32`) or else as standard padded base64
+    /// (`openssl rand -base64 32`). Blank lines and lines starting with `#` are ignored.
+    /// Refused: no key at all, a line that is neither, a short key, or one with fewer than
+    /// 16 distinct byte values (not random: a word, `000…`, a repeated pattern).
+    pub fn parse(text: &str) -> anyhow::Result<EntryKeys> {
+        let mut macs = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let n = i + 1;
+            let is_hex = line.len().is_multiple_of(2) && line.bytes().all(|b| b.is_ascii_hexdigit());
+            let key = if is_hex {
+                hex::decode(line).ok()
+            } else {
+                base64::engine::general_purpose::STANDARD.decode(line).ok()
+            };
+            let Some(key) = key else {
+                bail!(
+                    "line {n} is neither hex nor standard base64 (generate a key with `openssl rand -base64 32`)"
+                );
+            };
+            if key.len() < MIN_KEY_BYTES {
+                bail!(
+                    "line {n}: a key must be at least {MIN_KEY_BYTES} bytes, this one has {} \
+                     (generate one with `openssl rand -base64 32`)",
+                    key.len()
+                );
+            }
+            let mut seen = [false; 256];
+            key.iter().for_each(|&b| seen[usize::from(b)] = true);
+            if seen.iter().filter(|&&s| s).count() < MIN_DISTINCT_BYTES {
+                bail!("line {n}: the key does not look random (generate one with `openssl rand -base64 32`)");
+            }
+            macs.push(Hmac::<Sha256>::new_from_slice(&key).expect("HMAC takes keys of any length"));
+        }
+        if macs.is_empty() {
+            bail!("no key in the file (one per line; generate one with `openssl rand -base64 32`)");
+        }
+        Ok(EntryKeys { macs })
+    }
+
+    /// The HMAC state of `mac` after the entry's name (length-prefixed, so name and value
+    /// never run into each other) and its JSON.
+    fn keyed(mac: &Hmac<Sha256>, name: &str, json: &[u8]) -> Hmac<Sha256> {
+        let mut mac = mac.clone();
+        mac.update(&(name.len() as u64).to_be_bytes());
+        mac.update(name.as_bytes());
+        mac.update(json);
+        mac
+    }
+
+    /// The value to store under `name`: prefix, tag of the first key, JSON.
+    fn seal(&self, name: &str, json: &[u8]) -> Vec<u8> {
+        let tag = Self::keyed(&self.macs[0], name, json).finalize().into_bytes();
+        let mut value = Vec::with_capacity(SIGNED_PREFIX.len() + TAG_LEN + json.len());
+        value.extend_from_slice(SIGNED_PREFIX);
+        value.extend_from_slice(&tag);
+        value.extend_from_slice(json);
+        value
+    }
+
+    /// The JSON of a value read under `name`, when some key verifies its tag (in constant
+    /// time); why not otherwise.
+    fn open<'v>(&self, name: &str, value: &'v [u8]) -> Result<&'v [u8], &'static str> {
+        let Some((tag, json)) = split_signed(value) else { return Err("unsigned") };
+        if self.macs.iter().any(|mac| Self::keyed(mac, name, json).verify_slice(tag).is_ok()) {
+            Ok(json)
+        } else {
+            Err("bad_signature")
+        }
+    }
+}
+
+/// Tag and JSON of a signed value; `None` for any other value.
+fn split_signed(value: &[u8]) -> Option<(&[u8], &[u8])> {
+    let rest = value.strip_prefix(SIGNED_PREFIX)?;
+    (rest.len() >= TAG_LEN).then(|| rest.split_at(TAG_LEN))
+}
 
 /// What an invalidation drops.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,12 +308,24 @@ pub struct SharedCache {
     healthy: AtomicBool,
     /// Whether the subscriber is currently subscribed.
     subscribed: AtomicBool,
+    /// `cache.redis_key_file`: login entries are signed and verified. `None`: Redis is
+    /// trusted (a signed entry is read without checking its tag).
+    keys: Option<EntryKeys>,
 }
 
 impl SharedCache {
     /// A handle on the Redis at `url`. Does no IO: Redis may come up later. Fails only on a
     /// malformed URL (without echoing it: it may hold a password).
     pub fn new(url: &str, metrics: Arc<Metrics>) -> anyhow::Result<SharedCache> {
+        SharedCache::with_keys(url, None, metrics)
+    }
+
+    /// [`SharedCache::new`], signing and verifying login entries with `keys` when given.
+    pub fn with_keys(
+        url: &str,
+        keys: Option<EntryKeys>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<SharedCache> {
         let client = redis::Client::open(url)
             .ok()
             .context("cache.redis_url is not a valid Redis URL (redis://host:port/db)")?;
@@ -197,6 +346,7 @@ impl SharedCache {
             pending: AtomicBool::new(false),
             healthy: AtomicBool::new(true),
             subscribed: AtomicBool::new(false),
+            keys,
         })
     }
 
@@ -216,7 +366,8 @@ impl SharedCache {
     /// The current entry of a login, or the epochs to write a fresh one with. One round trip.
     pub async fn lookup(&self, key: &LoginKey, sub: &str) -> Lookup {
         let mut conn = self.conn.clone();
-        let keys = [login_key(key), EPOCH_KEY.to_owned(), user_epoch_key(sub)];
+        let name = login_key(key);
+        let keys = [name.clone(), EPOCH_KEY.to_owned(), user_epoch_key(sub)];
         let mut mget = redis::cmd("MGET");
         mget.arg(&keys);
         let answer = mget.query_async::<(Option<Vec<u8>>, Option<String>, Option<String>)>(&mut conn);
@@ -225,7 +376,8 @@ impl SharedCache {
             return Lookup::Unavailable;
         };
         let epochs = Epochs { all, user };
-        let found = entry.and_then(|bytes| match serde_json::from_slice::<Stored>(&bytes) {
+        let json = entry.as_deref().and_then(|value| self.unseal(&name, value));
+        let found = json.and_then(|bytes| match serde_json::from_slice::<Stored>(bytes) {
             Ok(stored) => Some(stored),
             Err(e) => {
                 tracing::debug!(error = %e, "unreadable login entry in Redis; treated as a miss");
@@ -246,6 +398,28 @@ impl SharedCache {
             _ => {
                 self.count_lookup("miss");
                 Lookup::Miss(epochs)
+            }
+        }
+    }
+
+    /// The JSON of an entry read under `name`: verified when keys are configured (`None`,
+    /// counted and logged, when that fails), else taken as it is.
+    fn unseal<'v>(&self, name: &str, value: &'v [u8]) -> Option<&'v [u8]> {
+        let Some(keys) = &self.keys else {
+            // Redis is trusted: a signed entry (from a replica with a key) reads as well.
+            return Some(split_signed(value).map_or(value, |(_, json)| json));
+        };
+        match keys.open(name, value) {
+            Ok(json) => Some(json),
+            Err(kind) => {
+                // The value is never logged: it is whatever was written to Redis.
+                tracing::warn!(
+                    entry = name,
+                    reason = kind,
+                    "a login entry in Redis failed verification with cache.redis_key_file; treated as a miss"
+                );
+                self.count_error("lookup", kind);
+                None
             }
         }
     }
@@ -271,10 +445,15 @@ impl SharedCache {
             user_epoch: epochs.user,
             snapshot: snapshot.clone(),
         };
-        let Ok(bytes) = serde_json::to_vec(&stored) else { return };
+        let Ok(json) = serde_json::to_vec(&stored) else { return };
+        let name = login_key(key);
+        let value = match &self.keys {
+            Some(keys) => keys.seal(&name, &json),
+            None => json,
+        };
         let mut conn = self.conn.clone();
         let mut set = redis::cmd("SET");
-        set.arg(login_key(key)).arg(bytes).arg("EX").arg(ttl);
+        set.arg(&name).arg(value).arg("EX").arg(ttl);
         self.run("store", set.query_async::<()>(&mut conn)).await;
     }
 
@@ -482,6 +661,67 @@ mod tests {
     fn unreadable_payloads_are_ignored() {
         for payload in ["", "all", "origin", "origin everything", "origin users:u1"] {
             assert_eq!(Invalidation::decode(payload), None, "{payload}");
+        }
+    }
+
+    const KEY_A: &str = "DhzIq9SPKM0kklBY1fQ5VFIzGl/WJslMFHX7wWWBhnw=";
+    const KEY_B: &str = "bc09bea25524f76af620339b08ba86d7eb942509e063666277a7cdc98d0bfd1f";
+
+    fn keys(lines: &[&str]) -> EntryKeys {
+        EntryKeys::parse(&lines.join("\n")).unwrap()
+    }
+
+    #[test]
+    fn a_key_file_takes_base64_and_hex_lines_and_skips_comments_and_blank_lines() {
+        let k = keys(&["# rotated 2026-11", "", KEY_A, &format!("  {KEY_B}  ")]);
+        assert_eq!(k.macs.len(), 2);
+        assert_eq!(format!("{k:?}"), "EntryKeys(2 keys, redacted)");
+    }
+
+    #[test]
+    fn a_weak_empty_or_unreadable_key_file_is_refused_without_echoing_a_key() {
+        let short = base64::engine::general_purpose::STANDARD.encode([7u8; 16].map(|b| b ^ 0x5a));
+        let zeros = "00".repeat(32);
+        let pattern = "0102".repeat(32);
+        let word = base64::engine::general_purpose::STANDARD.encode("passwordpasswordpasswordpassword");
+        for (text, says) in [
+            ("", "no key"),
+            ("# only a comment\n\n", "no key"),
+            (short.as_str(), "at least 32 bytes"),
+            (zeros.as_str(), "does not look random"),
+            (pattern.as_str(), "does not look random"),
+            (word.as_str(), "does not look random"),
+            ("not a key at all!", "neither hex nor standard base64"),
+        ] {
+            let err = format!("{:#}", EntryKeys::parse(text).unwrap_err());
+            assert!(err.contains(says), "{text:?}: {err}");
+            if !text.is_empty() && !text.starts_with('#') {
+                assert!(!err.contains(text), "the error echoes the key: {err}");
+            }
+        }
+        // One bad line spoils the file, even after a good one: no key is silently dropped.
+        let err = format!("{:#}", EntryKeys::parse(&format!("{KEY_A}\n{zeros}")).unwrap_err());
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn a_sealed_entry_opens_with_any_configured_key_under_its_own_name_only() {
+        let (old, new) = (keys(&[KEY_A]), keys(&[KEY_B]));
+        let rotated = keys(&[KEY_B, KEY_A]);
+        let value = old.seal("login:1", b"{\"a\":1}");
+        assert_eq!(old.open("login:1", &value), Ok(&b"{\"a\":1}"[..]));
+        assert_eq!(rotated.open("login:1", &value), Ok(&b"{\"a\":1}"[..]), "the old key still verifies");
+        assert_eq!(new.open("login:1", &value), Err("bad_signature"));
+        assert_eq!(old.open("login:2", &value), Err("bad_signature"), "moved to another login");
+        assert_eq!(old.open("login:1", b"{\"a\":1}"), Err("unsigned"));
+        assert_eq!(old.open("login:1", SIGNED_PREFIX), Err("unsigned"), "too short for a tag");
+        // The new key signs after rotation.
+        assert_eq!(new.open("login:1", &rotated.seal("login:1", b"{}")), Ok(&b"{}"[..]));
+        // Any changed byte, in the tag or the JSON, fails.
+        for i in SIGNED_PREFIX.len()..value.len() {
+            let mut tampered = value.clone();
+            tampered[i] ^= 1;
+            assert_eq!(old.open("login:1", &tampered), Err("bad_signature"), "byte {i}");
         }
     }
 

@@ -293,6 +293,11 @@ pub struct CacheConfig {
     #[serde(serialize_with = "redact_opt")]
     pub redis_url: Option<SecretString>,
     pub redis_url_file: Option<PathBuf>,
+    /// Keys that sign and verify the login entries shared through Redis (HMAC-SHA256 over
+    /// key name and value), one per line, hex or standard base64, at least 32 bytes each; the
+    /// first signs, all verify (rotation). Unset: Redis is inside the trust boundary — write
+    /// access to it can forge any user's entitlements. See [`crate::cache::EntryKeys`].
+    pub redis_key_file: Option<PathBuf>,
     /// Bound of each in-memory cache, in entries (tokens, logins, last known entitlements,
     /// failed-redemption counters).
     pub max_entries: u64,
@@ -303,7 +308,13 @@ pub struct CacheConfig {
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        Self { redis_url: None, redis_url_file: None, max_entries: 200_000, max_bytes: 256 * 1024 * 1024 }
+        Self {
+            redis_url: None,
+            redis_url_file: None,
+            redis_key_file: None,
+            max_entries: 200_000,
+            max_bytes: 256 * 1024 * 1024,
+        }
     }
 }
 
@@ -600,6 +611,13 @@ impl Config {
                 bail!("upstream.url must be an http:// URL (the app beside the sidecar)");
             }
         }
+        if let Some(path) = &self.cache.redis_key_file {
+            if self.cache.redis_url.is_none() {
+                bail!("cache.redis_key_file is set but cache.redis_url is not: the keys sign Redis entries");
+            }
+            // Read here too, so `check-config` and startup refuse a weak or empty file.
+            crate::cache::EntryKeys::from_file(path)?;
+        }
         Ok(())
     }
 
@@ -757,6 +775,36 @@ mod tests {
         let printed = c.redacted_toml().unwrap();
         assert!(!printed.contains("s3cr3t-value") && !printed.contains("pw-123"), "{printed}");
         assert!(!format!("{c:?}").contains("pw-123"));
+    }
+
+    #[test]
+    fn a_weak_empty_or_missing_redis_key_file_or_one_without_redis_stops_startup() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good");
+        std::fs::write(&good, "# current\nDhzIq9SPKM0kklBY1fQ5VFIzGl/WJslMFHX7wWWBhnw=\n").unwrap();
+        let weak = dir.path().join("weak");
+        std::fs::write(&weak, "hunter2-hunter2\n").unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let with = |file: &Path, redis: bool| {
+            let mut vars = base();
+            vars.push(("SIDECAR__CACHE__REDIS_KEY_FILE".into(), file.display().to_string()));
+            if redis {
+                vars.push(("SIDECAR__CACHE__REDIS_URL".into(), "redis://127.0.0.1:6379".into()));
+            }
+            Config::load(None, vars).map_err(|e| format!("{e:#}"))
+        };
+        assert!(with(&good, true).is_ok());
+        for (file, redis, says) in [
+            (&weak, true, "line 1"),
+            (&empty, true, "no key"),
+            (&dir.path().join("absent"), true, "cannot read"),
+            (&good, false, "cache.redis_url is not"),
+        ] {
+            let err = with(file, redis).unwrap_err();
+            assert!(err.contains("cache.redis_key_file") && err.contains(says), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
     }
 
     #[test]

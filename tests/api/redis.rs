@@ -1,10 +1,14 @@
 //! The Redis tier (`cache.redis_url`): logins shared between replicas, the invalidation bus,
 //! and what happens when Redis goes away, comes back, or hangs.
 //!
-//! Every test runs against a real Redis: the shared one at 127.0.0.1:6379, or one started by
-//! the test on a port of its own when the test kills it. Keys are per login and per user, and
-//! subs are random per test, so tests share Redis without seeing each other; epochs are random
-//! tokens, never asserted on.
+//! Every test runs against a real Redis of its own: a `redis-server` the test starts on a free
+//! port ([`TestRedis`]) and stops when it ends. Tests must not share one: the global epoch and
+//! the invalidation channel belong to everything on a Redis, so an `all` invalidation published
+//! by a test running beside another (three tests here publish one) replaces that test's epoch
+//! and empties its replicas' memory — a login stored by replica A then misses on replica B,
+//! which reconciles (this made `a_login_reconciled_by_one_replica_…` fail in 3 of 12 runs on a
+//! busy machine, and could fail every assertion here that counts lookups or generations).
+//! Epochs are random tokens, never asserted on.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -23,12 +27,16 @@ use tokio_util::sync::CancellationToken;
 use crate::helpers::pg::TestDatabase;
 use crate::helpers::{FakeKeycloak, HangingServer, TestApp, base_env, closed_port, metric, set};
 
-const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
 const QUERIES: &str = "identity_sidecar_store_queries_total";
 const SUBSCRIBED: &str = "identity_sidecar_redis_subscribed";
 const RECEIVED: &str = r#"identity_sidecar_redis_invalidations_total{direction="received"}"#;
 const REDIS_HITS: &str = r#"identity_sidecar_cache_lookups_total{cache="redis",result="hit"}"#;
 const REDIS_MISSES: &str = r#"identity_sidecar_cache_lookups_total{cache="redis",result="miss"}"#;
+const BAD_SIGNATURE: &str = r#"identity_sidecar_redis_errors_total{op="lookup",kind="bad_signature"}"#;
+const UNSIGNED: &str = r#"identity_sidecar_redis_errors_total{op="lookup",kind="unsigned"}"#;
+/// Two keys for `cache.redis_key_file`, as `openssl rand -base64 32` and `-hex 32` print them.
+const OLD_KEY: &str = "5VP1oqZGYTfBQXz0AhcdEACzVaj1ij+AnH5+V4x3jGc=";
+const NEW_KEY: &str = "17742bbee4b94841811f5efdd94256b1dddc40a5d28637778d2abe583df06f77";
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
@@ -74,6 +82,11 @@ async fn settled_queries(app: &TestApp) -> f64 {
         }
         last = now;
     }
+}
+
+/// The Redis lines of a metrics page, for failure messages.
+fn redis_lines(metrics: &str) -> String {
+    metrics.lines().filter(|l| l.contains("redis") && !l.starts_with('#')).collect::<Vec<_>>().join("; ")
 }
 
 async fn wait_subscribed(app: &TestApp, within: Duration) {
@@ -127,12 +140,12 @@ async fn add_contract(app: &TestApp, org: &str) -> String {
     key
 }
 
-/// Two replicas on one PostgreSQL database and the shared Redis.
-async fn two_replicas(kc: &FakeKeycloak) -> (TestApp, TestApp, TestDatabase) {
+/// Two replicas on one PostgreSQL database and the test's Redis.
+async fn two_replicas(kc: &FakeKeycloak, redis: &TestRedis) -> (TestApp, TestApp, TestDatabase) {
     let db = TestDatabase::create().await;
     let mut env = base_env(kc);
     set(&mut env, "SIDECAR__DATABASE__URL", db.url.clone());
-    set(&mut env, "SIDECAR__CACHE__REDIS_URL", SHARED_REDIS);
+    set(&mut env, "SIDECAR__CACHE__REDIS_URL", redis.url());
     let a = TestApp::spawn_with(env.clone()).await;
     let b = TestApp::spawn_with(env).await;
     wait_subscribed(&a, Duration::from_secs(5)).await;
@@ -140,15 +153,11 @@ async fn two_replicas(kc: &FakeKeycloak) -> (TestApp, TestApp, TestDatabase) {
     (a, b, db)
 }
 
-/// A stand-in for a third replica (or the admin API of one): a handle on the shared Redis.
-fn shared_redis() -> Arc<SharedCache> {
-    Arc::new(SharedCache::new(SHARED_REDIS, Arc::new(Metrics::new())).unwrap())
-}
-
 #[tokio::test]
 async fn a_login_reconciled_by_one_replica_is_served_by_another_without_the_database() {
     let kc = FakeKeycloak::start().await;
-    let (a, b, _db) = two_replicas(&kc).await;
+    let redis = TestRedis::start().await;
+    let (a, b, _db) = two_replicas(&kc, &redis).await;
     let alias = unique("acme");
     let (org, contract) = seed_org(&a, &alias).await;
     let token = kc.token().sub(&unique("u")).organization(json!([alias])).sign();
@@ -158,7 +167,13 @@ async fn a_login_reconciled_by_one_replica_is_served_by_another_without_the_data
     let before = settled_queries(&b).await;
     assert_eq!(facts(&b, &token).await, (200, org.clone(), contract.clone()));
     let metrics = b.metrics().await;
-    assert_eq!(metric(&metrics, QUERIES), before, "B reconciled instead of using A's result");
+    assert_eq!(
+        metric(&metrics, QUERIES),
+        before,
+        "B reconciled instead of using A's result; A: {} B: {}",
+        redis_lines(&a.metrics().await),
+        redis_lines(&metrics)
+    );
     assert_eq!(metric(&metrics, REDIS_HITS), 1.0);
     // And then it is in B's memory: no Redis lookup either.
     assert_eq!(facts(&b, &token).await, (200, org, contract));
@@ -167,10 +182,204 @@ async fn a_login_reconciled_by_one_replica_is_served_by_another_without_the_data
     assert_eq!(metric(&metrics, QUERIES), before);
 }
 
+/// Two replicas on one PostgreSQL database and the test's Redis, each with its own
+/// `cache.redis_key_file` (lines as given); `dir` holds the files.
+async fn two_replicas_with_keys(
+    kc: &FakeKeycloak,
+    redis: &TestRedis,
+    dir: &tempfile::TempDir,
+    keys_a: &[&str],
+    keys_b: &[&str],
+) -> (TestApp, TestApp, TestDatabase) {
+    let db = TestDatabase::create().await;
+    let mut replicas = Vec::new();
+    for (name, keys) in [("a", keys_a), ("b", keys_b)] {
+        let file = dir.path().join(format!("redis-keys-{name}"));
+        std::fs::write(&file, format!("# {name}\n{}\n", keys.join("\n"))).unwrap();
+        let mut env = base_env(kc);
+        set(&mut env, "SIDECAR__DATABASE__URL", db.url.clone());
+        set(&mut env, "SIDECAR__CACHE__REDIS_URL", redis.url());
+        set(&mut env, "SIDECAR__CACHE__REDIS_KEY_FILE", file.display().to_string());
+        let app = TestApp::spawn_with(env).await;
+        wait_subscribed(&app, Duration::from_secs(5)).await;
+        replicas.push(app);
+    }
+    let b = replicas.pop().unwrap();
+    let a = replicas.pop().unwrap();
+    (a, b, db)
+}
+
+/// Raw access to the test's Redis, as an attacker with write access has it.
+struct RawRedis(redis::aio::MultiplexedConnection);
+
+impl RawRedis {
+    async fn connect(redis: &TestRedis) -> RawRedis {
+        RawRedis(redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap())
+    }
+
+    /// The names of the login entries, sorted.
+    async fn logins(&mut self) -> Vec<String> {
+        let mut keys: Vec<String> =
+            redis::cmd("KEYS").arg("identity-sidecar:login:*").query_async(&mut self.0).await.unwrap();
+        keys.sort();
+        keys
+    }
+
+    /// The one login entry `act` writes: its name.
+    async fn written_by(&mut self, act: impl Future<Output = ()>) -> String {
+        let before = self.logins().await;
+        act.await;
+        let after = self.logins().await;
+        let new: Vec<_> = after.into_iter().filter(|k| !before.contains(k)).collect();
+        assert_eq!(new.len(), 1, "expected one new login entry: {new:?}");
+        new.into_iter().next().unwrap()
+    }
+
+    async fn get(&mut self, name: &str) -> Vec<u8> {
+        redis::cmd("GET").arg(name).query_async::<Option<Vec<u8>>>(&mut self.0).await.unwrap().expect("entry")
+    }
+
+    async fn set(&mut self, name: &str, value: &[u8]) {
+        redis::cmd("SET").arg(name).arg(value).arg("KEEPTTL").query_async::<()>(&mut self.0).await.unwrap();
+    }
+}
+
+/// `haystack` with every `from` replaced by `to`, on bytes.
+fn replace_bytes(haystack: &[u8], from: &str, to: &str) -> Vec<u8> {
+    let text = std::str::from_utf8(haystack).expect("the JSON part is UTF-8");
+    assert!(text.contains(from), "{from} not in the entry");
+    text.replace(from, to).into_bytes()
+}
+
+#[tokio::test]
+async fn with_a_key_file_a_login_stored_by_one_replica_is_served_by_another_with_the_same_key() {
+    let kc = FakeKeycloak::start().await;
+    let redis = TestRedis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, _db) = two_replicas_with_keys(&kc, &redis, &dir, &[NEW_KEY], &[NEW_KEY]).await;
+    let alias = unique("acme");
+    let (org, contract) = seed_org(&a, &alias).await;
+    let token = kc.token().sub(&unique("u")).organization(json!([alias])).sign();
+    let mut raw = RawRedis::connect(&redis).await;
+    let name = raw
+        .written_by(async {
+            assert_eq!(facts(&a, &token).await, (200, org.clone(), contract.clone()));
+        })
+        .await;
+    let value = raw.get(&name).await;
+    assert!(value.starts_with(b"hs256:"), "the entry is not signed");
+
+    let before = settled_queries(&b).await;
+    assert_eq!(facts(&b, &token).await, (200, org, contract));
+    let metrics = b.metrics().await;
+    assert_eq!(metric(&metrics, QUERIES), before, "B reconciled instead of using A's signed entry");
+    assert_eq!(metric(&metrics, REDIS_HITS), 1.0);
+    assert_eq!(metric(&metrics, BAD_SIGNATURE) + metric(&metrics, UNSIGNED), 0.0);
+}
+
+/// An attacker with write access to Redis but not the key: a signed entry edited to name
+/// another organization, an unsigned forged entry (the format without a key), and a forged
+/// entry with a made-up tag are each a miss; B reconciles from the database and answers the
+/// user's real facts.
+#[tokio::test]
+async fn a_login_entry_tampered_with_or_forged_in_redis_is_a_miss_and_the_database_answers() {
+    let kc = FakeKeycloak::start().await;
+    let redis = TestRedis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, _db) = two_replicas_with_keys(&kc, &redis, &dir, &[NEW_KEY], &[NEW_KEY]).await;
+    let alias = unique("acme");
+    let (org, contract) = seed_org(&a, &alias).await;
+    // An organization the user does not belong to, with a contract of its own.
+    let (other_org, other_contract) = seed_org(&a, &unique("other")).await;
+    let sub = unique("u");
+    let mut raw = RawRedis::connect(&redis).await;
+
+    type Forge = fn(&[u8], &str, &str, &str, &str) -> Vec<u8>;
+    let forgeries: [(&str, Forge, &str); 3] = [
+        (
+            "the signed value edited to name another organization",
+            |value, org, contract, other_org, other_contract| {
+                let (head, json) = value.split_at(6 + 32);
+                let json = replace_bytes(json, org, other_org);
+                [head, &replace_bytes(&json, contract, other_contract)].concat()
+            },
+            BAD_SIGNATURE,
+        ),
+        (
+            "an unsigned entry naming another organization",
+            |value, org, contract, other_org, other_contract| {
+                let json = replace_bytes(&value[6 + 32..], org, other_org);
+                replace_bytes(&json, contract, other_contract)
+            },
+            UNSIGNED,
+        ),
+        (
+            "a forged entry with a made-up tag",
+            |value, org, contract, other_org, other_contract| {
+                let json = replace_bytes(&value[6 + 32..], org, other_org);
+                [&b"hs256:"[..], &[0x42; 32], &replace_bytes(&json, contract, other_contract)].concat()
+            },
+            BAD_SIGNATURE,
+        ),
+    ];
+    for (what, forge, counted) in forgeries {
+        // A fresh session each time: a new login, in neither replica's memory.
+        let token = kc.token().sub(&sub).sid(&unique("sid")).organization(json!([alias])).sign();
+        let name = raw
+            .written_by(async {
+                assert_eq!(facts(&a, &token).await, (200, org.clone(), contract.clone()));
+            })
+            .await;
+        let value = raw.get(&name).await;
+        raw.set(&name, &forge(&value, &org, &contract, &other_org, &other_contract)).await;
+
+        let metrics = b.metrics().await;
+        let (rejected, before) = (metric(&metrics, counted), settled_queries(&b).await);
+        assert_eq!(facts(&b, &token).await, (200, org.clone(), contract.clone()), "{what} was served");
+        let metrics = b.metrics().await;
+        assert_eq!(metric(&metrics, counted), rejected + 1.0, "{what}: not counted");
+        assert!(metric(&metrics, QUERIES) > before, "{what}: B did not reconcile from the database");
+        // B's own result replaced the forgery, signed again.
+        assert!(raw.get(&name).await.starts_with(b"hs256:"), "{what}: not overwritten");
+    }
+}
+
+/// Rotation: B already has the new key first and the old one second; A still signs with the
+/// old one. B serves A's entry, and A (old key only) refuses B's entry signed with the new key
+/// until A gets it too.
+#[tokio::test]
+async fn during_key_rotation_a_replica_with_new_and_old_keys_accepts_an_entry_signed_with_the_old_one() {
+    let kc = FakeKeycloak::start().await;
+    let redis = TestRedis::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, _db) = two_replicas_with_keys(&kc, &redis, &dir, &[OLD_KEY], &[NEW_KEY, OLD_KEY]).await;
+    let alias = unique("acme");
+    let (org, contract) = seed_org(&a, &alias).await;
+    let sub = unique("u");
+
+    let token = kc.token().sub(&sub).sid(&unique("sid")).organization(json!([alias])).sign();
+    assert_eq!(facts(&a, &token).await, (200, org.clone(), contract.clone()));
+    let before = settled_queries(&b).await;
+    assert_eq!(facts(&b, &token).await, (200, org.clone(), contract.clone()));
+    let metrics = b.metrics().await;
+    assert_eq!(metric(&metrics, QUERIES), before, "B refused an entry signed with its second key");
+    assert_eq!(metric(&metrics, REDIS_HITS), 1.0);
+
+    // The other way round: B signs with the new key, which A does not have yet.
+    let token = kc.token().sub(&sub).sid(&unique("sid")).organization(json!([alias])).sign();
+    assert_eq!(facts(&b, &token).await, (200, org.clone(), contract.clone()));
+    let before = settled_queries(&a).await;
+    assert_eq!(facts(&a, &token).await, (200, org, contract));
+    let metrics = a.metrics().await;
+    assert!(metric(&metrics, QUERIES) > before, "A served an entry signed with a key it does not have");
+    assert_eq!(metric(&metrics, BAD_SIGNATURE), 1.0);
+}
+
 #[tokio::test]
 async fn a_contract_write_invalidated_on_another_replica_reaches_every_replica_and_redis() {
     let kc = FakeKeycloak::start().await;
-    let (a, b, _db) = two_replicas(&kc).await;
+    let redis = TestRedis::start().await;
+    let (a, b, _db) = two_replicas(&kc, &redis).await;
     let alias = unique("acme");
     let (org, first) = seed_org(&a, &alias).await;
     let token = kc.token().sub(&unique("u")).organization(json!([alias])).sign();
@@ -184,7 +393,7 @@ async fn a_contract_write_invalidated_on_another_replica_reaches_every_replica_a
 
     // What the admin API of a third replica does after the write.
     let received = (metric(&a.metrics().await, RECEIVED), metric(&b.metrics().await, RECEIVED));
-    shared_redis().publish(&Invalidation::All).await;
+    redis.handle().publish(&Invalidation::All).await;
     for (app, before) in [(&a, received.0), (&b, received.1)] {
         eventually(Duration::from_secs(1), "the invalidation is received", || async {
             metric(&app.metrics().await, RECEIVED) > before
@@ -205,8 +414,9 @@ async fn a_contract_write_invalidated_on_another_replica_reaches_every_replica_a
 
 #[tokio::test]
 async fn an_invalidation_published_on_one_process_empties_the_others_memory_within_a_second() {
-    let publisher = shared_redis();
-    let subscriber = shared_redis();
+    let redis = TestRedis::start().await;
+    let publisher = redis.handle();
+    let subscriber = redis.handle();
     let logins = Arc::new(Logins::new(100, Duration::from_secs(300)));
     let stop = CancellationToken::new();
     let task = {
@@ -248,8 +458,9 @@ async fn an_invalidation_published_on_one_process_empties_the_others_memory_with
 
 #[tokio::test]
 async fn a_redis_entry_written_before_an_invalidation_is_never_served_after_it() {
-    let replica = shared_redis();
-    let admin = shared_redis();
+    let redis = TestRedis::start().await;
+    let replica = redis.handle();
+    let admin = redis.handle();
     let sub = unique("u");
     let key: [u8; 32] = *uuid::Uuid::new_v4().as_bytes().repeat(2).first_chunk().unwrap();
     let snapshot = Snapshot {
@@ -294,25 +505,45 @@ async fn a_redis_entry_written_before_an_invalidation_is_never_served_after_it()
     }
 }
 
-/// A Redis of the test's own, on a port of its own, that it can kill and restart.
-struct OwnRedis {
+/// A Redis of the test's own, on a free port, that it can kill and restart; killed when
+/// dropped. Declare it before the apps that use it, so it outlives them.
+struct TestRedis {
     port: u16,
     child: Option<Child>,
 }
 
-impl OwnRedis {
-    async fn start() -> OwnRedis {
-        let mut redis = OwnRedis { port: closed_port(), child: None };
-        redis.restart().await;
-        redis
+impl TestRedis {
+    async fn start() -> TestRedis {
+        // The port is free when chosen but may be taken before redis-server binds it (by
+        // another test's server): then the server exits and another port is tried.
+        for _ in 0..5 {
+            let mut redis = TestRedis { port: closed_port(), child: None };
+            if redis.try_start().await {
+                return redis;
+            }
+        }
+        panic!("could not start a redis-server of the test's own");
     }
 
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// A stand-in for a third replica (or the admin API of one): a handle on this Redis.
+    fn handle(&self) -> Arc<SharedCache> {
+        Arc::new(SharedCache::new(&self.url(), Arc::new(Metrics::new())).unwrap())
+    }
+
+    /// Starts the server again on the same port (after [`TestRedis::kill`]).
     async fn restart(&mut self) {
-        let child = Command::new("redis-server")
+        assert!(self.try_start().await, "redis-server did not start again on port {}", self.port);
+    }
+
+    /// Spawns redis-server and waits until it answers; false when it exited instead (port
+    /// taken). The answer must come from this child (its pid), not from a server that
+    /// already held the port.
+    async fn try_start(&mut self) -> bool {
+        let mut child = Command::new("redis-server")
             .args([
                 "--port",
                 &self.port.to_string(),
@@ -328,15 +559,28 @@ impl OwnRedis {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is installed");
-        self.child = Some(child);
+        let pid = child.id();
         let client = redis::Client::open(self.url()).unwrap();
-        eventually(Duration::from_secs(5), "redis-server answers", || async {
-            match client.get_multiplexed_async_connection().await {
-                Ok(mut c) => redis::cmd("PING").query_async::<String>(&mut c).await.is_ok(),
-                Err(_) => false,
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                return false;
             }
-        })
-        .await;
+            if let Ok(mut c) = client.get_multiplexed_async_connection().await
+                && let Ok(info) = redis::cmd("INFO").arg("server").query_async::<String>(&mut c).await
+            {
+                if !info.contains(&format!("process_id:{pid}\r\n")) {
+                    // Another server holds the port; ours is exiting or about to.
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return false;
+                }
+                self.child = Some(child);
+                return true;
+            }
+            assert!(Instant::now() < deadline, "redis-server did not answer within 10 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     fn kill(&mut self) {
@@ -347,7 +591,7 @@ impl OwnRedis {
     }
 }
 
-impl Drop for OwnRedis {
+impl Drop for TestRedis {
     fn drop(&mut self) {
         self.kill();
     }
@@ -356,7 +600,7 @@ impl Drop for OwnRedis {
 #[tokio::test]
 async fn when_redis_goes_away_requests_keep_working_and_the_bus_comes_back_with_it() {
     let kc = FakeKeycloak::start().await;
-    let mut redis = OwnRedis::start().await;
+    let mut redis = TestRedis::start().await;
     let mut env = base_env(&kc);
     set(&mut env, "SIDECAR__CACHE__REDIS_URL", redis.url());
     let app = TestApp::spawn_with(env).await;
@@ -430,7 +674,7 @@ async fn a_hung_redis_never_holds_a_request_for_more_than_a_second() {
 
 #[tokio::test]
 async fn an_invalidation_that_could_not_be_published_is_sent_as_all_once_redis_is_back() {
-    let mut redis = OwnRedis::start().await;
+    let mut redis = TestRedis::start().await;
     let stop = CancellationToken::new();
     let (publisher, peer_metrics) = (Arc::new(Metrics::new()), Arc::new(Metrics::new()));
     let publisher = Arc::new(SharedCache::new(&redis.url(), publisher).unwrap());
@@ -462,11 +706,12 @@ async fn an_invalidation_that_could_not_be_published_is_sent_as_all_once_redis_i
 async fn two_replicas_agree_after_an_admin_change_made_on_one_of_them() {
     use sha2::Digest as _;
     let kc = FakeKeycloak::start().await;
+    let redis = TestRedis::start().await;
     let db = TestDatabase::create().await;
     let admin_token = "replica-admin-token";
     let mut env = base_env(&kc);
     set(&mut env, "SIDECAR__DATABASE__URL", db.url.clone());
-    set(&mut env, "SIDECAR__CACHE__REDIS_URL", SHARED_REDIS);
+    set(&mut env, "SIDECAR__CACHE__REDIS_URL", redis.url());
     let sha = hex::encode(sha2::Sha256::digest(admin_token.as_bytes()));
     set(&mut env, "SIDECAR__ADMIN__TOKEN_SHA256", json!([{"name": "ops", "sha256": sha}]).to_string());
     let a = TestApp::spawn_with(env.clone()).await;

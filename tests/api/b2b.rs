@@ -680,7 +680,7 @@ async fn an_admin_membership_is_kept_until_the_claim_has_named_it_once(db: Db) {
 
 /// SPEC §5 size budget: 5 organizations and 10 contracts (keys of about 10 characters, names of
 /// about 15). With every field SPEC §5 lists, realistic data (Keycloak ids, contract dates)
-/// takes about 4.6 KiB, so the budget the README states and this test holds is: under 4 KiB
+/// takes about 4.6 KiB, so the budget docs/headers.md states and this test holds is: under 4 KiB
 /// without `X-Userinfo` (`headers.userinfo = false`, for gateways kept at 4 KiB buffers); with
 /// it, no single header over 4 KiB and all together under 6 KiB. Counted as on the wire.
 async fn owned_headers_of_a_large_b2b_user_fit_the_stated_budget(db: Db) {

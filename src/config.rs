@@ -16,7 +16,7 @@ use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-/// The whole configuration. Sections follow SPEC §8.
+/// The whole configuration. Sections follow docs/contract.md §8.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -48,7 +48,7 @@ pub struct ServerConfig {
     /// Peers whose `X-Forwarded-*` headers are believed.
     pub trusted_proxies: Vec<IpNet>,
     /// Origins (`scheme://host[:port]`) whose cross-site requests may still use the public
-    /// port's write routes (code redemption, SPEC §7). A request is cross-site when its
+    /// port's write routes (code redemption, docs/contract.md §7). A request is cross-site when its
     /// `Origin` differs from the request's own origin or its `Sec-Fetch-Site` is neither
     /// `same-origin` nor `none`; unlisted, it is refused with 403 (see
     /// [`crate::cross_site`]). Each entry is checked at startup.
@@ -139,7 +139,7 @@ pub struct OidcConfig {
     pub allow_any_audience: bool,
     /// Accepted signature algorithms. HMAC and `none` are never accepted.
     pub algorithms: Vec<String>,
-    /// Explicit typing (SPEC §2): `typ` claim `Bearer`, or header `typ` `at+jwt`.
+    /// Explicit typing (docs/contract.md §2): `typ` claim `Bearer`, or header `typ` `at+jwt`.
     pub require_typ: bool,
     /// Clock skew allowed on `exp`, `nbf` and `iat`.
     pub leeway_secs: u64,
@@ -209,7 +209,7 @@ impl Default for OrganizationsConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReconcileConfig {
-    /// When an absent or partial claim removes memberships (SPEC §3).
+    /// When an absent or partial claim removes memberships (docs/contract.md §3).
     pub removal: Removal,
     /// With `removal = "scope"`: scopes that make the claim authoritative.
     pub full_membership_scopes: Vec<String>,
@@ -716,6 +716,9 @@ fn json_to_figment(json: serde_json::Value) -> Value {
 }
 
 #[cfg(test)]
+mod docs_page;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -887,29 +890,5 @@ mod tests {
         for key in ["issuer", "discovery_url", "jwks_url", "ca_file"] {
             assert!(text.contains(&format!("# {key} =")), "oidc.{key}");
         }
-    }
-
-    /// The README's configuration table names every key, so it never falls behind the code.
-    #[test]
-    fn the_readme_lists_every_config_key() {
-        let readme = include_str!("../README.md");
-        let defaults = toml::Value::try_from(Config::default()).unwrap();
-        let toml::Value::Table(sections) = &defaults else { panic!() };
-        let mut missing = Vec::new();
-        for (section, keys) in sections {
-            let toml::Value::Table(keys) = keys else { panic!() };
-            for key in keys.keys() {
-                if !readme.contains(&format!("`{section}.{key}`")) {
-                    missing.push(format!("{section}.{key}"));
-                }
-            }
-        }
-        // Keys without a default (Options) are absent from the serialised defaults.
-        for key in ["oidc.issuer", "upstream.url", "cache.redis_url", "keycloak_admin.client_secret"] {
-            if !readme.contains(&format!("`{key}`")) {
-                missing.push(key.to_owned());
-            }
-        }
-        assert!(missing.is_empty(), "README.md's configuration table lacks {missing:?}");
     }
 }

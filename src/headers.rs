@@ -1,4 +1,4 @@
-//! The header contract (docs/contract.md §5): strip every identity header a client sent, then emit every
+//! The header contract (SPEC §5): strip every identity header a client sent, then emit every
 //! owned header — empty where nothing applies — so a gateway's header list never lets a
 //! client value through.
 
@@ -353,7 +353,7 @@ mod tests {
         assert!(h[1..].iter().all(|(_, v)| v.is_empty()));
     }
 
-    /// Property tests of strip-then-inject (docs/contract.md §5): whatever header map a client sends,
+    /// Property tests of strip-then-inject (SPEC §5): whatever header map a client sends,
     /// no client value of an owned header survives, every emitted header is there exactly
     /// once with the rendered value, and every other header is passed on untouched.
     mod properties {

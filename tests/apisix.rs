@@ -14,8 +14,9 @@
 //!   reads every header, `set_id_token_header: false`, `session.secret` whenever
 //!   `bearer_only` is false, `#END` at the end of a standalone file,
 //!   `underscores_in_headers: "off"` as a string;
-//! - that the three forms of a recipe configure the same plugins, and that the sidecar
-//!   configurations shipped beside them load.
+//! - that the three forms of a recipe configure the same plugins, that the sidecar
+//!   configurations shipped beside them load, and that `docs/integrations/apisix.md` prints
+//!   every file exactly as it is.
 //!
 //! Each check returns its findings, and `a_misspelt_or_missing_key_is_reported` feeds each
 //! one a broken recipe, so a check that can no longer fail is itself a failure.
@@ -887,4 +888,31 @@ fn a_misspelt_or_missing_key_is_reported() {
     );
     let findings = check_apisixroute(&parse_one_yaml(&manifest, "m"), Mode::ForwardAuth, "m");
     assert!(findings.iter().any(|f| f.contains("`enabled`")), "{findings:?}");
+}
+
+/// `docs/integrations/apisix.md` prints each file after a `<!-- file: PATH -->` marker; what it
+/// prints must be the file, byte for byte, and every file must be printed.
+#[test]
+fn the_apisix_page_prints_every_file_as_it_is() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let page =
+        std::fs::read_to_string(root.join("docs/integrations/apisix.md")).expect("the APISIX page exists");
+    let mut printed = BTreeSet::new();
+    let mut rest = page.as_str();
+    while let Some(at) = rest.find("<!-- file: ") {
+        rest = &rest[at + "<!-- file: ".len()..];
+        let (path, after) = rest.split_once(" -->\n").expect("marker ends with ` -->`");
+        let after = after.strip_prefix("```").expect("a fence follows the marker");
+        let (_, body) = after.split_once('\n').expect("fence line");
+        let (content, _) = body.split_once("\n```\n").expect("closing fence");
+        let file = std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(format!("{content}\n"), file, "the page prints {path} differently from the file");
+        printed.insert(path.trim_start_matches("deploy/apisix/").to_string());
+        rest = body;
+    }
+    let present: BTreeSet<String> = std::fs::read_dir(dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(printed, present, "every file in deploy/apisix/ is printed on the page");
 }

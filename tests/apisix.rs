@@ -600,9 +600,9 @@ fn apisixroute_plugins(http: &Value, out: &mut Vec<String>, ctx: &str) -> Value 
 }
 
 /// `nginx_config.http.underscores_in_headers` must be the string "off". APISIX reads its
-/// config with lyaml, which (YAML 1.1 style) may take a bare `off` for a boolean — then the
-/// template skips the directive — so the value must be quoted in the text itself; yaml-rust2
-/// (YAML 1.2) would read a bare `off` as a string and cannot tell.
+/// config with lyaml, which takes a bare `off` for the boolean false (YAML 1.1), so the value
+/// must be quoted in the text itself; yaml-rust2 (YAML 1.2) reads a bare `off` as a string
+/// and cannot tell the two apart.
 fn check_underscores_off(text: &str, what: &str) -> Vec<String> {
     let mut out = Vec::new();
     match parse_one_yaml(text, what).pointer("/nginx_config/http/underscores_in_headers") {

@@ -361,8 +361,8 @@ pub fn print(demo: &Demo, public_port: u16) {
     if demo.own_app.is_some() {
         println!();
         println!("Send your browser or client to the public port, not to your app: every request");
-        println!("reaches your app with the sidecar's X-Identity-* headers (empty when anonymous),");
-        println!("and paths under /courses need a token.");
+        println!("reaches your app with the sidecar's X-Identity-* headers (without a token:");
+        println!("X-Identity-Status: anonymous and the others empty); paths under /courses need a token.");
     }
     println!();
     for (what, command) in &demo.commands {

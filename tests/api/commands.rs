@@ -305,3 +305,88 @@ async fn an_sqlite_file_that_cannot_be_opened_fails_with_a_message_saying_how_to
     assert!(message.contains("mode=rw forbids creating it"), "{message}");
     assert!(!exists(&file));
 }
+
+// ---------------------------------------------------------------------------------------------
+// scripts/services: the test command's set-up (issue 15, item 8)
+
+/// A directory of stubs and a PATH like the test's own in which `id -u` says `uid`, `apt-get`
+/// only records its arguments in `apt-get.log` (so nothing is really installed), and the
+/// programs in `hidden` are gone: each PATH directory holding one is replaced by a mirror of
+/// symlinks without it.
+fn stub_path(root: &Path, uid: u32, hidden: &[&str]) -> String {
+    use std::os::unix::fs::{PermissionsExt as _, symlink};
+    let stubs = root.join("stubs");
+    std::fs::create_dir_all(&stubs).unwrap();
+    let script = |name: &str, body: &str| {
+        let path = stubs.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    script("id", &format!("echo {uid}"));
+    script("apt-get", &format!("echo \"$@\" >> '{}'", root.join("apt-get.log").display()));
+    let mut dirs = vec![stubs.display().to_string()];
+    for (i, dir) in std::env::split_paths(&std::env::var_os("PATH").unwrap()).enumerate() {
+        if !hidden.iter().any(|h| dir.join(h).exists()) {
+            dirs.push(dir.display().to_string());
+            continue;
+        }
+        let mirror = root.join(format!("mirror-{i}"));
+        std::fs::create_dir_all(&mirror).unwrap();
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let name = entry.file_name();
+            if !hidden.iter().any(|h| name == *h) {
+                symlink(entry.path(), mirror.join(&name)).unwrap();
+            }
+        }
+        dirs.push(mirror.display().to_string());
+    }
+    dirs.join(":")
+}
+
+/// Runs `scripts/services` with `path`; returns (exit status, stderr).
+async fn services(path: &str) -> (Option<i32>, String) {
+    let out = tokio::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services"))
+        .env("PATH", path)
+        .env_remove("SIDECAR_TEST_POSTGRES_URL")
+        .output()
+        .await
+        .unwrap();
+    (out.status.code(), String::from_utf8(out.stderr).unwrap())
+}
+
+#[tokio::test]
+async fn services_does_nothing_when_everything_the_tests_need_is_present() {
+    // The test command ran scripts/services before the tests, so everything is here.
+    for uid in [1000, 0] {
+        let dir = tempfile::tempdir().unwrap();
+        let (status, stderr) = services(&stub_path(dir.path(), uid, &[])).await;
+        assert_eq!(status, Some(0), "uid {uid}: {stderr}");
+        assert_eq!(stderr, "", "uid {uid}");
+        assert!(!exists(&dir.path().join("apt-get.log")), "uid {uid}: apt-get ran on a complete machine");
+    }
+}
+
+#[tokio::test]
+async fn services_names_what_is_missing_and_the_command_that_installs_it_when_not_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let (status, stderr) = services(&stub_path(dir.path(), 1000, &["caddy"])).await;
+    assert_eq!(status, Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines[0], "scripts/services: missing: caddy", "{stderr}");
+    assert_eq!(lines[1], "  Install them (as root): apt-get install -y caddy", "{stderr}");
+    assert!(!exists(&dir.path().join("apt-get.log")), "not root: nothing is installed");
+}
+
+#[tokio::test]
+async fn services_installs_exactly_the_missing_packages_by_name_when_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let (status, stderr) = services(&stub_path(dir.path(), 0, &["caddy"])).await;
+    let log = std::fs::read_to_string(dir.path().join("apt-get.log")).expect("apt-get ran");
+    let calls: Vec<&str> = log.lines().collect();
+    assert_eq!(calls.len(), 1, "{log}");
+    assert!(calls[0].ends_with(" install caddy"), "{log}");
+    assert!(calls[0].contains("-y") && calls[0].contains("DPkg::Lock::Timeout"), "{log}");
+    // The stub installed nothing, and the script says so instead of carrying on.
+    assert_eq!(status, Some(1), "{stderr}");
+    assert!(stderr.contains("apt-get could not install: caddy"), "{stderr}");
+}

@@ -87,8 +87,10 @@ fn main() -> std::process::ExitCode {
         Some(Command::HashToken) => return exit(hash_token()),
         Some(Command::GenerateSigningKey { out }) => {
             return exit(commands::generate_signing_key(&out).map(|kid| {
-                println!("wrote an ES256 private key (PKCS#8 PEM, mode 0600) to {}", out.display());
-                println!("kid {kid}; set entitlements.signing_key_file = \"{}\"", out.display());
+                // The config wants a path that holds wherever `serve` runs from.
+                let absolute = std::path::absolute(&out).unwrap_or(out);
+                println!("wrote an ES256 private key (PKCS#8 PEM, mode 0600) to {}", absolute.display());
+                println!("kid {kid}; set entitlements.signing_key_file = \"{}\"", absolute.display());
             }));
         }
         _ => {}

@@ -80,5 +80,11 @@ USER 65532:65532
 # 8080: public (proxy, forward-auth, /_sidecar). 8081: admin (/healthz, /readyz, /metrics,
 # /admin/v1): never route it through the gateway.
 EXPOSE 8080 8081
+# The image has no shell or curl: the binary checks itself. `health --ready` exits 0 when the
+# admin port (server.admin_listen; 0.0.0.0 is asked on 127.0.0.1) answers /readyz with 200,
+# i.e. Keycloak's signing keys are loaded, and 1 otherwise; it gives up after 3 s by itself.
+# Kubernetes ignores HEALTHCHECK; the chart has its own probes.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["/usr/local/bin/identity-sidecar", "health", "--ready"]
 ENTRYPOINT ["/usr/local/bin/identity-sidecar"]
 CMD ["serve"]

@@ -1,6 +1,7 @@
 //! `identity-sidecar demo`: the real server on embedded defaults (SQLite in a data directory,
-//! in-memory cache), a development issuer on loopback, an echo upstream, a sample
-//! organization with contracts, and ready-to-paste `curl` commands with tokens.
+//! in-memory cache), a development issuer on loopback, an echo upstream — or the user's own
+//! app with `--upstream URL` (SPEC §8 *(v2)*) — a sample organization with contracts, and
+//! ready-to-paste `curl` commands with tokens.
 //!
 //! The development issuer lives only here: nothing in the configuration can start it, so
 //! `serve` can never trust tokens it mints. It signs ES256 access tokens shaped like
@@ -34,6 +35,8 @@ pub struct DemoOptions {
     pub port: u16,
     /// Where the SQLite file goes.
     pub data_dir: PathBuf,
+    /// The user's own app (`http://…`) to front instead of the built-in echo app.
+    pub upstream: Option<String>,
 }
 
 /// The organization every demo user belongs to, and its Keycloak id.
@@ -45,6 +48,8 @@ const AUDIENCE: &str = "demo-app";
 pub struct Demo {
     pub app: AppHandle,
     pub issuer: String,
+    /// The user's app given with `--upstream`, or `None` for the built-in echo app.
+    pub own_app: Option<String>,
     pub commands: Vec<(String, String)>,
     _helpers: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -138,6 +143,9 @@ async fn spawn_router(router: Router) -> anyhow::Result<(SocketAddr, tokio::task
 
 /// Starts everything and returns the commands to print.
 pub async fn start(options: DemoOptions) -> anyhow::Result<Demo> {
+    if let Some(url) = &options.upstream {
+        check_upstream(url)?;
+    }
     std::fs::create_dir_all(&options.data_dir)
         .with_context(|| format!("cannot create {}", options.data_dir.display()))?;
 
@@ -152,7 +160,15 @@ pub async fn start(options: DemoOptions) -> anyhow::Result<Demo> {
     let issuer_task = tokio::spawn(async move {
         let _ = axum::serve(issuer_listener, issuer_router).await;
     });
-    let (upstream, upstream_task) = spawn_router(Router::new().fallback(any(echo))).await?;
+    let mut helpers = vec![issuer_task];
+    let upstream = match &options.upstream {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => {
+            let (addr, task) = spawn_router(Router::new().fallback(any(echo))).await?;
+            helpers.push(task);
+            format!("http://{addr}")
+        }
+    };
 
     let admin_token = Uuid::new_v4().simple().to_string();
     let admin_sha = hex::encode(sha2::Sha256::digest(admin_token.as_bytes()));
@@ -163,7 +179,7 @@ pub async fn start(options: DemoOptions) -> anyhow::Result<Demo> {
         ("SIDECAR__OIDC__AUDIENCES", json!([AUDIENCE]).to_string()),
         ("SIDECAR__SERVER__LISTEN", format!("127.0.0.1:{public_port}")),
         ("SIDECAR__SERVER__ADMIN_LISTEN", format!("127.0.0.1:{admin_port}")),
-        ("SIDECAR__UPSTREAM__URL", format!("http://{upstream}")),
+        ("SIDECAR__UPSTREAM__URL", upstream.clone()),
         ("SIDECAR__DATABASE__URL", format!("sqlite://{}?mode=rwc", db.display())),
         ("SIDECAR__AUTH__RULES", r#"[{"prefix":"/courses","require":true}]"#.to_string()),
         ("SIDECAR__ADMIN__TOKEN_SHA256", json!([{"name": "demo", "sha256": admin_sha}]).to_string()),
@@ -182,12 +198,21 @@ pub async fn start(options: DemoOptions) -> anyhow::Result<Demo> {
     let code = generate_code(&admin, &admin_token).await?;
     let alice = issuer.token("alice", json!({ORG: {"id": ORG_ID}}), &["learner"], 12 * 3600);
     let bob = issuer.token("bob", json!([]), &["learner"], 12 * 3600);
-    let commands = vec![
-        (
+    let proxy = match &options.upstream {
+        None => (
             "Proxy mode: alice (a member of acme) reaches the app; see the identity headers it received"
                 .into(),
             format!("curl -s -H 'Authorization: Bearer {alice}' {public}/courses/intro"),
         ),
+        Some(url) => (
+            format!(
+                "Proxy mode: alice (a member of acme) reaches your app at {url}; it receives her X-Identity-* headers (the forward-auth answer below lists them)"
+            ),
+            format!("curl -s -i -H 'Authorization: Bearer {alice}' {public}/"),
+        ),
+    };
+    let commands = vec![
+        proxy,
         (
             "Forward-auth: what APISIX or nginx asks the sidecar (the identity headers come back)".into(),
             format!(
@@ -234,7 +259,21 @@ pub async fn start(options: DemoOptions) -> anyhow::Result<Demo> {
             format!("curl -s -X POST '{issuer_url}/protocol/openid-connect/token?user=carol'"),
         ),
     ];
-    Ok(Demo { app, issuer: issuer_url, commands, _helpers: vec![issuer_task, upstream_task] })
+    Ok(Demo { app, issuer: issuer_url, own_app: options.upstream, commands, _helpers: helpers })
+}
+
+/// `--upstream` must be a plain `http://host[:port]` URL: the sidecar proxies over plain HTTP
+/// to an app beside it (as `upstream.url`). Checked here so the message names the flag.
+fn check_upstream(url: &str) -> anyhow::Result<()> {
+    let uri: axum::http::Uri = url
+        .parse()
+        .with_context(|| format!("--upstream {url:?} is not a URL; e.g. http://127.0.0.1:8000"))?;
+    if uri.scheme_str() != Some("http") || uri.host().is_none() {
+        anyhow::bail!(
+            "--upstream must be an http:// URL of your app, e.g. http://127.0.0.1:8000 (got {url:?})"
+        );
+    }
+    Ok(())
 }
 
 /// Generates enrollment codes for the premium contract through the admin API (the way an
@@ -305,10 +344,26 @@ async fn wait_ready(admin_port: u16) -> anyhow::Result<()> {
 
 /// Prints the banner and the commands.
 pub fn print(demo: &Demo, public_port: u16) {
-    println!("identity-sidecar demo is running.");
-    println!("  public port  http://127.0.0.1:{public_port}   (proxy → demo app, /_sidecar/*)");
+    match &demo.own_app {
+        None => {
+            println!("identity-sidecar demo is running.");
+            println!("  public port  http://127.0.0.1:{public_port}   (proxy → demo app, /_sidecar/*)");
+        }
+        Some(url) => {
+            println!("identity-sidecar demo is running in front of your app.");
+            println!(
+                "  public port  http://127.0.0.1:{public_port}   (proxy → your app at {url}, /_sidecar/*)"
+            );
+        }
+    }
     println!("  admin port   http://127.0.0.1:{}", public_port.wrapping_add(1));
     println!("  dev issuer   {}   (demo only; tokens last 12 hours)", demo.issuer);
+    if demo.own_app.is_some() {
+        println!();
+        println!("Send your browser or client to the public port, not to your app: every request");
+        println!("reaches your app with the sidecar's X-Identity-* headers (without a token:");
+        println!("X-Identity-Status: anonymous and the others empty); paths under /courses need a token.");
+    }
     println!();
     for (what, command) in &demo.commands {
         println!("# {what}");

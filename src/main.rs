@@ -1,10 +1,14 @@
 //! The `identity-sidecar` binary: parse the command line, load the configuration, start
-//! logging, then run the chosen command. Everything else lives in the library.
+//! logging, then run the chosen command. Everything else lives in the library, except the
+//! small operator commands in [`commands`].
 
+use std::io::Read as _;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use identity_sidecar::{App, Config};
+
+mod commands;
 
 #[derive(Parser)]
 #[command(
@@ -28,8 +32,9 @@ enum Command {
     Migrate,
     /// Print the effective configuration, secrets redacted, and exit.
     CheckConfig,
-    /// Run a self-contained demo: the real server, a development issuer, an echo app and
-    /// sample data, with ready-to-paste curl commands. Ignores --config.
+    /// Run a self-contained demo: the real server, a development issuer, an echo app (or
+    /// your own app, with --upstream) and sample data, with ready-to-paste curl commands.
+    /// Ignores --config.
     Demo {
         /// Public port (the admin port is the next one).
         #[arg(long, default_value_t = 8080)]
@@ -37,6 +42,27 @@ enum Command {
         /// Where the demo's SQLite file lives.
         #[arg(long, default_value = "identity-sidecar-demo")]
         data_dir: PathBuf,
+        /// Your own app (an http:// URL, e.g. http://127.0.0.1:8000) to put the demo in front
+        /// of, instead of the built-in echo app.
+        #[arg(long, value_name = "URL")]
+        upstream: Option<String>,
+    },
+    /// Exit 0 when the admin port (server.admin_listen) answers /healthz with 200, else 1 with
+    /// a one-line reason; for HEALTHCHECK and exec probes in images without a shell.
+    Health {
+        /// Ask /readyz (signing keys loaded) instead of /healthz (the process answers).
+        #[arg(long)]
+        ready: bool,
+    },
+    /// Read an admin token on stdin (one trailing newline is trimmed) and print its SHA-256,
+    /// the value for admin.token_sha256. Ignores --config.
+    HashToken,
+    /// Write a new ES256 private key (PKCS#8 PEM, mode 0600) for
+    /// entitlements.signing_key_file; never overwrites a file. Ignores --config.
+    GenerateSigningKey {
+        /// Where to write the key.
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
     },
     /// Import Keycloak's organizations (as POST /admin/v1/sync/organizations); prints
     /// {created, updated, skipped, conflicts} as JSON.
@@ -55,21 +81,54 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Demo { port, data_dir }) = cli.command {
-        return exit(run(demo(port, data_dir)));
+    // Commands that need no configuration.
+    match cli.command {
+        Some(Command::Demo { port, data_dir, upstream }) => return exit(run(demo(port, data_dir, upstream))),
+        Some(Command::HashToken) => return exit(hash_token()),
+        Some(Command::GenerateSigningKey { out }) => {
+            return exit(commands::generate_signing_key(&out).map(|kid| {
+                // The config wants a path that holds wherever `serve` runs from.
+                let absolute = std::path::absolute(&out).unwrap_or(out);
+                println!("wrote an ES256 private key (PKCS#8 PEM, mode 0600) to {}", absolute.display());
+                println!("kid {kid}; set entitlements.signing_key_file = \"{}\"", absolute.display());
+            }));
+        }
+        _ => {}
     }
+    let health = matches!(cli.command, Some(Command::Health { .. }));
     let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("identity-sidecar: {e:#}");
-            return std::process::ExitCode::from(2);
+            // Docker reserves a HEALTHCHECK exit status of 2; unhealthy is 1.
+            return std::process::ExitCode::from(if health { 1 } else { 2 });
         }
     };
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::CheckConfig => config.redacted_toml().map(|t| print!("{t}")),
         Command::Serve => run(serve(config)),
         Command::Migrate => run(migrate(config)),
-        Command::Demo { .. } => unreachable!("handled before the configuration is loaded"),
+        Command::Health { ready } => {
+            // One thread is plenty for one request, and a probe runs often.
+            let answer = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(commands::health(config.server.admin_listen, ready)));
+            match answer {
+                Ok(line) => {
+                    println!("{line}");
+                    Ok(())
+                }
+                Err(e) => {
+                    eprintln!("identity-sidecar health: {e:#}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            }
+        }
+        Command::Demo { .. } | Command::HashToken | Command::GenerateSigningKey { .. } => {
+            unreachable!("handled before the configuration is loaded")
+        }
         Command::SyncOrgs => run(async {
             identity_sidecar::telemetry::init(&config.log)?;
             print_json(&identity_sidecar::keycloak::command::sync_orgs(&config).await?)
@@ -91,6 +150,20 @@ fn exit(result: anyhow::Result<()>) -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `hash-token`: the token on stdin, its SHA-256 on stdout.
+fn hash_token() -> anyhow::Result<()> {
+    use std::io::IsTerminal as _;
+    let mut stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprintln!("Paste the admin token, press Enter, then Ctrl-D:");
+    }
+    let mut input = Vec::new();
+    // One byte past the limit is enough to tell "too long" apart.
+    stdin.by_ref().take(commands::MAX_TOKEN_BYTES as u64 + 1).read_to_end(&mut input)?;
+    println!("{}", commands::hash_token(&input)?);
+    Ok(())
 }
 
 fn run(future: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
@@ -125,13 +198,13 @@ async fn migrate(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn demo(port: u16, data_dir: PathBuf) -> anyhow::Result<()> {
+async fn demo(port: u16, data_dir: PathBuf, upstream: Option<String>) -> anyhow::Result<()> {
     let quiet = identity_sidecar::config::LogConfig {
         format: identity_sidecar::config::LogFormat::Pretty,
         level: "error".into(),
     };
     identity_sidecar::telemetry::init(&quiet)?;
-    let options = identity_sidecar::demo::DemoOptions { port, data_dir };
+    let options = identity_sidecar::demo::DemoOptions { port, data_dir, upstream };
     let mut running = identity_sidecar::demo::start(options).await?;
     identity_sidecar::demo::print(&running, port);
     let stop = running.app.shutdown_token();

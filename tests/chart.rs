@@ -743,6 +743,13 @@ fn check_dockerfile(dockerfile: &str, dockerignore: &str) -> Vec<String> {
     if !has("EXPOSE", &|a| a.split_whitespace().collect::<Vec<_>>() == ["8080", "8081"]) {
         problems.push("Dockerfile: EXPOSE 8080 8081 expected".into());
     }
+    // No shell in the runtime image: the HEALTHCHECK must run the binary itself (exec form).
+    if !has("HEALTHCHECK", &|a| a.contains(r#"CMD ["/usr/local/bin/identity-sidecar", "health", "--ready"]"#))
+    {
+        problems.push(
+            r#"Dockerfile: HEALTHCHECK ... CMD ["/usr/local/bin/identity-sidecar", "health", "--ready"] expected"#.into(),
+        );
+    }
     if !has("ENV", &|a| a.contains("SIDECAR_CONFIG=/etc/identity-sidecar/config.toml")) {
         problems.push("Dockerfile: ENV SIDECAR_CONFIG=/etc/identity-sidecar/config.toml expected".into());
     }
@@ -1032,4 +1039,10 @@ fn checks_catch_a_root_or_single_stage_dockerfile() {
     let no_entry = broken(&dockerfile, r#"ENTRYPOINT ["/usr/local/bin/identity-sidecar"]"#, "");
     assert!(check_dockerfile(&no_entry, &ignore).iter().any(|p| p.contains("ENTRYPOINT")));
     assert!(check_dockerfile(&dockerfile, "").iter().any(|p| p.contains(".dockerignore")));
+    let shell_probe = broken(
+        &dockerfile,
+        r#"CMD ["/usr/local/bin/identity-sidecar", "health", "--ready"]"#,
+        "CMD curl -f http://127.0.0.1:8081/readyz",
+    );
+    assert!(check_dockerfile(&shell_probe, &ignore).iter().any(|p| p.contains("HEALTHCHECK")));
 }

@@ -139,6 +139,44 @@ pub struct Store {
     queries: Arc<AtomicU64>,
 }
 
+/// The `mode` query parameter of an SQLite URL, if any (`rwc`, `rw`, `ro`, `memory`).
+fn sqlite_mode(url: &str) -> Option<String> {
+    let (_, query) = url.split_once('?')?;
+    query.split('&').find_map(|pair| pair.strip_prefix("mode=")).map(str::to_owned)
+}
+
+/// Says how to fix an SQLite file that would not open; SQLite itself only says "unable to
+/// open database file" for a missing directory, a missing file under `mode=rw` and a
+/// directory this user cannot write alike. The path is not secret (unlike a PostgreSQL URL).
+fn sqlite_open_hint(file: &std::path::Path, mode: Option<&str>) -> String {
+    let shown = file.display();
+    let dir = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    // A relative path is relative to the working directory, which the reader may not know.
+    let dir = std::path::absolute(&dir).unwrap_or(dir);
+    if !dir.is_dir() {
+        return format!(
+            "cannot open the SQLite database {shown}: the directory {} does not exist \
+             (create it, or point database.url elsewhere)",
+            dir.display()
+        );
+    }
+    if !file.exists() && matches!(mode, Some("rw" | "ro")) {
+        return format!(
+            "cannot open the SQLite database {shown}: the file does not exist and the URL's \
+             mode={} forbids creating it (remove mode= from database.url to create it)",
+            mode.unwrap_or_default()
+        );
+    }
+    format!(
+        "cannot open the SQLite database {shown} (check that this user may read and write it \
+         and its directory {})",
+        dir.display()
+    )
+}
+
 #[derive(Clone)]
 enum Pool {
     Sqlite(SqlitePool),
@@ -175,19 +213,32 @@ impl Store {
                 .context("cannot connect to PostgreSQL")?;
             Pool::Postgres(pool)
         } else if url.starts_with("sqlite:") {
-            let options = SqliteConnectOptions::from_str(url)
+            let mut options = SqliteConnectOptions::from_str(url)
                 .context("database.url is not a valid SQLite URL")?
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(SQLITE_BUSY_TIMEOUT)
                 .foreign_keys(true);
+            let mode = sqlite_mode(url);
+            // sqlx (like SQLite's own URIs) opens an existing file unless the URL says
+            // `mode=rwc`, so `sqlite://sidecar.db` failed on first start with "unable to open
+            // database file". A URL naming a file is how a user asks for that file: create it,
+            // unless the URL chose a mode itself (`mode=rw`/`ro` mean "it must exist").
+            if mode.is_none() {
+                options = options.create_if_missing(true);
+            }
             let in_memory = url.contains(":memory:") || url.contains("mode=memory");
             let mut pool =
                 SqlitePoolOptions::new().max_connections(max_connections).acquire_timeout(ACQUIRE_TIMEOUT);
             if in_memory {
                 pool = pool.min_connections(1).idle_timeout(None).max_lifetime(None);
             }
-            let pool = pool.connect_with(options).await.context("cannot open the SQLite database")?;
+            let file = options.get_filename().to_owned();
+            let pool = match pool.connect_with(options).await {
+                Ok(pool) => pool,
+                Err(e) if in_memory => return Err(e).context("cannot open the SQLite database"),
+                Err(e) => return Err(e).context(sqlite_open_hint(&file, mode.as_deref())),
+            };
             Pool::Sqlite(pool)
         } else {
             bail!("database.url must start with sqlite:, postgres:// or postgresql://");

@@ -1,16 +1,18 @@
 //! Issue "Ship it": `identity-sidecar demo` starts, and every `curl` command it prints works
-//! exactly as printed.
+//! exactly as printed — also with `demo --upstream URL` in front of the user's own app
+//! (issue 15; the test's echo upstream plays that app).
 
 use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
+use crate::helpers::EchoUpstream;
 use crate::helpers::binary::free_port;
 
-#[tokio::test]
-async fn the_demo_starts_and_every_command_it_prints_works_as_printed() {
-    let dir = tempfile::tempdir().unwrap();
+/// Starts `identity-sidecar demo --port P --data-dir D [extra…]` and returns it with every
+/// line it printed before "Press Ctrl-C".
+async fn start_demo(dir: &std::path::Path, extra: &[&str]) -> (tokio::process::Child, Vec<String>) {
     let port = loop {
         let p = free_port();
         if std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
@@ -22,7 +24,8 @@ async fn the_demo_starts_and_every_command_it_prints_works_as_printed() {
         .arg("--port")
         .arg(port.to_string())
         .arg("--data-dir")
-        .arg(dir.path())
+        .arg(dir)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -42,7 +45,12 @@ async fn the_demo_starts_and_every_command_it_prints_works_as_printed() {
     })
     .await
     .expect("the demo printed its commands");
+    (child, printed)
+}
 
+/// Runs every printed `curl` line exactly as printed (through `sh -c`) and returns their
+/// outputs; each must succeed and print something.
+async fn run_printed_commands(printed: &[String]) -> Vec<String> {
     let commands: Vec<&String> = printed.iter().filter(|l| l.starts_with("curl ")).collect();
     assert!(commands.len() >= 11, "{printed:#?}");
     let mut outputs = Vec::new();
@@ -53,6 +61,14 @@ async fn the_demo_starts_and_every_command_it_prints_works_as_printed() {
         assert!(!text.is_empty(), "{command} printed nothing");
         outputs.push(text);
     }
+    outputs
+}
+
+#[tokio::test]
+async fn the_demo_starts_and_every_command_it_prints_works_as_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, printed) = start_demo(dir.path(), &[]).await;
+    let outputs = run_printed_commands(&printed).await;
     let all = outputs.join("\n");
     assert!(outputs[0].contains("\"x-identity-contracts\":\"acme-all\""), "proxy: {}", outputs[0]);
     assert!(outputs[1].starts_with("HTTP/1.1 200") && outputs[1].contains("x-identity-organizations: acme"));
@@ -65,4 +81,51 @@ async fn the_demo_starts_and_every_command_it_prints_works_as_printed() {
     let dry_run: serde_json::Value = serde_json::from_str(dry_run).unwrap();
     assert_eq!(dry_run["organizations"]["added"], serde_json::json!(["acme"]), "{dry_run}");
     child.start_kill().unwrap();
+}
+
+#[tokio::test]
+async fn the_demo_fronts_the_users_own_app_with_upstream_and_its_commands_work_as_printed() {
+    let app = EchoUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, printed) = start_demo(dir.path(), &["--upstream", &app.url()]).await;
+    let banner = printed.join("\n");
+    assert!(banner.contains("in front of your app"), "{banner}");
+    assert!(banner.contains(&format!("proxy → your app at {}", app.url())), "{banner}");
+
+    let outputs = run_printed_commands(&printed).await;
+    let all = outputs.join("\n");
+    // The proxy command reaches the user's app (not a built-in one) with alice's identity.
+    assert!(outputs[0].starts_with("HTTP/1.1 200"), "proxy: {}", outputs[0]);
+    let reached: Vec<_> = app.requests().into_iter().filter(|r| r.path == "/").collect();
+    assert_eq!(reached.len(), 1, "exactly the proxy command reached the app: {:?}", app.requests());
+    assert_eq!(reached[0].header("x-identity-subject"), Some("demo-alice"));
+    assert_eq!(reached[0].header("x-identity-organizations"), Some("acme"));
+    assert_eq!(reached[0].header("x-identity-contracts"), Some("acme-all"));
+    assert!(!all.contains("\"app\":\"demo upstream\""), "the built-in echo app answered: {all}");
+    // The rest of the tour behaves as with the built-in app.
+    assert!(outputs[1].starts_with("HTTP/1.1 200") && outputs[1].contains("x-identity-organizations: acme"));
+    assert!(outputs.iter().any(|o| o.starts_with("HTTP/1.1 401")), "{all}");
+    let redeemed =
+        outputs.iter().position(|o| o.contains("\"key\":\"acme-premium\"")).expect("a redemption answer");
+    assert!(outputs[redeemed + 1].contains("acme-premium"), "bob's next request: {}", outputs[redeemed + 1]);
+    // Only the proxy command is proxied; forward-auth and /_sidecar/* never reach the app.
+    assert!(app.requests().iter().all(|r| r.path == "/"), "{:?}", app.requests());
+    child.start_kill().unwrap();
+}
+
+#[tokio::test]
+async fn the_demo_refuses_an_upstream_that_is_not_an_http_url() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in ["https://127.0.0.1:8000", "127.0.0.1:8000", "http://"] {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_identity-sidecar"))
+            .args(["demo", "--port", "1", "--data-dir"])
+            .arg(dir.path())
+            .args(["--upstream", bad])
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{bad}");
+        let message = String::from_utf8_lossy(&out.stderr);
+        assert!(message.contains("--upstream"), "{bad}: {message}");
+    }
 }

@@ -6,6 +6,7 @@
 mod admin;
 mod b2b;
 mod codes;
+mod commands;
 mod connections;
 mod demo;
 mod faults;

@@ -8,6 +8,7 @@ mod b2b;
 mod codes;
 mod connections;
 mod demo;
+mod django;
 mod faults;
 mod forward_auth;
 mod harness_selftest;

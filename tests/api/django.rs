@@ -252,8 +252,20 @@ async fn a_valid_token_creates_and_logs_in_the_django_user_with_the_mapped_field
     assert_eq!(me(&app, Some(&token)).await, zoe, "{}", gunicorn.log());
     assert_eq!(me(&app, Some(&token)).await, zoe, "the second request finds the same user");
     assert_eq!(gunicorn.users().await, ["5d1c4c4e-2f7b-4d2a-9a51-0e3c2c1f7a10"]);
-    // The next request without a token is anonymous again (no session cookie was kept).
-    assert_eq!(me(&app, None).await, json!({"authenticated": false}));
+
+    // The login made a Django session; a later request with its cookie but no token has an
+    // empty X-Userinfo, and the middleware logs the session out.
+    let res = app.get("/me").bearer_auth(&token).send().await.unwrap();
+    let session = res
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok()?.split(';').next())
+        .find(|c| c.starts_with("sessionid="))
+        .expect("a session cookie")
+        .to_owned();
+    let res = app.get("/me").header("cookie", &session).send().await.unwrap();
+    assert_eq!(res.json::<Value>().await.unwrap(), json!({"authenticated": false}));
 }
 
 #[tokio::test]

@@ -17,7 +17,9 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use criterion::{Criterion, criterion_group, criterion_main};
 use identity_sidecar::auth::jwks::KeySet;
 use identity_sidecar::auth::org_claim::parse_org_claim;
-use identity_sidecar::auth::validate::{Policy, Principal, check_claims, pre_parse, verify_signature};
+use identity_sidecar::auth::validate::{
+    Policy, Principal, UserinfoClaims, check_claims, pre_parse, verify_signature,
+};
 use identity_sidecar::headers::{B2b, Status, render};
 use identity_sidecar::reconcile::plan::{
     AttachmentSource, CurrentAttachment, CurrentMembership, KnownContract, KnownOrg, MembershipSource,
@@ -125,6 +127,7 @@ fn policy() -> Policy {
         max_token_bytes: 16 * 1024,
         org_claim: "organization".into(),
         client_roles_of: vec!["app".into()],
+        userinfo: UserinfoClaims::from_config(&Default::default()),
     }
 }
 
@@ -264,12 +267,12 @@ fn headers(c: &mut Criterion) {
     };
     let mut group = c.benchmark_group("headers");
     group.bench_function("render/userinfo", |b| {
-        b.iter(|| render(Status::Authenticated, Some((black_box(&principal), black_box(&b2b))), true))
+        b.iter(|| render(Status::Authenticated, Some((black_box(&principal), black_box(&b2b))), Some(8000)))
     });
     group.bench_function("render/no_userinfo", |b| {
-        b.iter(|| render(Status::Authenticated, Some((black_box(&principal), black_box(&b2b))), false))
+        b.iter(|| render(Status::Authenticated, Some((black_box(&principal), black_box(&b2b))), None))
     });
-    group.bench_function("render/anonymous", |b| b.iter(|| render(Status::Anonymous, None, true)));
+    group.bench_function("render/anonymous", |b| b.iter(|| render(Status::Anonymous, None, Some(8000))));
     group.finish();
 }
 

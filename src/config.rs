@@ -347,13 +347,72 @@ impl Default for EntitlementsConfig {
 pub struct HeadersConfig {
     /// Emit `X-Userinfo`.
     pub userinfo: bool,
+    /// The token claims `X-Userinfo` copies, each as received and only when the token has
+    /// it (SPEC §5 v2). `["*"]` copies every claim, as APISIX's openid-connect plugin does in
+    /// bearer mode, so custom mapper claims reach apps such as mitol-django-apigateway.
+    pub userinfo_claims: Vec<String>,
+    /// The largest `X-Userinfo` value, in bytes as sent (base64). Beyond it, claims outside
+    /// [`DEFAULT_USERINFO_CLAIMS`] are left out, largest first (see [`crate::headers`]).
+    pub max_userinfo_bytes: usize,
     /// Remove `Authorization` and `X-Access-Token` before forwarding.
     pub hide_credentials: bool,
 }
 
+/// The default of `headers.userinfo_claims`, and the claims an oversized `X-Userinfo` keeps
+/// longest.
+pub const DEFAULT_USERINFO_CLAIMS: [&str; 8] = [
+    "sub",
+    "email",
+    "email_verified",
+    "preferred_username",
+    "name",
+    "given_name",
+    "family_name",
+    "organization",
+];
+
+/// Bounds of `headers.max_userinfo_bytes`: below the lower one not even a subject and the
+/// `b2b` object fit; above the upper one no common server takes the header line (gunicorn
+/// stops at 8190 bytes, nginx's `large_client_header_buffers` at 8k by default).
+pub const MAX_USERINFO_BYTES_RANGE: std::ops::RangeInclusive<usize> = 256..=65536;
+
 impl Default for HeadersConfig {
     fn default() -> Self {
-        Self { userinfo: true, hide_credentials: false }
+        Self {
+            userinfo: true,
+            userinfo_claims: DEFAULT_USERINFO_CLAIMS.map(str::to_owned).to_vec(),
+            max_userinfo_bytes: 8000,
+            hide_credentials: false,
+        }
+    }
+}
+
+impl HeadersConfig {
+    /// Whether `userinfo_claims` is `["*"]`: every claim of the token.
+    pub fn all_userinfo_claims(&self) -> bool {
+        self.userinfo_claims.len() == 1 && self.userinfo_claims[0] == "*"
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        for (i, claim) in self.userinfo_claims.iter().enumerate() {
+            if claim.is_empty() {
+                bail!(
+                    "headers.userinfo_claims[{i}] is empty: name a claim, or write [\"*\"] for every claim"
+                );
+            }
+            if claim == "*" && self.userinfo_claims.len() > 1 {
+                bail!("headers.userinfo_claims: \"*\" (every claim) must be the only entry");
+            }
+        }
+        if !MAX_USERINFO_BYTES_RANGE.contains(&self.max_userinfo_bytes) {
+            bail!(
+                "headers.max_userinfo_bytes must be between {} and {} (default 8000, under gunicorn's \
+                 8190-byte header line)",
+                MAX_USERINFO_BYTES_RANGE.start(),
+                MAX_USERINFO_BYTES_RANGE.end()
+            );
+        }
+        Ok(())
     }
 }
 
@@ -551,6 +610,7 @@ impl Config {
         if self.oidc.token_sources.is_empty() {
             bail!("oidc.token_sources must list at least one source");
         }
+        self.headers.validate()?;
         let server = &self.server;
         for (key, secs) in [
             ("header_read_timeout_secs", server.header_read_timeout_secs),
@@ -857,6 +917,28 @@ mod tests {
             let err = Config::load(None, vars).unwrap_err().to_string();
             assert!(err.contains("allowed_origins") && err.contains("not an origin"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn userinfo_claims_and_their_bound_are_checked_at_startup() {
+        for (claims, max, want) in [
+            (r#"["*", "sub"]"#, "8000", "must be the only entry"),
+            (r#"["sub", ""]"#, "8000", "userinfo_claims[1] is empty"),
+            (r#"["*"]"#, "100", "max_userinfo_bytes must be between 256 and 65536"),
+            (r#"["sub"]"#, "70000", "max_userinfo_bytes must be between 256 and 65536"),
+        ] {
+            let mut vars = base();
+            vars.push(("SIDECAR__HEADERS__USERINFO_CLAIMS".into(), claims.into()));
+            vars.push(("SIDECAR__HEADERS__MAX_USERINFO_BYTES".into(), max.into()));
+            let err = format!("{:#}", Config::load(None, vars).unwrap_err());
+            assert!(err.contains(want), "{claims} {max}: {err}");
+        }
+        let mut vars = base();
+        vars.push(("SIDECAR__HEADERS__USERINFO_CLAIMS".into(), r#"["*"]"#.into()));
+        let c = Config::load(None, vars).unwrap();
+        assert!(c.headers.all_userinfo_claims());
+        assert_eq!(c.headers.max_userinfo_bytes, 8000);
+        assert!(!Config::default().headers.all_userinfo_claims());
     }
 
     /// `config/default.toml` must name every key (set or commented out) and its values must

@@ -12,6 +12,7 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
 use crate::auth::validate::Principal;
+use crate::config::DEFAULT_USERINFO_CLAIMS;
 
 pub const STATUS: HeaderName = HeaderName::from_static("x-identity-status");
 pub const SUBJECT: HeaderName = HeaderName::from_static("x-identity-subject");
@@ -119,18 +120,39 @@ pub struct B2b {
     pub entitlements: String,
 }
 
-/// Renders the full owned header set for a caller (`None` = anonymous).
-pub fn render(
-    status: Status,
-    caller: Option<(&Principal, &B2b)>,
-    userinfo: bool,
-) -> Vec<(HeaderName, HeaderValue)> {
+/// The rendered owned header set, and what had to be left out of `X-Userinfo` to keep it
+/// under `headers.max_userinfo_bytes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    /// Every owned header, in [`OWNED`] order.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub userinfo: Trimmed,
+}
+
+/// Claims left out of one `X-Userinfo` because of its size bound (all zero almost always).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Trimmed {
+    /// Claims outside the default list ([`DEFAULT_USERINFO_CLAIMS`]) left out.
+    pub extra: usize,
+    /// Claims of the default list left out after every other claim was.
+    pub default: usize,
+    /// Whether even `sub` and `b2b` did not fit, so the value is empty.
+    pub omitted: bool,
+}
+
+/// Renders the full owned header set for a caller (`None` = anonymous). `max_userinfo` is
+/// `headers.max_userinfo_bytes`, or `None` when `X-Userinfo` is off.
+pub fn render(status: Status, caller: Option<(&Principal, &B2b)>, max_userinfo: Option<usize>) -> Rendered {
     let Some((p, b2b)) = caller else {
         let mut out: Vec<_> = OWNED.iter().map(|n| (n.clone(), HeaderValue::from_static(""))).collect();
         out[0].1 = HeaderValue::from_static(Status::Anonymous.as_str());
-        return out;
+        return Rendered { headers: out, userinfo: Trimmed::default() };
     };
     let opt = |v: &Option<String>| v.as_deref().map(encode_value).unwrap_or_default();
+    let (userinfo, trimmed) = match max_userinfo {
+        Some(max_bytes) => userinfo_value(p, b2b, max_bytes),
+        None => (String::new(), Trimmed::default()),
+    };
     let values = [
         status.as_str().to_owned(),
         encode_value(&p.sub),
@@ -142,9 +164,9 @@ pub fn render(
         encode_list(&b2b.managed_organizations),
         encode_list(&b2b.contracts),
         b2b.entitlements.clone(),
-        if userinfo { userinfo_value(p, b2b) } else { String::new() },
+        userinfo,
     ];
-    OWNED
+    let headers = OWNED
         .iter()
         .zip(values)
         .map(|(name, value)| {
@@ -152,54 +174,140 @@ pub fn render(
             let value = HeaderValue::try_from(value).unwrap_or_else(|_| HeaderValue::from_static(""));
             (name.clone(), value)
         })
-        .collect()
+        .collect();
+    Rendered { headers, userinfo: trimmed }
 }
 
-/// `X-Userinfo`: base64 (standard) JSON of the token's identity claims as received, plus a
-/// compact `b2b` object.
+/// `X-Userinfo`: base64 (standard) JSON of the claims the principal kept
+/// (`headers.userinfo_claims`), as received, plus a compact `b2b` object — never longer than
+/// `max_bytes` (SPEC §5).
 ///
 /// Written straight from the borrowed claims: the same bytes as inserting `b2b` into a copy
 /// of the claims map and printing it (see [`Userinfo`]), without copying every claim — the
-/// organization claim included — on every request.
-fn userinfo_value(p: &Principal, b2b: &B2b) -> String {
-    let object = Userinfo {
-        claims: &p.userinfo,
-        b2b: B2bSummary {
-            contracts: &b2b.contracts,
-            managed_organizations: &b2b.managed_organizations,
-            organizations: &b2b.organizations,
-        },
+/// organization claim included — on every request. The usual value fits at the first try, so
+/// a request costs one serialisation and one base64 pass, as before the bound existed; only
+/// an oversized one pays for measuring its claims.
+fn userinfo_value(p: &Principal, b2b: &B2b, max_bytes: usize) -> (String, Trimmed) {
+    let summary = B2bSummary {
+        contracts: &b2b.contracts,
+        managed_organizations: &b2b.managed_organizations,
+        organizations: &b2b.organizations,
     };
+    let object = Userinfo { claims: &p.userinfo, b2b: summary, skip: &[] };
     // Serialising borrowed JSON values and string lists into a Vec cannot fail.
-    STANDARD.encode(serde_json::to_vec(&object).unwrap_or_default())
+    let json = serde_json::to_vec(&object).unwrap_or_default();
+    if encoded_len(json.len()) <= max_bytes {
+        return (STANDARD.encode(json), Trimmed::default());
+    }
+    trim_userinfo(&p.userinfo, summary, max_bytes, json.len())
 }
+
+/// Length of the standard (padded) base64 encoding of `n` bytes.
+fn encoded_len(n: usize) -> usize {
+    n.div_ceil(3).saturating_mul(4)
+}
+
+/// Leaves claims out of an oversized `X-Userinfo` until it fits `max_bytes`: first those
+/// outside the default list, largest first (SPEC §5); then, so that a huge organization claim
+/// does not cost the app its login, the default ones but `sub`, largest first. When `sub`
+/// and `b2b` alone do not fit, the value is empty (an app reads no user, never a cut one).
+fn trim_userinfo(
+    claims: &Map<String, Value>,
+    b2b: B2bSummary<'_>,
+    max_bytes: usize,
+    full: usize,
+) -> (String, Trimmed) {
+    // The most JSON bytes whose base64 stays within `max_bytes`.
+    let budget = max_bytes / 4 * 3;
+    // Each member costs `"key":value` and one comma; `b2b` is always there, so the object's
+    // length is `{` + every member's cost (the last comma's byte is the closing `}`).
+    let mut members: Vec<(&str, usize, bool)> = claims
+        .iter()
+        .filter(|(key, _)| key.as_str() != B2B)
+        .map(|(key, value)| {
+            let cost = json_len(key) + 1 + json_len(value) + 1;
+            (key.as_str(), cost, DEFAULT_USERINFO_CLAIMS.contains(&key.as_str()))
+        })
+        .collect();
+    // Extra claims before default ones, each group largest first; names break ties so the
+    // same token always loses the same claims.
+    members.sort_by(|a, b| a.2.cmp(&b.2).then(b.1.cmp(&a.1)).then(a.0.cmp(b.0)));
+    let mut len = full;
+    let mut skip = Vec::new();
+    let mut trimmed = Trimmed::default();
+    for (key, cost, default) in members {
+        if len <= budget {
+            break;
+        }
+        if key == "sub" {
+            continue;
+        }
+        skip.push(key);
+        len -= cost;
+        if default {
+            trimmed.default += 1;
+        } else {
+            trimmed.extra += 1;
+        }
+    }
+    if len > budget {
+        trimmed.omitted = true;
+        return (String::new(), trimmed);
+    }
+    let json = serde_json::to_vec(&Userinfo { claims, b2b, skip: &skip }).unwrap_or_default();
+    debug_assert_eq!(json.len(), len, "the trimmed length was computed right");
+    (STANDARD.encode(json), trimmed)
+}
+
+/// Bytes `value` takes as compact JSON, without building the text.
+fn json_len<T: Serialize + ?Sized>(value: &T) -> usize {
+    /// An `io::Write` that only counts (hand-written: four lines, no crate does less).
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing JSON values into a counter cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+/// The member `X-Userinfo` adds next to the claims.
+const B2B: &str = "b2b";
 
 /// The claims map with a `b2b` member, printed as `serde_json` prints a `Map` (keys in sorted
 /// order, `b2b` replacing a claim of that name): `serde_json` is built without
-/// `preserve_order`, so its `Map` is a `BTreeMap`. The unit test compares the two.
+/// `preserve_order`, so its `Map` is a `BTreeMap`. The unit test compares the two. Claims
+/// named in `skip` are left out.
 struct Userinfo<'a> {
     claims: &'a Map<String, Value>,
     b2b: B2bSummary<'a>,
+    skip: &'a [&'a str],
 }
 
 impl Serialize for Userinfo<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        const KEY: &str = "b2b";
-        let len = self.claims.len() + usize::from(!self.claims.contains_key(KEY));
+        let kept = |key: &str| key != B2B && !self.skip.contains(&key);
+        let len = 1 + self.claims.keys().filter(|k| kept(k)).count();
         let mut map = serializer.serialize_map(Some(len))?;
         let mut pending = true;
         for (key, value) in self.claims {
-            if pending && key.as_str() >= KEY {
-                map.serialize_entry(KEY, &self.b2b)?;
+            if pending && key.as_str() >= B2B {
+                map.serialize_entry(B2B, &self.b2b)?;
                 pending = false;
-                if key == KEY {
-                    continue;
-                }
             }
-            map.serialize_entry(key, value)?;
+            if kept(key) {
+                map.serialize_entry(key, value)?;
+            }
         }
         if pending {
-            map.serialize_entry(KEY, &self.b2b)?;
+            map.serialize_entry(B2B, &self.b2b)?;
         }
         map.end()
     }
@@ -207,6 +315,7 @@ impl Serialize for Userinfo<'_> {
 
 /// `{"contracts": [...], "managed_organizations": [...], "organizations": [...]}`, each list
 /// sorted (the members in the order a `json!` object prints them).
+#[derive(Clone, Copy)]
 struct B2bSummary<'a> {
     contracts: &'a [String],
     managed_organizations: &'a [String],
@@ -341,13 +450,106 @@ mod tests {
                 organizations: Default::default(),
                 userinfo,
             };
-            assert_eq!(userinfo_value(&p, &b2b), userinfo_by_copy(&p, &b2b), "{:?}", p.userinfo);
+            assert_eq!(
+                userinfo_value(&p, &b2b, 65536),
+                (userinfo_by_copy(&p, &b2b), Trimmed::default()),
+                "{:?}",
+                p.userinfo
+            );
         }
+    }
+
+    fn principal_with(userinfo: Value) -> Principal {
+        let Value::Object(userinfo) = userinfo else { panic!("an object") };
+        Principal {
+            sub: "u".into(),
+            sid: None,
+            exp: 0,
+            scope: String::new(),
+            email: None,
+            preferred_username: None,
+            name: None,
+            roles: vec![],
+            organizations: Default::default(),
+            userinfo,
+        }
+    }
+
+    fn decode_userinfo(value: &str) -> Value {
+        serde_json::from_slice(&STANDARD.decode(value).expect("base64")).expect("JSON")
+    }
+
+    #[test]
+    fn an_oversized_userinfo_leaves_out_extra_claims_largest_first_and_keeps_the_default_ones() {
+        use serde_json::json;
+        let p = principal_with(json!({
+            "sub": "u1", "email": "a@x.org", "name": "Zoë",
+            "country_code": "DE", "email_optin": true,
+            "avatar": "a".repeat(3000), "bio": "b".repeat(2000),
+        }));
+        let b2b = B2b { organizations: vec!["acme".into()], ..B2b::default() };
+        let (full, trimmed) = userinfo_value(&p, &b2b, 65536);
+        assert_eq!(trimmed, Trimmed::default());
+        assert!(full.len() > 6000, "{}", full.len());
+
+        // Dropping the avatar is enough for 5000 bytes; the bio (smaller) stays.
+        let (value, trimmed) = userinfo_value(&p, &b2b, 5000);
+        assert!(value.len() <= 5000);
+        assert_eq!(trimmed, Trimmed { extra: 1, default: 0, omitted: false });
+        let object = decode_userinfo(&value);
+        assert!(object.get("avatar").is_none() && object["bio"].as_str().unwrap().len() == 2000);
+        assert_eq!((object["sub"].as_str(), object["name"].as_str()), (Some("u1"), Some("Zoë")));
+
+        // 1000 bytes: both big ones go, the small custom claims and the defaults stay.
+        let (value, trimmed) = userinfo_value(&p, &b2b, 1000);
+        assert_eq!(trimmed, Trimmed { extra: 2, default: 0, omitted: false });
+        let object = decode_userinfo(&value);
+        assert_eq!(object["country_code"], "DE");
+        assert_eq!(object["email_optin"], true);
+        assert_eq!(object["b2b"]["organizations"], json!(["acme"]));
+    }
+
+    #[test]
+    fn default_claims_go_only_after_every_extra_one_and_sub_never_goes_alone() {
+        use serde_json::json;
+        let p = principal_with(json!({
+            "sub": "u1", "email": "a@x.org", "custom": "c",
+            "organization": {"big": "o".repeat(2000)},
+        }));
+        let b2b = B2b::default();
+        let (value, trimmed) = userinfo_value(&p, &b2b, 400);
+        assert_eq!(trimmed, Trimmed { extra: 1, default: 1, omitted: false });
+        let object = decode_userinfo(&value);
+        assert_eq!(
+            object,
+            json!({"sub": "u1", "email": "a@x.org",
+                                  "b2b": {"contracts": [], "managed_organizations": [], "organizations": []}})
+        );
+
+        // A subject too long for the bound: the value is empty, never cut.
+        let p = principal_with(json!({"sub": "s".repeat(400), "email": "a@x.org"}));
+        let (value, trimmed) = userinfo_value(&p, &b2b, 256);
+        assert_eq!(value, "");
+        assert_eq!(trimmed, Trimmed { extra: 0, default: 1, omitted: true });
+    }
+
+    #[test]
+    fn render_reports_what_userinfo_left_out_and_nothing_when_it_is_off() {
+        use serde_json::json;
+        let p = principal_with(json!({"sub": "u", "x": "x".repeat(1000)}));
+        let b2b = B2b::default();
+        let rendered = render(Status::Authenticated, Some((&p, &b2b)), Some(300));
+        assert_eq!(rendered.userinfo, Trimmed { extra: 1, default: 0, omitted: false });
+        let userinfo = &rendered.headers.iter().find(|(n, _)| *n == USERINFO).unwrap().1;
+        assert!(userinfo.len() <= 300 && !userinfo.is_empty());
+        let off = render(Status::Authenticated, Some((&p, &b2b)), None);
+        assert_eq!(off.userinfo, Trimmed::default());
+        assert!(off.headers.iter().find(|(n, _)| *n == USERINFO).unwrap().1.is_empty());
     }
 
     #[test]
     fn anonymous_gets_every_owned_header_empty_but_status() {
-        let h = render(Status::Anonymous, None, true);
+        let h = render(Status::Anonymous, None, Some(8000)).headers;
         assert_eq!(h.len(), OWNED.len());
         assert_eq!(h[0], (STATUS, HeaderValue::from_static("anonymous")));
         assert!(h[1..].iter().all(|(_, v)| v.is_empty()));
@@ -457,7 +659,33 @@ mod tests {
             }
         }
 
-        /// Any text, weighted toward what needs encoding (`%`, `,`, controls, non-ASCII).
+        /// Token claims: default names, a `b2b` claim, custom names; values of any JSON
+        /// shape and size, some large enough to need trimming.
+        fn claims() -> impl Strategy<Value = Map<String, Value>> {
+            let key = prop_oneof![
+                prop::sample::select(DEFAULT_USERINFO_CLAIMS.to_vec()).prop_map(str::to_owned),
+                Just("b2b".to_owned()),
+                "[a-z_]{1,12}",
+                "\\PC{1,6}",
+            ];
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                "\\PC{0,40}".prop_map(Value::from),
+                (1usize..3000).prop_map(|n| Value::from("é\"".repeat(n / 3))),
+            ];
+            let value = leaf.prop_recursive(2, 16, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                    prop::collection::btree_map("[a-z]{1,6}", inner, 0..4)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            });
+            prop::collection::btree_map(key, value, 0..10).prop_map(|m| m.into_iter().collect())
+        }
+
+        /// Any text, weighted toward what needs encoding        /// Any text, weighted toward what needs encoding (`%`, `,`, controls, non-ASCII).
         fn text() -> impl Strategy<Value = String> {
             prop_oneof!["\\PC{0,12}", "[a-z%,\r\n\t\u{7f}é€]{0,12}", ".{0,12}"]
         }
@@ -485,9 +713,10 @@ mod tests {
                 let b2b = B2b { organizations: vec!["acme".into()], ..B2b::default() };
                 let status = if stale { Status::Stale } else { Status::Authenticated };
                 let rendered = match &who {
-                    Some(p) => render(status, Some((p, &b2b)), userinfo),
-                    None => render(Status::Anonymous, None, userinfo),
-                };
+                    Some(p) => render(status, Some((p, &b2b)), userinfo.then_some(8000)),
+                    None => render(Status::Anonymous, None, userinfo.then_some(8000)),
+                }
+                .headers;
                 let mut headers = sent.clone();
                 inject(&mut headers, &rendered);
 
@@ -521,9 +750,68 @@ mod tests {
                 }
             }
 
+            /// SPEC §5: X-Userinfo never exceeds `headers.max_userinfo_bytes`; what it keeps is
+            /// as received; extra claims go largest first and before any default one; nothing
+            /// goes while the whole object fits.
+            #[test]
+            fn userinfo_never_exceeds_its_bound_and_leaves_out_extra_claims_first(
+                claims in claims(),
+                organizations in prop::collection::vec("[a-z0-9-]{1,40}", 0..30),
+                contracts in prop::collection::vec("[a-z0-9-]{1,40}", 0..30),
+                max_bytes in 256usize..6000,
+            ) {
+                let p = principal(String::new(), None, None, vec![]);
+                let p = Principal { userinfo: claims.clone(), ..p };
+                let b2b = B2b { organizations, contracts, ..B2b::default() };
+                let (value, trimmed) = userinfo_value(&p, &b2b, max_bytes);
+                prop_assert!(value.len() <= max_bytes, "{} > {}", value.len(), max_bytes);
+
+                let full = userinfo_by_copy(&p, &b2b);
+                if full.len() <= max_bytes {
+                    prop_assert_eq!(&value, &full);
+                    prop_assert_eq!(trimmed, Trimmed::default());
+                }
+                let is_default = |k: &str| DEFAULT_USERINFO_CLAIMS.contains(&k);
+                let cost = |k: &str| serde_json::to_string(k).unwrap().len()
+                    + 1 + serde_json::to_string(&claims[k]).unwrap().len() + 1;
+                let members: Vec<&String> = claims.keys().filter(|k| *k != "b2b").collect();
+                if value.is_empty() {
+                    prop_assert!(trimmed.omitted);
+                    // Only `sub` and `b2b` were left, and they did not fit.
+                    let mut minimal = Map::new();
+                    if let Some(sub) = claims.get("sub") {
+                        minimal.insert("sub".into(), sub.clone());
+                    }
+                    let minimal = principal_with(Value::Object(minimal));
+                    prop_assert!(userinfo_by_copy(&minimal, &b2b).len() > max_bytes);
+                    return Ok(());
+                }
+                prop_assert!(!trimmed.omitted);
+                let Value::Object(object) = decode_userinfo(&value) else { panic!("an object") };
+                let Value::Object(expected) = decode_userinfo(&full) else { panic!("an object") };
+                prop_assert_eq!(&object["b2b"], &expected["b2b"]);
+                for (key, v) in &object {
+                    prop_assert_eq!(Some(v), expected.get(key), "{} as received", key);
+                }
+                let (kept, dropped): (Vec<&String>, Vec<&String>) =
+                    members.iter().partition(|k| object.contains_key(k.as_str()));
+                prop_assert!(claims.get("sub").is_none() || object.contains_key("sub"), "sub kept");
+                let dropped_default = dropped.iter().filter(|k| is_default(k)).count();
+                prop_assert_eq!(trimmed.default, dropped_default);
+                prop_assert_eq!(trimmed.extra, dropped.len() - dropped_default);
+                if dropped_default > 0 {
+                    prop_assert!(kept.iter().all(|k| is_default(k)), "an extra claim outlived a default one");
+                }
+                for d in dropped.iter().filter(|k| !is_default(k)) {
+                    for k in kept.iter().filter(|k| !is_default(k)) {
+                        prop_assert!(cost(d) >= cost(k), "{} left out before the larger {}", d, k);
+                    }
+                }
+            }
+
             #[test]
             fn injecting_twice_is_the_same_as_injecting_once(sent in client_headers()) {
-                let rendered = render(Status::Anonymous, None, true);
+                let rendered = render(Status::Anonymous, None, Some(8000)).headers;
                 let mut once = sent.clone();
                 inject(&mut once, &rendered);
                 let mut twice = once.clone();

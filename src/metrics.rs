@@ -56,6 +56,11 @@ pub struct Metrics {
     /// Enrollment-code redemptions by `result` (created, already, invalid, no_contract, full,
     /// rate_limited).
     pub code_redemptions: Family<Labels, Counter>,
+    /// Claims left out of `X-Userinfo` to keep it under `headers.max_userinfo_bytes`, by
+    /// `list`: `extra` (outside the default claim list) or `default`.
+    pub userinfo_claims_dropped: Family<Labels, Counter>,
+    /// `X-Userinfo` values left empty because even `sub` and `b2b` did not fit.
+    pub userinfo_omitted: Counter,
     /// The series every request counts, resolved once (see [`Hot`]).
     hot: Hot,
 }
@@ -172,7 +177,21 @@ impl Metrics {
             "Enrollment-code redemptions by result",
             code_redemptions.clone(),
         );
+        let userinfo_claims_dropped = Family::default();
+        registry.register(
+            "userinfo_claims_dropped",
+            "Claims left out of X-Userinfo to keep it under headers.max_userinfo_bytes, by list",
+            userinfo_claims_dropped.clone(),
+        );
+        let userinfo_omitted = Counter::default();
+        registry.register(
+            "userinfo_omitted",
+            "X-Userinfo values left empty because sub and b2b alone exceed headers.max_userinfo_bytes",
+            userinfo_omitted.clone(),
+        );
         Metrics {
+            userinfo_claims_dropped,
+            userinfo_omitted,
             jobs_queue_depth,
             jobs,
             code_redemptions,
@@ -252,6 +271,19 @@ impl Metrics {
         };
     }
 
+    /// Counts what one request's `X-Userinfo` left out (nothing, almost always: then no lock
+    /// is taken and no series is created).
+    pub fn userinfo_trimmed(&self, trimmed: crate::headers::Trimmed) {
+        for (list, n) in [("extra", trimmed.extra), ("default", trimmed.default)] {
+            if n > 0 {
+                self.userinfo_claims_dropped.get_or_create(&vec![("list", list)]).inc_by(n as u64);
+            }
+        }
+        if trimmed.omitted {
+            self.userinfo_omitted.inc();
+        }
+    }
+
     /// Adds an externally owned metric (store query counter, job queue gauges).
     pub fn registry_mut(&mut self) -> &mut Registry {
         &mut self.registry
@@ -304,5 +336,23 @@ mod tests {
         assert!(!text.contains("result=\"miss\""), "unused series appear: {text}");
         // A counter taken before is the family's own: get_or_create sees its counts.
         assert_eq!(m.requests.get_or_create(&vec![("mode", "proxy"), ("class", "2xx")]).get(), 4);
+    }
+
+    #[test]
+    fn userinfo_trimming_is_counted_by_list_and_nothing_appears_while_nothing_is_dropped() {
+        use crate::headers::Trimmed;
+        let m = Metrics::new();
+        m.userinfo_trimmed(Trimmed::default());
+        assert!(!m.render().contains("userinfo_claims_dropped_total{"), "{}", m.render());
+        m.userinfo_trimmed(Trimmed { extra: 3, default: 0, omitted: false });
+        m.userinfo_trimmed(Trimmed { extra: 2, default: 1, omitted: true });
+        let text = m.render();
+        for line in [
+            "identity_sidecar_userinfo_claims_dropped_total{list=\"extra\"} 5",
+            "identity_sidecar_userinfo_claims_dropped_total{list=\"default\"} 1",
+            "identity_sidecar_userinfo_omitted_total 1",
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
     }
 }

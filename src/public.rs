@@ -99,12 +99,14 @@ pub async fn admit(
             }
         }
     }
-    let userinfo = state.config.headers.userinfo;
-    let headers = match &caller {
-        Caller::Anonymous => headers::render(Status::Anonymous, None, userinfo),
-        Caller::Authenticated(p) => headers::render(status, Some((p, &b2b)), userinfo),
+    let config = &state.config.headers;
+    let max_userinfo = config.userinfo.then_some(config.max_userinfo_bytes);
+    let rendered = match &caller {
+        Caller::Anonymous => headers::render(Status::Anonymous, None, max_userinfo),
+        Caller::Authenticated(p) => headers::render(status, Some((p, &b2b)), max_userinfo),
     };
-    Ok(Admission { caller, credential, headers })
+    state.metrics.userinfo_trimmed(rendered.userinfo);
+    Ok(Admission { caller, credential, headers: rendered.headers })
 }
 
 /// The headers some frameworks take the request's method from instead of the request line.

@@ -40,6 +40,34 @@ pub struct Policy {
     pub max_token_bytes: usize,
     pub org_claim: String,
     pub client_roles_of: Vec<String>,
+    /// Which claims the principal keeps for `X-Userinfo`.
+    pub userinfo: UserinfoClaims,
+}
+
+/// The claims a [`Principal`] keeps for `X-Userinfo` (`headers.userinfo_claims`). Only what
+/// is configured is kept: principals live in the token cache, and with `X-Userinfo` off or a
+/// short list there is no reason to hold every claim of every token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserinfoClaims {
+    /// `headers.userinfo = false`: none.
+    Off,
+    /// These claims, when the token has them.
+    Named(Vec<String>),
+    /// `["*"]`: every claim of the token (the decoded claims map is moved, not copied).
+    All,
+}
+
+impl UserinfoClaims {
+    /// The selection `headers` configures.
+    pub fn from_config(headers: &crate::config::HeadersConfig) -> UserinfoClaims {
+        if !headers.userinfo {
+            UserinfoClaims::Off
+        } else if headers.all_userinfo_claims() {
+            UserinfoClaims::All
+        } else {
+            UserinfoClaims::Named(headers.userinfo_claims.clone())
+        }
+    }
 }
 
 impl Policy {
@@ -58,6 +86,7 @@ impl Policy {
             max_token_bytes: oidc.max_token_bytes,
             org_claim: config.organizations.claim.clone(),
             client_roles_of: oidc.client_roles_of.clone(),
+            userinfo: UserinfoClaims::from_config(&config.headers),
         })
     }
 }
@@ -259,13 +288,9 @@ pub struct Principal {
     pub roles: Vec<String>,
     /// The normalised organization claim.
     pub organizations: ClaimedOrgs,
-    /// The claims `X-Userinfo` passes on (SPEC §5), as received.
+    /// The claims `X-Userinfo` passes on (SPEC §5, `headers.userinfo_claims`), as received.
     pub userinfo: Map<String, Value>,
 }
-
-/// Claims copied verbatim into `X-Userinfo` (the organization claim is added by name).
-const USERINFO_CLAIMS: [&str; 7] =
-    ["sub", "email", "email_verified", "preferred_username", "name", "given_name", "family_name"];
 
 /// Decodes the payload and applies the claim rules. `now` is unix seconds.
 pub fn check_claims(token: &Unverified<'_>, policy: &Policy, now: u64) -> Result<Principal, Reject> {
@@ -315,13 +340,7 @@ pub fn check_claims(token: &Unverified<'_>, policy: &Policy, now: u64) -> Result
     };
 
     let string = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_owned);
-    let mut userinfo = Map::new();
-    for k in USERINFO_CLAIMS.iter().copied().chain([policy.org_claim.as_str()]) {
-        if let Some(v) = claims.get(k) {
-            userinfo.insert(k.to_owned(), v.clone());
-        }
-    }
-    Ok(Principal {
+    let mut principal = Principal {
         sid: string("sid"),
         exp,
         scope: string("scope").unwrap_or_default(),
@@ -330,9 +349,17 @@ pub fn check_claims(token: &Unverified<'_>, policy: &Policy, now: u64) -> Result
         name: string("name"),
         roles: roles(&claims, &policy.client_roles_of),
         organizations: parse_org_claim(claims.get(&policy.org_claim)),
-        userinfo,
+        userinfo: Map::new(),
         sub,
-    })
+    };
+    principal.userinfo = match &policy.userinfo {
+        UserinfoClaims::Off => Map::new(),
+        UserinfoClaims::Named(names) => {
+            names.iter().filter_map(|k| claims.get(k).map(|v| (k.clone(), v.clone()))).collect()
+        }
+        UserinfoClaims::All => claims,
+    };
+    Ok(principal)
 }
 
 /// SPEC §2: any configured audience in `aud`, or equal to `azp` (Keycloak puts the client
@@ -398,6 +425,7 @@ mod tests {
             max_token_bytes: 16 * 1024,
             org_claim: "organization".into(),
             client_roles_of: vec!["app".into()],
+            userinfo: UserinfoClaims::from_config(&crate::config::HeadersConfig::default()),
         }
     }
 
@@ -433,6 +461,45 @@ mod tests {
         assert_eq!(p.exp, 2000);
         assert_eq!(p.userinfo.get("organization"), Some(&json!(["acme"])));
         assert!(!p.userinfo.contains_key("realm_access"));
+    }
+
+    #[test]
+    fn the_principal_keeps_only_the_configured_userinfo_claims() {
+        let mut c = claims();
+        c["email_optin"] = json!(true);
+        c["country_code"] = json!("DE");
+        c["given_name"] = json!("Zoë");
+        let token = encode(&rs256(), &c);
+        let keys = |p: &Policy| -> Vec<String> {
+            let principal = check_claims(&pre_parse(&token, p).unwrap(), p, 1500).unwrap();
+            principal.userinfo.keys().cloned().collect()
+        };
+
+        // The default list: only the named claims the token has, custom ones left out.
+        assert_eq!(keys(&policy()), ["given_name", "organization", "sub"]);
+
+        let mut p = policy();
+        p.userinfo = UserinfoClaims::Named(vec!["country_code".into(), "missing".into(), "sub".into()]);
+        assert_eq!(keys(&p), ["country_code", "sub"]);
+
+        // ["*"]: every claim, as received.
+        p.userinfo = UserinfoClaims::All;
+        let all = check_claims(&pre_parse(&token, &p).unwrap(), &p, 1500).unwrap();
+        assert_eq!(Value::Object(all.userinfo), c);
+
+        p.userinfo = UserinfoClaims::Off;
+        assert!(keys(&p).is_empty());
+    }
+
+    #[test]
+    fn userinfo_claims_come_from_the_headers_config() {
+        let mut headers = crate::config::HeadersConfig::default();
+        let UserinfoClaims::Named(names) = UserinfoClaims::from_config(&headers) else { panic!() };
+        assert_eq!(names, crate::config::DEFAULT_USERINFO_CLAIMS);
+        headers.userinfo_claims = vec!["*".into()];
+        assert_eq!(UserinfoClaims::from_config(&headers), UserinfoClaims::All);
+        headers.userinfo = false;
+        assert_eq!(UserinfoClaims::from_config(&headers), UserinfoClaims::Off);
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod codes;
 mod commands;
 mod connections;
 mod demo;
+mod django;
 mod faults;
 mod forward_auth;
 mod harness_selftest;

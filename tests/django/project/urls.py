@@ -1,0 +1,7 @@
+"""One view: who the request is logged in as."""
+
+from django.urls import path
+
+from users.views import me
+
+urlpatterns = [path("me", me)]

@@ -237,11 +237,14 @@ pub async fn check_path_rules(scene: &Scene, gw: &Gateway) {
     let bearer = format!("Authorization: Bearer {}", scene.learner_token());
     let signed_in = [bearer.clone()];
     let before = scene.upstream.request_count();
-    for target in [&b"/courses/intro"[..], b"/Courses/intro", b"/courses;x=1/intro", b"/courses/intro?q=\xff"]
-    {
+    for target in [&b"/courses/intro"[..], b"/Courses/intro", b"/courses;x=1/intro"] {
         let answer = gw.raw(&get(target, &[])).await;
         assert_eq!(answer.status, 401, "{}: {answer:?}", String::from_utf8_lossy(target));
     }
+    // A raw byte in the query: the rule still applies (nginx), or the gateway refuses the
+    // request line itself (Caddy: Go's HTTP server answers 400).
+    let answer = gw.raw(&get(b"/courses/intro?q=\xff", &[])).await;
+    assert!([400, 401].contains(&answer.status), "{answer:?}");
     // A raw byte in the path is not readable once decoded: refused (403 from the sidecar, or
     // 400 from a gateway that refuses it itself), signed in or not.
     for lines in [&[][..], &signed_in[..]] {

@@ -163,6 +163,10 @@ async fn an_unreachable_sidecar_is_a_503_with_retry_after_through_caddy() {
         .await;
         eprintln!("{name}");
         gateway::check_sidecar_down(&upstream, &gw).await;
-        // The app being down is not the sidecar being down: that stays Caddy's 502.
+
+        let scene = Scene::start().await;
+        let sidecar = format!("127.0.0.1:{}", scene.app.public.port());
+        let gw = start_recipe(&caddy, &sidecar, &format!("127.0.0.1:{}", closed_port())).await;
+        gateway::check_app_down(&gw).await;
     }
 }

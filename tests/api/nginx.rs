@@ -182,6 +182,10 @@ async fn an_unreachable_sidecar_is_a_503_with_retry_after_through_nginx() {
     let upstream = EchoUpstream::start().await;
     let nginx = start_recipe(closed_port(), upstream.addr().port(), None).await;
     gateway::check_sidecar_down(&upstream, &nginx).await;
+
+    let scene = Scene::start().await;
+    let nginx = start_recipe(scene.app.public.port(), closed_port(), None).await;
+    gateway::check_app_down(&nginx).await;
 }
 
 #[tokio::test]

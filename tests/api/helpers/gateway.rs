@@ -288,6 +288,12 @@ pub async fn check_refusals(scene: &Scene, gw: &Gateway) {
     assert_eq!(sidecar.status(), 403);
     let expected = sidecar.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_owned());
     assert_eq!(forbidden.header("www-authenticate").map(str::to_owned), expected, "{forbidden:?}");
+    // Each refusal is a problem document with at most one challenge.
+    for answer in [&anonymous, &bad, &forbidden] {
+        assert_eq!(answer.header("content-type"), Some("application/problem+json"), "{answer:?}");
+        let challenges = answer.headers.iter().filter(|(n, _)| n == "www-authenticate").count();
+        assert!(challenges <= 1, "{answer:?}");
+    }
     assert_eq!(scene.upstream.request_count(), before, "a refused request reached the app");
 }
 
@@ -303,4 +309,11 @@ pub async fn check_sidecar_down(upstream: &EchoUpstream, gw: &Gateway) {
         assert_eq!(answer.header("content-type"), Some("application/problem+json"), "{answer:?}");
     }
     assert_eq!(upstream.request_count(), 0, "a request passed without the sidecar");
+}
+
+/// With the sidecar up and the app unreachable, the gateway's own 502 stands: the 503 is only
+/// for an unreachable sidecar.
+pub async fn check_app_down(gw: &Gateway) {
+    let answer = gw.raw(&get(b"/open", &[])).await;
+    assert_eq!(answer.status, 502, "{answer:?}\n{}", gw.log());
 }

@@ -5,6 +5,7 @@
 
 mod admin;
 mod b2b;
+mod caddy;
 mod codes;
 mod commands;
 mod connections;

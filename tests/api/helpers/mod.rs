@@ -68,6 +68,7 @@
 
 pub mod app;
 pub mod binary;
+pub mod gateway;
 pub mod keycloak;
 pub mod keys;
 pub mod pg;
@@ -157,7 +158,10 @@ pub fn serve_on(listener: TcpListener, router: Router) -> ServerTask {
                         .map_request(|req: hyper::Request<Incoming>| req.map(Body::new));
                     connections.spawn(async move {
                         // A client hanging up mid-request is normal in these tests.
+                        // Room for more than hyper's default 100 header fields: the gateway
+                        // tests forward 100+ filler headers to the echo app.
                         let _ = hyper::server::conn::http1::Builder::new()
+                            .max_headers(400)
                             .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
                             .with_upgrades()
                             .await;

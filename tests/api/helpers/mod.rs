@@ -72,6 +72,7 @@ pub mod gateway;
 pub mod keycloak;
 pub mod keys;
 pub mod pg;
+pub mod python;
 pub mod tokens;
 pub mod upstream;
 

@@ -253,7 +253,7 @@ fn reconcile_plan(c: &mut Criterion) {
     });
 }
 
-/// The owned header set of a user with 5 organizations and 10 contracts (SPEC §5's budget).
+/// The owned header set of a user with 5 organizations and 10 contracts (docs/contract.md §5's budget).
 fn headers(c: &mut Criterion) {
     let signers = signers();
     let keys = KeySet::parse(&jwks(&signers)).unwrap();

@@ -1,4 +1,4 @@
-//! The Redis tier (`cache.redis_url`, SPEC §4 and §8): replicas share reconciled logins and
+//! The Redis tier (`cache.redis_url`, docs/contract.md §4 and §8): replicas share reconciled logins and
 //! invalidations. Without it every process caches in memory on its own; with it a login
 //! reconciled by one replica is served by the others without touching the database, and an
 //! admin write or code redemption on one replica invalidates cached logins on all of them.

@@ -1,4 +1,4 @@
-//! The small operator commands of SPEC §8 *(v2)*: `health [--ready]`, `hash-token` and
+//! The small operator commands of docs/contract.md §8 *(v2)*: `health [--ready]`, `hash-token` and
 //! `generate-signing-key --out PATH`. They exist so that a distroless image (no shell, no curl,
 //! no openssl, no sha256sum) and the documentation need nothing but this binary.
 //!

@@ -16,7 +16,7 @@ use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-/// The whole configuration. Sections follow SPEC §8.
+/// The whole configuration. Sections follow docs/contract.md §8.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -48,7 +48,7 @@ pub struct ServerConfig {
     /// Peers whose `X-Forwarded-*` headers are believed.
     pub trusted_proxies: Vec<IpNet>,
     /// Origins (`scheme://host[:port]`) whose cross-site requests may still use the public
-    /// port's write routes (code redemption, SPEC §7). A request is cross-site when its
+    /// port's write routes (code redemption, docs/contract.md §7). A request is cross-site when its
     /// `Origin` differs from the request's own origin or its `Sec-Fetch-Site` is neither
     /// `same-origin` nor `none`; unlisted, it is refused with 403 (see
     /// [`crate::cross_site`]). Each entry is checked at startup.
@@ -139,7 +139,7 @@ pub struct OidcConfig {
     pub allow_any_audience: bool,
     /// Accepted signature algorithms. HMAC and `none` are never accepted.
     pub algorithms: Vec<String>,
-    /// Explicit typing (SPEC §2): `typ` claim `Bearer`, or header `typ` `at+jwt`.
+    /// Explicit typing (docs/contract.md §2): `typ` claim `Bearer`, or header `typ` `at+jwt`.
     pub require_typ: bool,
     /// Clock skew allowed on `exp`, `nbf` and `iat`.
     pub leeway_secs: u64,
@@ -209,7 +209,7 @@ impl Default for OrganizationsConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReconcileConfig {
-    /// When an absent or partial claim removes memberships (SPEC §3).
+    /// When an absent or partial claim removes memberships (docs/contract.md §3).
     pub removal: Removal,
     /// With `removal = "scope"`: scopes that make the claim authoritative.
     pub full_membership_scopes: Vec<String>,
@@ -348,7 +348,7 @@ pub struct HeadersConfig {
     /// Emit `X-Userinfo`.
     pub userinfo: bool,
     /// The token claims `X-Userinfo` copies, each as received and only when the token has
-    /// it (SPEC §5 v2). `["*"]` copies every claim, as APISIX's openid-connect plugin does in
+    /// it (docs/contract.md §5 v2). `["*"]` copies every claim, as APISIX's openid-connect plugin does in
     /// bearer mode, so custom mapper claims reach apps such as mitol-django-apigateway.
     pub userinfo_claims: Vec<String>,
     /// The largest `X-Userinfo` value, in bytes as sent (base64). Beyond it, claims outside

@@ -1,4 +1,4 @@
-//! Cross-site write protection for the public port (SPEC §7 v2).
+//! Cross-site write protection for the public port (docs/contract.md §7 v2).
 //!
 //! Behind APISIX's `openid-connect` plugin a browser's session cookie becomes a bearer token
 //! on its way to the sidecar, so a page on another site that makes the victim's browser
@@ -22,7 +22,7 @@
 //! default port written or not.
 //!
 //! [`judge`] is the pure decision; [`check`] applies it to a request on the public port and is
-//! what every state-changing public route calls (redemption here; SPEC §10 and §11 later).
+//! what every state-changing public route calls (redemption here; docs/contract.md §10 and §11 later).
 
 use std::fmt;
 use std::net::IpAddr;

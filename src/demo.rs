@@ -1,6 +1,6 @@
 //! `identity-sidecar demo`: the real server on embedded defaults (SQLite in a data directory,
 //! in-memory cache), a development issuer on loopback, an echo upstream — or the user's own
-//! app with `--upstream URL` (SPEC §8 *(v2)*) — a sample organization with contracts, and
+//! app with `--upstream URL` (docs/contract.md §8 *(v2)*) — a sample organization with contracts, and
 //! ready-to-paste `curl` commands with tokens.
 //!
 //! The development issuer lives only here: nothing in the configuration can start it, so

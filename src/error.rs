@@ -143,7 +143,7 @@ fn with_retry_after(mut response: Response, secs: u64) -> Response {
     response
 }
 
-/// The one mapping from store failures to HTTP (SPEC §6): a missing row is 404, a taken unique
+/// The one mapping from store failures to HTTP (docs/contract.md §6): a missing row is 404, a taken unique
 /// key is 409 naming the column, a row still referenced is 409, a database that cannot be
 /// reached is 503 with `Retry-After`, anything else is a 500 whose detail is logged once (by
 /// [`ApiError::into_response`]). Handlers that can say more (which organization is missing,

@@ -1,4 +1,4 @@
-//! The header contract (SPEC §5): strip every identity header a client sent, then emit every
+//! The header contract (docs/contract.md §5): strip every identity header a client sent, then emit every
 //! owned header — empty where nothing applies — so a gateway's header list never lets a
 //! client value through.
 
@@ -180,7 +180,7 @@ pub fn render(status: Status, caller: Option<(&Principal, &B2b)>, max_userinfo: 
 
 /// `X-Userinfo`: base64 (standard) JSON of the claims the principal kept
 /// (`headers.userinfo_claims`), as received, plus a compact `b2b` object — never longer than
-/// `max_bytes` (SPEC §5).
+/// `max_bytes` (docs/contract.md §5).
 ///
 /// Written straight from the borrowed claims: the same bytes as inserting `b2b` into a copy
 /// of the claims map and printing it (see [`Userinfo`]), without copying every claim — the
@@ -208,7 +208,7 @@ fn encoded_len(n: usize) -> usize {
 }
 
 /// Leaves claims out of an oversized `X-Userinfo` until it fits `max_bytes`: first those
-/// outside the default list, largest first (SPEC §5); then, so that a huge organization claim
+/// outside the default list, largest first (docs/contract.md §5); then, so that a huge organization claim
 /// does not cost the app its login, the default ones but `sub`, largest first. When `sub`
 /// and `b2b` alone do not fit, the value is empty (an app reads no user, never a cut one).
 fn trim_userinfo(
@@ -555,7 +555,7 @@ mod tests {
         assert!(h[1..].iter().all(|(_, v)| v.is_empty()));
     }
 
-    /// Property tests of strip-then-inject (SPEC §5): whatever header map a client sends,
+    /// Property tests of strip-then-inject (docs/contract.md §5): whatever header map a client sends,
     /// no client value of an owned header survives, every emitted header is there exactly
     /// once with the rendered value, and every other header is passed on untouched.
     mod properties {
@@ -750,7 +750,7 @@ mod tests {
                 }
             }
 
-            /// SPEC §5: X-Userinfo never exceeds `headers.max_userinfo_bytes`; what it keeps is
+            /// docs/contract.md §5: X-Userinfo never exceeds `headers.max_userinfo_bytes`; what it keeps is
             /// as received; extra claims go largest first and before any default one; nothing
             /// goes while the whole object fits.
             #[test]

@@ -1,5 +1,5 @@
 //! From a verified principal to its B2B facts: the cached login when there is one, else a
-//! reconciliation (SPEC §4), else — when the store is down — the last known facts marked
+//! reconciliation (docs/contract.md §4), else — when the store is down — the last known facts marked
 //! `stale` or a 503, as `reconcile.on_store_error` says. With Redis, a login missing from
 //! memory is looked up in the shared tier before it is reconciled (see [`crate::cache`]).
 

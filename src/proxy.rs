@@ -178,7 +178,7 @@ fn strip_routing_headers(headers: &mut HeaderMap) {
 }
 
 /// Leaves the app the credential the sidecar validated and nothing it could read instead
-/// (SPEC §2 v2): the validated token stays where it came from; any other token-source header
+/// (docs/contract.md §2 v2): the validated token stays where it came from; any other token-source header
 /// (`X-Access-Token`, or a Bearer `Authorization`) goes, configured as a source or not; a
 /// non-Bearer `Authorization` (Basic for the app) stays unchanged. `validated` is `None`
 /// for an anonymous caller or a preflight, whose tokens nobody checked.

@@ -6,7 +6,7 @@
 //! (`[[auth.rules]]`), then render the owned header set. Forward-auth returns those headers;
 //! the proxy strips the client's identity headers and injects them.
 //!
-//! Both fail closed (SPEC §2, §6 v2): forward-auth judges the forwarded URI read as bytes and
+//! Both fail closed (docs/contract.md §2, §6 v2): forward-auth judges the forwarded URI read as bytes and
 //! refuses a forwarded request it cannot read unambiguously rather than judge its own path,
 //! and only a bodiless `OPTIONS` with `Origin`, `Access-Control-Request-Method` and no method
 //! override is a preflight that passes without a token.
@@ -115,7 +115,7 @@ pub async fn admit(
 pub const METHOD_OVERRIDE_HEADERS: [&str; 3] =
     ["x-http-method-override", "x-http-method", "x-method-override"];
 
-/// Whether a request is a CORS preflight, which passes without a token (SPEC §2 v2): `OPTIONS`
+/// Whether a request is a CORS preflight, which passes without a token (docs/contract.md §2 v2): `OPTIONS`
 /// with `Origin` and `Access-Control-Request-Method`, no body and no method-override header.
 /// Anything else that looks like one is an ordinary request, judged by the rules: a body or
 /// an override could make the app treat it as something other than a preflight.
@@ -148,7 +148,7 @@ const NOT_IN_URI: &AsciiSet = &CONTROLS
 /// The forwarded URI as text the rules can read: every byte a URI may not hold as it is
 /// (non-ASCII, controls, space, backslash…) percent-encoded, never dropped. nginx passes
 /// `$request_uri` raw, so `/courses/intro?q=<0xFF>` arrives with the byte itself; reading it
-/// as text would fail, and the rules must still apply to that path (SPEC §6 v2).
+/// as text would fail, and the rules must still apply to that path (docs/contract.md §6 v2).
 pub fn forwarded_uri_text(raw: &[u8]) -> String {
     percent_encode(raw, NOT_IN_URI).to_string()
 }
@@ -162,7 +162,7 @@ pub struct Forwarded {
     pub uri: Option<String>,
 }
 
-/// Reads the original method and URI of a forward-auth request (SPEC §6 v2), refusing (the
+/// Reads the original method and URI of a forward-auth request (docs/contract.md §6 v2), refusing (the
 /// `Err` is the reason, for a 403) whatever would leave the rules applied to a guess:
 ///
 /// - `X-Forwarded-Uri` or `X-Forwarded-Method` more than once, from any peer;

@@ -2,7 +2,7 @@
 //! limits `axum::serve` does not expose, graceful shutdown that lets in-flight requests finish,
 //! upgrades (WebSockets through the proxy) and `ConnectInfo`.
 //!
-//! Connection limits (SPEC §2 *(v2)* "Connections"), per listener:
+//! Connection limits (docs/contract.md §2 *(v2)* "Connections"), per listener:
 //!
 //! - **First request head.** A new connection must deliver a complete request head (HTTP/1)
 //!   or its first request (HTTP/2) within `server.header_read_timeout_secs` of being accepted,

@@ -53,7 +53,7 @@ pub struct Inner {
     pub keycloak: Option<Arc<crate::keycloak::KeycloakAdmin>>,
     /// Wakes this process's job workers after an enqueue ([`AppState::kick_jobs`]).
     pub jobs_notify: Arc<tokio::sync::Notify>,
-    /// Failed enrollment-code redemptions per user, for the 429 of SPEC §7 (this replica only).
+    /// Failed enrollment-code redemptions per user, for the 429 of docs/contract.md §7 (this replica only).
     pub code_failures: crate::codes::FailureLimiter,
 }
 

@@ -1,5 +1,5 @@
 //! What a cached value costs in memory, and the byte budget that bounds the in-memory token
-//! and login caches (`cache.max_bytes`, SPEC §2 *(v2)*).
+//! and login caches (`cache.max_bytes`, docs/contract.md §2 *(v2)*).
 //!
 //! A count bound alone is not a memory bound: a token's claims are as large as its issuer
 //! makes them (10,000 distinct 15 KB tokens grew the process by 150 MiB), so each moka cache

@@ -210,7 +210,7 @@ fn plugin_keys(name: &str) -> Option<&'static [&'static str]> {
 // ---------------------------------------------------------------------------------------------
 // What the sidecar needs.
 
-/// Headers the sidecar owns: the crate's list, plus SPEC §10's (v2) active organization,
+/// Headers the sidecar owns: the crate's list, plus docs/contract.md §10's (v2) active organization,
 /// which every v2 recipe must carry even before the code emits it.
 fn owned_headers() -> BTreeSet<String> {
     let mut owned: BTreeSet<String> =

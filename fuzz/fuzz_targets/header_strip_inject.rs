@@ -1,5 +1,5 @@
 //! Arbitrary header name/value pairs as a client sends them, then the strip-then-inject step
-//! of SPEC §5. Invariants: no client value of an owned header (any spelling) survives, every
+//! of docs/contract.md §5. Invariants: no client value of an owned header (any spelling) survives, every
 //! header the sidecar emits is there exactly once with the rendered value, and every other
 //! header is exactly as the client sent it.
 //!

@@ -1,4 +1,4 @@
-//! Arbitrary bytes as a request target for the path rules (SPEC §2 v2). `Rules::judge` must
+//! Arbitrary bytes as a request target for the path rules (docs/contract.md §2 v2). `Rules::judge` must
 //! answer — the applicable rules or a refusal — and never panic. And no target is judged more
 //! leniently than its folded path written plainly, which the target is a spelling of, for an
 //! anonymous caller, a login without roles and a login with roles.

@@ -2,7 +2,7 @@
 //! CSV (`GET /contracts/{key}/codes`), revoke (`DELETE /codes/{code}`). The format of a code is
 //! described in [`crate::codes`].
 //!
-//! How many codes a generation creates (SPEC §6):
+//! How many codes a generation creates (docs/contract.md §6):
 //! - `count` given: `count` one-time codes, whatever the contract;
 //! - otherwise a contract with `max_learners` N > 0 gets N one-time codes, an unlimited one
 //!   (null or 0) a single `unlimited` code — except a free (`price` null or 0) `auto` or
@@ -125,7 +125,7 @@ fn plan(contract: &Contract, count: Option<i64>) -> Result<(i64, Redemption), Ap
     }
 }
 
-/// Generates enrollment codes for a contract (SPEC §6; how many: see the body's `count`).
+/// Generates enrollment codes for a contract (docs/contract.md §6; how many: see the body's `count`).
 #[utoipa::path(
     post,
     path = "/contracts/{key}/codes",
@@ -369,7 +369,7 @@ fn push_row(out: &mut String, fields: impl Iterator<Item = String>) {
     out.push_str("\r\n");
 }
 
-/// CSV formula injection (SPEC §6 v2, OWASP "CSV Injection"): a spreadsheet that opens the
+/// CSV formula injection (docs/contract.md §6 v2, OWASP "CSV Injection"): a spreadsheet that opens the
 /// export runs a cell beginning with `=`, `+`, `-` or `@` (and, in some, a tab or a carriage
 /// return before one) as a formula — `=HYPERLINK(…)` in a subject a user chose. Such a cell is
 /// prefixed with `'`, which spreadsheets show as text. No column is exempt: the values are

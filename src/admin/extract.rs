@@ -1,5 +1,5 @@
 //! Request bodies and query strings of the admin API, read so that every failure is problem
-//! JSON naming the field (SPEC §6). axum's own `Json` and `Query` answer plain text and lose
+//! JSON naming the field (docs/contract.md §6). axum's own `Json` and `Query` answer plain text and lose
 //! the field, hence these.
 //!
 //! How a body failure is classified:

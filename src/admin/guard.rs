@@ -1,4 +1,4 @@
-//! Admin authentication (SPEC §6), a middleware on every `/admin/v1/*` route.
+//! Admin authentication (docs/contract.md §6), a middleware on every `/admin/v1/*` route.
 //!
 //! `Authorization: Bearer X` is accepted when either
 //! - SHA-256(X), lower-case hex, is one of `admin.token_sha256` (a static token for scripts and

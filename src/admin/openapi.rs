@@ -1,4 +1,4 @@
-//! The admin port's OpenAPI 3.1 document, served at `GET /admin/v1/openapi.json` (SPEC §6).
+//! The admin port's OpenAPI 3.1 document, served at `GET /admin/v1/openapi.json` (docs/contract.md §6).
 //!
 //! It is generated from the code: every handler carries `#[utoipa::path]` (path, parameters,
 //! body, answers, and the errors that handler produces), and `utoipa_axum::routes!` registers a
@@ -41,7 +41,7 @@ const BEARER: &str = "bearer";
 #[openapi(
     info(
         title = "identity-sidecar admin API",
-        description = "The admin port of identity-sidecar (SPEC §6): organizations, contracts, \
+        description = "The admin port of identity-sidecar (docs/contract.md §6): organizations, contracts, \
             enrollment codes, users' memberships and attachments, reconciliation, Keycloak sync, \
             jobs and the audit trail under `/admin/v1`, plus health, readiness, metrics and the \
             entitlement JWKS. Request bodies are JSON objects; unknown fields are refused (400) \

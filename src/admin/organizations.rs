@@ -1,6 +1,6 @@
 //! `/admin/v1/organizations`: list, create, show, merge-patch, delete, members.
 //!
-//! Every write invalidates every cached login after its commit (SPEC §4: a new alias or id can
+//! Every write invalidates every cached login after its commit (docs/contract.md §4: a new alias or id can
 //! make a claim match, a deleted organization takes its memberships with it).
 
 use axum::Json;

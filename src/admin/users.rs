@@ -118,7 +118,7 @@ async fn lookup(State(state): State<AppState>, mut params: Params) -> Result<Jso
 /// Erases a user: memberships, attachments (their seats freed), the link of their redemptions,
 /// and the user row. Every removed membership and attachment gets its audit event, and one
 /// `user.erase` event closes them; those events keep the subject, nothing else about the
-/// person (SPEC §6). The user's cached logins go on every replica. Unknown → 404.
+/// person (docs/contract.md §6). The user's cached logins go on every replica. Unknown → 404.
 #[utoipa::path(
     delete,
     path = "/users/{sub}",

@@ -2,7 +2,7 @@
 //! the validation policy (refetching keys once on an unknown `kid`), and classify the caller.
 //!
 //! A request without a token is anonymous; a request whose token fails is rejected and never
-//! downgraded to anonymous (SPEC §2).
+//! downgraded to anonymous (docs/contract.md §2).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -75,7 +75,7 @@ pub fn extract_token<'h>(headers: &'h HeaderMap, sources: &[TokenSource]) -> Res
 }
 
 /// The credential of a request, read from the configured sources, refusing every reading
-/// that is not the only one (SPEC §2 v2). An app behind the sidecar may parse credentials
+/// that is not the only one (docs/contract.md §2 v2). An app behind the sidecar may parse credentials
 /// differently (split on any whitespace, take the last header, read another source), so
 /// whatever it could read other than the validated token is [`Reject::Ambiguous`]:
 ///

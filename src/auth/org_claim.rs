@@ -1,4 +1,4 @@
-//! The Keycloak organization claim (SPEC §3), normalised to a sorted set of (alias, optional id).
+//! The Keycloak organization claim (docs/contract.md §3), normalised to a sorted set of (alias, optional id).
 //! Pure code: a claim of any shape yields a clear result, never a panic.
 //!
 //! Keycloak's Organization Membership mapper emits, depending on its settings:
@@ -146,7 +146,7 @@ fn push_alias(alias: &str, id: Option<Uuid>, out: &mut ClaimedOrgs) {
 /// alias also appears with an id.
 ///
 /// Why collapse to the id-bearing entry rather than keep both: the id is the stable identity
-/// (an alias can be renamed and later reused by another organization), and SPEC §3 says an
+/// (an alias can be renamed and later reused by another organization), and docs/contract.md §3 says an
 /// alias whose organization holds a *different* id must not match. Keeping an alias-only twin
 /// next to `("acme", X)` would let it match, by alias, an `acme` whose id is not `X` — exactly
 /// what the rule forbids. A single claim value cannot actually produce both (array entries never

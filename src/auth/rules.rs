@@ -1,4 +1,4 @@
-//! `[[auth.rules]]`: path canonicalisation and rule matching (SPEC §2). Pure code.
+//! `[[auth.rules]]`: path canonicalisation and rule matching (docs/contract.md §2). Pure code.
 //!
 //! The gate and the upstream must agree on which path a request names, or a rule can be
 //! sidestepped by spelling the path differently (`/admin%2Fusers`, `//admin`, `/x/../admin`).
@@ -475,7 +475,7 @@ mod tests {
         assert_eq!(norm("/caf%C3%A9/a%20b"), Ok("/café/a b".into()));
         // `%25` decodes to `%` once and only once.
         assert_eq!(norm("/a%25zz"), Ok("/a%zz".into()));
-        // v1 kept `%252e%252e` as the literal `%2e%2e`; SPEC §2 v2 refuses a `%XX` left after
+        // v1 kept `%252e%252e` as the literal `%2e%2e`; docs/contract.md §2 v2 refuses a `%XX` left after
         // one decoding, as an upstream that decodes twice would read `..`.
         assert_eq!(norm("/a/%252e%252e/b"), Err(PathError::DoubleEncoded));
     }
@@ -548,7 +548,7 @@ mod tests {
         for raw in ["/a/%ff", "/a/%C3", "/%C3%28"] {
             assert_eq!(norm(raw), Err(PathError::BadEncoding), "{raw}");
         }
-        // v1 called a NUL bad encoding; SPEC §2 v2 refuses every control character, NUL included.
+        // v1 called a NUL bad encoding; docs/contract.md §2 v2 refuses every control character, NUL included.
         for raw in ["/a%00b", "/a/%00"] {
             assert_eq!(norm(raw), Err(PathError::ControlCharacter), "{raw}");
         }
@@ -1072,7 +1072,7 @@ mod tests {
         }
 
         /// `segments` (a plain path: lower-case, no `;`, no trailing dot or space) spelled
-        /// differently using only the folding steps of SPEC §2: case changes, `;params`,
+        /// differently using only the folding steps of docs/contract.md §2: case changes, `;params`,
         /// trailing dots and spaces, `\` (raw or encoded) or an encoded `/` for `/`, extra empty,
         /// `.` and `;` segments, and percent-encoding of any character.
         fn spell(segments: &[&str], plan: &[u8]) -> String {

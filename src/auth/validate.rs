@@ -1,4 +1,4 @@
-//! The token validation policy (SPEC §2). Pure code: no IO, the time is passed in.
+//! The token validation policy (docs/contract.md §2). Pure code: no IO, the time is passed in.
 //!
 //! A token goes through three steps, each of which can only reject:
 //! 1. [`pre_parse`]: size cap before any decoding, compact-JWS shape (JWE and nested tokens
@@ -95,7 +95,7 @@ impl Policy {
 /// or counted; the description goes into `WWW-Authenticate` and the problem body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reject {
-    /// The request's credentials can be read more than one way (SPEC §2 v2): several
+    /// The request's credentials can be read more than one way (docs/contract.md §2 v2): several
     /// `Authorization` headers, a token source given twice, a `Bearer` value that is not
     /// exactly `Bearer <token>`, or different tokens in two sources. An app behind the
     /// sidecar might read the other one.
@@ -288,7 +288,7 @@ pub struct Principal {
     pub roles: Vec<String>,
     /// The normalised organization claim.
     pub organizations: ClaimedOrgs,
-    /// The claims `X-Userinfo` passes on (SPEC §5, `headers.userinfo_claims`), as received.
+    /// The claims `X-Userinfo` passes on (docs/contract.md §5, `headers.userinfo_claims`), as received.
     pub userinfo: Map<String, Value>,
 }
 
@@ -362,7 +362,7 @@ pub fn check_claims(token: &Unverified<'_>, policy: &Policy, now: u64) -> Result
     Ok(principal)
 }
 
-/// SPEC §2: any configured audience in `aud`, or equal to `azp` (Keycloak puts the client
+/// docs/contract.md §2: any configured audience in `aud`, or equal to `azp` (Keycloak puts the client
 /// id in `azp` and `account` in `aud`).
 fn audience_matches(claims: &Map<String, Value>, audiences: &[String]) -> bool {
     if audiences.is_empty() {

@@ -1,4 +1,4 @@
-//! The brake on guessing codes (SPEC §7): more than `codes.max_failures_per_minute` failed
+//! The brake on guessing codes (docs/contract.md §7): more than `codes.max_failures_per_minute` failed
 //! redemptions (404/409) by one user within a sliding minute → 429 with `Retry-After`.
 //!
 //! Each attempt is counted as a failure *when it starts* and forgiven when it succeeds (or the

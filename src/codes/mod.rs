@@ -1,4 +1,4 @@
-//! Enrollment codes (SPEC §1, §7): their format, the failure limiter of redemption, and the
+//! Enrollment codes (docs/contract.md §1, §7): their format, the failure limiter of redemption, and the
 //! redemption itself ([`redeem`]: the transaction and the public route).
 //!
 //! # Format
@@ -7,7 +7,7 @@
 //! `getrandom`: no user-space generator in between), written as 25 symbols of Crockford's
 //! base32 in five groups of five: `7Q2M4-XK9DA-0ZC3R-T8WNE-5HBVG`. The alphabet has no `I`, `L`,
 //! `O` or `U`, so nothing is ambiguous when read aloud or copied by hand; 125 bits is above the
-//! 122 of a random UUID that SPEC §1 asks for. The grouped upper-case form is what the store
+//! 122 of a random UUID that docs/contract.md §1 asks for. The grouped upper-case form is what the store
 //! holds and the admin API lists.
 //!
 //! A code typed by a person is read leniently ([`normalize`]): any case, with or without the

@@ -1,4 +1,4 @@
-//! Redeeming an enrollment code (SPEC §7) on the public port:
+//! Redeeming an enrollment code (docs/contract.md §7) on the public port:
 //! `POST /_sidecar/enrollment-codes/{code}/redeem`, or `POST /_sidecar/enrollment-codes/redeem`
 //! with `{"code": …}` (which keeps the code out of gateway access logs and out of every path).
 //!
@@ -203,7 +203,7 @@ pub const MAX_BODY_BYTES: usize = 4 * 1024;
 
 // Both handlers take the whole `Request` and read its body themselves, only after the caller
 // is authenticated: a body extractor would run first and let anonymous clients make the
-// sidecar hold bodies (150 of them with 2 MB each once took 300 MiB). The order (SPEC §7 v2):
+// sidecar hold bodies (150 of them with 2 MB each once took 300 MiB). The order (docs/contract.md §7 v2):
 // 1. authenticate from the headers (401);
 // 2. refuse a cross-site request from an origin not allowed (403, `crate::cross_site`);
 // 3. body form only: `Content-Type: application/json` (415), then the body, at most

@@ -1,4 +1,4 @@
-//! The claims of the entitlement token `X-Identity-Entitlements` (SPEC §5), also the body of
+//! The claims of the entitlement token `X-Identity-Entitlements` (docs/contract.md §5), also the body of
 //! `GET /_sidecar/me`.
 
 use serde::{Deserialize, Serialize};

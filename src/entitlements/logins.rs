@@ -1,4 +1,4 @@
-//! Login detection and the entitlement cache (SPEC §4).
+//! Login detection and the entitlement cache (docs/contract.md §4).
 //!
 //! A *login* is identified by (sub, sid, claimed organization set, removal authority, and the
 //! profile fields the user row records). The first request of a login reconciles it; every

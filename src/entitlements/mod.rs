@@ -1,4 +1,4 @@
-//! Entitlements: the signed entitlement token (SPEC §5) and the key set that signs it.
+//! Entitlements: the signed entitlement token (docs/contract.md §5) and the key set that signs it.
 //!
 //! No axum and no IO here beyond reading key files: the header renderer and the JWKS routes
 //! build on these types.

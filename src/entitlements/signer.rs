@@ -1,4 +1,4 @@
-//! The sidecar's ES256 key set for the entitlement token (SPEC §5): one current P-256 key that
+//! The sidecar's ES256 key set for the entitlement token (docs/contract.md §5): one current P-256 key that
 //! signs, and retired keys that stay published in the JWKS until tokens signed with them have
 //! expired.
 //!

@@ -5,7 +5,7 @@
 //! Kinds and payloads:
 //! - [`ADD_MEMBER`] `{"organization_keycloak_id": "<uuid>", "sub": "<user id>"}`: adds the user
 //!   to the Keycloak organization (enqueued by a code redemption that created a membership,
-//!   SPEC §7). "Already a member" is success. Retried until it succeeds; given up only when
+//!   docs/contract.md §7). "Already a member" is success. Retried until it succeeds; given up only when
 //!   Keycloak says the organization or the user does not exist (or the payload is malformed).
 //! - [`RECONCILE_ALL`] `{"actor": "admin:<who>"}`: walks every known user in `sub` order,
 //!   reads each one's organizations from Keycloak and reconciles (see [`super::reconcile`]).

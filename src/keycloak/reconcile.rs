@@ -1,6 +1,6 @@
 //! Admin reconciliation of one user (`POST /admin/v1/reconcile/users/{sub}`,
 //! `reconcile --sub`, and each user of a `reconcile.all` job): the same reconciliation as a
-//! login (SPEC §4, [`crate::reconcile::apply::reconcile_user`]), fed with an organization set
+//! login (docs/contract.md §4, [`crate::reconcile::apply::reconcile_user`]), fed with an organization set
 //! an admin states or that Keycloak's admin API reports, instead of a token's claim.
 //!
 //! Removal is always authoritative here: the set is the user's complete membership (the admin

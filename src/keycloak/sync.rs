@@ -1,6 +1,6 @@
 //! Importing Keycloak's organizations (`POST /admin/v1/sync/organizations`, `sync-orgs`).
 //!
-//! Every Keycloak organization is matched as a claim entry with an id is (SPEC §3): first the
+//! Every Keycloak organization is matched as a claim entry with an id is (docs/contract.md §3): first the
 //! organization holding its `keycloak_id`; failing that, the one holding its alias without an
 //! id, which learns the id. A match whose name, description or alias differ is updated; an
 //! unmatched one is created with a key derived from its alias ([`key_from_alias`]). Keys never

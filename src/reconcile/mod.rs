@@ -1,5 +1,5 @@
 //! Reconciliation of a login's Keycloak organization claim into B2B memberships and contract
-//! attachments (SPEC §4).
+//! attachments (docs/contract.md §4).
 //!
 //! [`plan`] is the decision, pure and unit-tested: it compares what the token claims with what
 //! the store holds for one user and lists the changes. Applying them in one transaction is the

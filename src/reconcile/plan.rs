@@ -1,4 +1,4 @@
-//! The reconciliation plan (SPEC §3 matching, §4 steps 1–4): claimed organizations plus the
+//! The reconciliation plan (docs/contract.md §3 matching, §4 steps 1–4): claimed organizations plus the
 //! stored state of one user in, a list of changes out.
 //!
 //! Pure code: no IO, `today` passed in. The input types are this module's own so that the
@@ -7,7 +7,7 @@
 //! attachment atomically when it applies the plan, because another replica may take the last
 //! seat in between.
 //!
-//! Decisions the SPEC leaves open, made here:
+//! Decisions the contract leaves open, made here:
 //! - Removing a membership detaches the user from that organization's `auto` and `managed`
 //!   contracts whatever the attachment's source, `sso` or `admin`, and keeps `code`
 //!   attachments. The protection an admin has is the membership's `keep_until_seen` flag
@@ -271,7 +271,7 @@ fn serialize_claims<S: Serializer>(claims: &[ClaimedOrg], s: S) -> Result<S::Ok,
     s.collect_seq(claims.iter().map(|c| Entry { alias: &c.alias, id: c.id }))
 }
 
-/// Whether an absent or partial claim means "not a member" (SPEC §3). `scope` is the token's
+/// Whether an absent or partial claim means "not a member" (docs/contract.md §3). `scope` is the token's
 /// space-separated `scope`; a configured scope must equal one of its values exactly (`*` in
 /// `organization:*` is Keycloak's literal scope value, not a pattern).
 pub fn removal_is_authoritative(mode: Removal, scope: &str, full_scopes: &[String]) -> bool {
@@ -283,7 +283,7 @@ pub fn removal_is_authoritative(mode: Removal, scope: &str, full_scopes: &[Strin
 }
 
 /// A contract is valid today when active and `starts_on <= today <= ends_on`, a missing bound
-/// being unbounded (SPEC §1). Shared with the header renderer, which judges validity when it
+/// being unbounded (docs/contract.md §1). Shared with the header renderer, which judges validity when it
 /// serves headers.
 pub fn contract_valid_today(
     active: bool,
@@ -299,7 +299,7 @@ pub fn contract_is_full(max_learners: Option<i64>, seats_used: i64) -> bool {
     matches!(max_learners, Some(max) if max > 0 && seats_used >= max)
 }
 
-/// What the claim matched (SPEC §3).
+/// What the claim matched (docs/contract.md §3).
 struct Matches {
     orgs: BTreeSet<i64>,
     learned: Vec<LearnedId>,
@@ -371,7 +371,7 @@ pub fn detached_on_removal(state: &UserSnapshot, removed: &HashSet<i64>) -> Vec<
     detach
 }
 
-/// Plans one reconciliation (SPEC §4 steps 1–4) of `claimed` against `state`.
+/// Plans one reconciliation (docs/contract.md §4 steps 1–4) of `claimed` against `state`.
 ///
 /// `removal_authoritative` comes from [`removal_is_authoritative`]; `today` is the UTC date.
 pub fn plan(claimed: &[ClaimedOrg], removal_authoritative: bool, state: &UserSnapshot, today: Date) -> Plan {

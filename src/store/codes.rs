@@ -1,4 +1,4 @@
-//! Enrollment codes and their redemptions (SPEC §7). The redeem flow composes these with
+//! Enrollment codes and their redemptions (docs/contract.md §7). The redeem flow composes these with
 //! [`super::attachments::attach`] and [`super::memberships::add`] in one [`Tx`]:
 //! [`find`] → judge validity → [`claim_one_time`] (one-time codes) → attach → [`record_redemption`].
 //!

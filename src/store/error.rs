@@ -2,7 +2,7 @@
 //!
 //! A rejection (`NotFound`, `Conflict`, `InUse`) is an answer about the data and maps to 404 /
 //! 409; `Unavailable` is a breakage of the database link that the caller survives (reconcile
-//! degrades to cached entitlements, SPEC §4; the admin API answers 503); `Other` is a bug or an
+//! degrades to cached entitlements, docs/contract.md §4; the admin API answers 503); `Other` is a bug or an
 //! unexpected database state (500, logged once). The classification reads the driver's error
 //! codes, so it is the same on SQLite and PostgreSQL.
 

@@ -1,5 +1,5 @@
 //! A durable job queue in the database, so any replica can run a job and report on it
-//! (Keycloak membership pushes, background reconciliations with progress; SPEC §6, §7).
+//! (Keycloak membership pushes, background reconciliations with progress; docs/contract.md §6, §7).
 //!
 //! Life of a job: `queued` (due at `next_run_at`) → [`claim`]ed: `running`, with `next_run_at`
 //! as the worker's lease → [`complete`] (`done`), [`retry`] (`queued` again, later) or

@@ -1,5 +1,5 @@
 //! The last good JWKS document per issuer, so a restart during a Keycloak outage can still
-//! validate tokens (SPEC §2). One row per issuer, overwritten on every successful fetch.
+//! validate tokens (docs/contract.md §2). One row per issuer, overwritten on every successful fetch.
 
 use time::OffsetDateTime;
 

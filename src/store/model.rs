@@ -1,6 +1,6 @@
 //! The rows of the store as the rest of the sidecar sees them.
 //!
-//! Field names are the wire names of SPEC §1/§6, so the admin API serialises these types as they
+//! Field names are the wire names of docs/contract.md §1/§6, so the admin API serialises these types as they
 //! are: `key`, `organization` (an organization's *key*, never its row id), dates as `YYYY-MM-DD`,
 //! timestamps as RFC 3339, `price` as a decimal string. Internal row ids are kept on the types
 //! (other store calls take them) but never serialised.
@@ -166,7 +166,7 @@ impl Contract {
 }
 
 /// Active and `starts_on <= today <= ends_on` (UTC dates; a missing bound is unbounded) —
-/// the one definition of "valid today" (SPEC §1), used by the plan, codes and headers.
+/// the one definition of "valid today" (docs/contract.md §1), used by the plan, codes and headers.
 pub fn valid_on(active: bool, starts_on: Option<Date>, ends_on: Option<Date>, today: Date) -> bool {
     active && starts_on.is_none_or(|s| s <= today) && ends_on.is_none_or(|e| today <= e)
 }
@@ -367,7 +367,7 @@ pub struct ContractMember {
     pub created_at: OffsetDateTime,
 }
 
-/// One recorded change (SPEC §1: every membership / attachment change, with actor and reason).
+/// One recorded change (docs/contract.md §1: every membership / attachment change, with actor and reason).
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct AuditEvent {
     pub id: i64,
@@ -430,7 +430,7 @@ pub enum Redemption {
 }
 
 /// An enrollment code. The code itself is stored (not a hash): admins list and export codes to
-/// hand them out (SPEC §6), so the store must be able to give them back.
+/// hand them out (docs/contract.md §6), so the store must be able to give them back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EnrollmentCode {
     #[serde(skip)]
@@ -496,7 +496,7 @@ pub enum JobStatus {
     Failed,
 }
 
-/// A durable job: Keycloak pushes, background reconciliations (SPEC §6, §7).
+/// A durable job: Keycloak pushes, background reconciliations (docs/contract.md §6, §7).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Job {
     pub id: i64,

@@ -77,7 +77,7 @@ pub async fn update(conn: &mut Conn, new: &NewOrganization) -> Result<Organizati
     org.ok_or(StoreError::NotFound)
 }
 
-/// Records the Keycloak id an alias-only organization learned from a claim (SPEC §3).
+/// Records the Keycloak id an alias-only organization learned from a claim (docs/contract.md §3).
 /// `Conflict` if another organization already holds that id.
 pub async fn set_keycloak_id(conn: &mut Conn, id: i64, keycloak_id: Uuid) -> Result<(), StoreError> {
     let at = At(now());

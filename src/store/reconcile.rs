@@ -1,4 +1,4 @@
-//! Everything reconciliation (SPEC §4) reads about one user, in four statements: the user's
+//! Everything reconciliation (docs/contract.md §4) reads about one user, in four statements: the user's
 //! memberships (with each organization's Keycloak link), their attachments, the organizations
 //! the claim could refer to, and the `auto`/`managed` contracts of all those organizations.
 //! Run it inside the per-user transaction ([`super::Store::begin_user`]) so the plan is made

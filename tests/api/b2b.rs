@@ -1,4 +1,4 @@
-//! Issue "B2B core": what a login does to a user's organizations and contracts (SPEC §3, §4),
+//! Issue "B2B core": what a login does to a user's organizations and contracts (docs/contract.md §3, §4),
 //! the B2B headers it earns (§5), and what the store holds afterwards.
 //!
 //! Every case runs twice, on SQLite and on PostgreSQL (the `on_sqlite` / `on_postgres` modules
@@ -381,7 +381,7 @@ async fn logins_follow_the_issue_table_step_by_step(db: Db) {
     );
 }
 
-/// SPEC §3 matching: id first, whatever the alias; alias otherwise; an alias-only organization
+/// docs/contract.md §3 matching: id first, whatever the alias; alias otherwise; an alias-only organization
 /// learns its id; an alias held by an organization with another id does not match; unknown
 /// entries are ignored and counted, never created.
 async fn claims_match_by_id_then_by_alias_and_unknown_entries_create_nothing(db: Db) {
@@ -436,7 +436,7 @@ async fn claims_match_by_id_then_by_alias_and_unknown_entries_create_nothing(db:
     assert!(metric(&w.app.metrics().await, "identity_sidecar_unknown_organizations_total") >= 2.0);
 }
 
-/// SPEC §3 removal authority: only `organization:*` makes an absent or partial claim remove.
+/// docs/contract.md §3 removal authority: only `organization:*` makes an absent or partial claim remove.
 async fn only_the_full_membership_scope_removes_organizations(db: Db) {
     let w = World::new(db).await;
     let u = "scoped";
@@ -458,7 +458,7 @@ async fn only_the_full_membership_scope_removes_organizations(db: Db) {
     assert_eq!(w.memberships(u).await, [membership("whiskey", false, Admin)]);
 }
 
-/// SPEC §4 step 4: only `auto`/`managed` contracts valid today are attached; contracts outside
+/// docs/contract.md §4 step 4: only `auto`/`managed` contracts valid today are attached; contracts outside
 /// their dates never reach `X-Identity-Contracts`, whoever attached them.
 async fn only_valid_sso_contracts_are_attached_and_shown(db: Db) {
     let w = World::new(db).await;
@@ -517,7 +517,7 @@ async fn only_valid_sso_contracts_are_attached_and_shown(db: Db) {
     assert!(w.attachments(u).await.contains(&attached("a-last-day", Sso)));
 }
 
-/// SPEC §4: "contract validity is judged when the headers are served". A cached login
+/// docs/contract.md §4: "contract validity is judged when the headers are served". A cached login
 /// re-renders its headers when the UTC day changes; the HTTP tests cannot move the clock, so
 /// this one renders the login entry — built from the rows a real login wrote — for today and
 /// for tomorrow, through the same `LoginEntry::b2b` the request path calls.
@@ -564,7 +564,7 @@ async fn a_cached_login_drops_a_contract_the_day_after_it_ends(db: Db) {
     assert_eq!(claims["contracts"].as_array().unwrap().len(), 1, "the token follows the header");
 }
 
-/// SPEC §4 step 4: a full contract is skipped, audited and counted; the rest is attached.
+/// docs/contract.md §4 step 4: a full contract is skipped, audited and counted; the rest is attached.
 async fn a_full_contract_is_skipped_with_an_audit_event_and_a_metric(db: Db) {
     let w = World::new(db).await;
     let seat = w
@@ -586,7 +586,7 @@ async fn a_full_contract_is_skipped_with_an_audit_event_and_a_metric(db: Db) {
     assert!(metric(&w.app.metrics().await, "identity_sidecar_seat_limit_skips_total") > 0.0);
 }
 
-/// SPEC §4 step 3: removing an organization detaches its `auto` and `managed` contracts (seats
+/// docs/contract.md §4 step 3: removing an organization detaches its `auto` and `managed` contracts (seats
 /// freed), keeps what a code attached.
 async fn a_removed_organization_takes_its_sso_contracts_and_leaves_code_attachments(db: Db) {
     let w = World::new(db).await;
@@ -612,7 +612,7 @@ async fn a_removed_organization_takes_its_sso_contracts_and_leaves_code_attachme
     }
 }
 
-/// SPEC §4 step 4 for every membership the user has: a contract created after the user joined
+/// docs/contract.md §4 step 4 for every membership the user has: a contract created after the user joined
 /// is attached at their next login, for local organizations too.
 async fn a_contract_created_later_is_attached_at_the_next_login(db: Db) {
     let w = World::new(db).await;
@@ -632,7 +632,7 @@ async fn a_contract_created_later_is_attached_at_the_next_login(db: Db) {
     assert_eq!(w.audit(u).await[2..], ["attachment.add a-new", "attachment.add w-new"]);
 }
 
-/// SPEC §4: "Reconciling twice with the same input changes nothing the second time."
+/// docs/contract.md §4: "Reconciling twice with the same input changes nothing the second time."
 async fn a_second_identical_login_writes_nothing(db: Db) {
     let w = World::new(db).await;
     let u = "twice";
@@ -653,7 +653,7 @@ async fn a_second_identical_login_writes_nothing(db: Db) {
     assert_eq!(w.attachment_rows(u).await, held);
 }
 
-/// SPEC §4 steps 2–3: an admin membership flagged `keep_until_seen` survives logins that do not
+/// docs/contract.md §4 steps 2–3: an admin membership flagged `keep_until_seen` survives logins that do not
 /// claim it, until a claim names it; from then on it is an ordinary membership.
 async fn an_admin_membership_is_kept_until_the_claim_has_named_it_once(db: Db) {
     let w = World::new(db).await;
@@ -678,8 +678,8 @@ async fn an_admin_membership_is_kept_until_the_claim_has_named_it_once(db: Db) {
     assert_eq!(w.memberships(u).await, [membership("alpha", false, Claim)]);
 }
 
-/// SPEC §5 size budget: 5 organizations and 10 contracts (keys of about 10 characters, names of
-/// about 15). With every field SPEC §5 lists, realistic data (Keycloak ids, contract dates)
+/// docs/contract.md §5 size budget: 5 organizations and 10 contracts (keys of about 10 characters, names of
+/// about 15). With every field docs/contract.md §5 lists, realistic data (Keycloak ids, contract dates)
 /// takes about 4.6 KiB, so the budget docs/headers.md states and this test holds is: under 4 KiB
 /// without `X-Userinfo` (`headers.userinfo = false`, for gateways kept at 4 KiB buffers); with
 /// it, no single header over 4 KiB and all together under 6 KiB. Counted as on the wire.
@@ -746,7 +746,7 @@ async fn owned_headers_of_a_large_b2b_user_fit_the_stated_budget(db: Db) {
     assert!(total < 6144, "owned headers take {total} bytes (name + value): {:?}", f.owned);
 }
 
-/// SPEC §4: "Requests of an already reconciled login touch no database."
+/// docs/contract.md §4: "Requests of an already reconciled login touch no database."
 async fn requests_of_a_reconciled_login_touch_no_database(db: Db) {
     let w = World::new(db).await;
     w.add_contract(contract("a-auto", "alpha", MembershipType::Auto)).await;
@@ -770,7 +770,7 @@ async fn requests_of_a_reconciled_login_touch_no_database(db: Db) {
     assert!(hits >= 20.0, "{hits} login cache hits");
 }
 
-/// SPEC §4 `on_store_error = "degrade"` (the default): a new login while the store fails gets
+/// docs/contract.md §4 `on_store_error = "degrade"` (the default): a new login while the store fails gets
 /// the last known facts marked `stale`; a cached login is unaffected; the next request after
 /// the store recovers reconciles.
 async fn a_failing_store_degrades_new_logins_to_the_last_known_facts(db: Db) {
@@ -803,7 +803,7 @@ async fn a_failing_store_degrades_new_logins_to_the_last_known_facts(db: Db) {
     );
 }
 
-/// SPEC §4 `on_store_error = "reject"`: a new login while the store fails is a 503 with
+/// docs/contract.md §4 `on_store_error = "reject"`: a new login while the store fails is a 503 with
 /// `Retry-After`; a cached login is unaffected.
 async fn a_failing_store_rejects_new_logins_when_configured_to(db: Db) {
     let w = World::with_env(db, &[("SIDECAR__RECONCILE__ON_STORE_ERROR", "reject")]).await;
@@ -824,7 +824,7 @@ async fn a_failing_store_rejects_new_logins_when_configured_to(db: Db) {
     assert_eq!(w.request(&fresh).await.status, "authenticated");
 }
 
-/// SPEC §4 "serialised per user": ten new logins of one user at once write every row once.
+/// docs/contract.md §4 "serialised per user": ten new logins of one user at once write every row once.
 async fn concurrent_logins_of_one_user_write_each_row_once(db: Db) {
     let w = World::new(db).await;
     let u = "racer";

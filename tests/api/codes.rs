@@ -1,4 +1,4 @@
-//! Enrollment codes (SPEC §6, §7): generation, listing (JSON and CSV) and revocation on the
+//! Enrollment codes (docs/contract.md §6, §7): generation, listing (JSON and CSV) and revocation on the
 //! admin port; redemption on the public port in both forms, with its statuses and messages,
 //! seats, memberships, the Keycloak job it queues, the failure limit, the cache invalidation
 //! that makes the very next request see the contract, what is refused before the body is
@@ -7,7 +7,7 @@
 //! Every case runs on SQLite and PostgreSQL (a fresh database per test) except the seat race
 //! (PostgreSQL: the one backend where redemptions really run side by side), the log check
 //! (the real binary, on SQLite), and the checks made before a redemption reaches the store —
-//! authentication before the body, the content type, cross-site requests (SPEC §7 v2) — and
+//! authentication before the body, the content type, cross-site requests (docs/contract.md §7 v2) — and
 //! the CSV formula defusing, which no database changes (SQLite).
 
 use std::time::Duration;
@@ -902,7 +902,7 @@ level = "debug"
     }
 }
 
-// --- before the body: authentication, cross-site requests, content type (SPEC §7 v2) ---------
+// --- before the body: authentication, cross-site requests, content type (docs/contract.md §7 v2) ---------
 
 /// Sends `request` over a new connection and reads the answer's head (status line and
 /// headers). The connection is handed back open: the client has not finished its body.

@@ -1,4 +1,4 @@
-//! The operator commands of SPEC §8 *(v2)* run as a user runs them — the real binary, stdin
+//! The operator commands of docs/contract.md §8 *(v2)* run as a user runs them — the real binary, stdin
 //! piped, exit status and output read — and what they produce is used by a running sidecar:
 //! `--version`, `hash-token`, `generate-signing-key`, `health [--ready]`, and an SQLite URL
 //! without `mode=rwc` (issue 15, item 8).

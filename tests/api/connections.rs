@@ -1,4 +1,4 @@
-//! Connection limits over raw sockets (SPEC §2 *(v2)* "Connections"): a silent connection is
+//! Connection limits over raw sockets (docs/contract.md §2 *(v2)* "Connections"): a silent connection is
 //! closed after the header read timeout, a keep-alive connection lives its idle timeout, at
 //! most `server.max_connections` are served at once, a stalled request body ends in 408, and
 //! HTTP/2 has HTTP/1's header limits. Timing bounds are generous: this machine is busy.

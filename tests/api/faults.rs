@@ -576,7 +576,7 @@ impl Replicas {
     }
 }
 
-/// SPEC §4 "serialised per user" across replicas: one user logs in 100 times — distinct
+/// docs/contract.md §4 "serialised per user" across replicas: one user logs in 100 times — distinct
 /// sessions, alternating replicas, 16 at a time — while an admin membership flagged
 /// `keep_until_seen` on an organization the claim does not name must survive every one of
 /// those authoritative reconciliations.
@@ -644,7 +644,7 @@ async fn one_user_logging_in_on_two_replicas_at_once_writes_each_row_once_and_ke
     assert_eq!(trail.len(), 4, "one membership and three attachments, each written once: {trail:?}");
 }
 
-/// SPEC §4 step 4 "two replicas racing for the last seat never overfill a contract": 30 new
+/// docs/contract.md §4 step 4 "two replicas racing for the last seat never overfill a contract": 30 new
 /// users log in at once, split across both replicas, on a 10-seat `auto` contract.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_users_racing_for_ten_seats_on_two_replicas_get_exactly_ten() {

@@ -1,4 +1,4 @@
-//! Forward-auth input fails closed (SPEC §6 v2): the forwarded URI is read as bytes and never
+//! Forward-auth input fails closed (docs/contract.md §6 v2): the forwarded URI is read as bytes and never
 //! replaced by the sidecar's own path; a missing, untrusted, doubled or unreadable forwarded
 //! request is refused with a 403 that says why; every refusal carries its problem
 //! `Content-Type`. Requests go over raw TCP where an HTTP client would refuse or merge what a

@@ -1,4 +1,4 @@
-//! Path rules fail closed (SPEC §2 v2), through the real App over raw TCP: every spelling of a
+//! Path rules fail closed (docs/contract.md §2 v2), through the real App over raw TCP: every spelling of a
 //! protected path that an app server would route to the same place is refused like the path
 //! itself and never reaches the upstream; paths the gate cannot read get a 400 problem; a
 //! login still passes. Raw sockets, because HTTP clients normalise `\`, dot segments and

@@ -1,4 +1,4 @@
-//! Reverse proxy mode (SPEC §5 headers, §6 proxy), seen from both ends: requests go through
+//! Reverse proxy mode (docs/contract.md §5 headers, §6 proxy), seen from both ends: requests go through
 //! the real sidecar to the echo upstream, and every test asserts on what the upstream reports
 //! it received or on what the client got back — never on the sidecar's internals.
 //!
@@ -27,7 +27,7 @@ use crate::helpers::{
     rss, set,
 };
 
-/// Every header the sidecar owns (SPEC §5), lower-case.
+/// Every header the sidecar owns (docs/contract.md §5), lower-case.
 const OWNED: [&str; 11] = [
     "x-identity-status",
     "x-identity-subject",
@@ -719,7 +719,7 @@ async fn a_stalled_request_body_is_a_408_problem_after_the_body_read_timeout() {
     let app = TestApp::spawn_with(env).await;
 
     // One chunk, then nothing: neither the body nor the response can make progress. The
-    // client is the one stalling, so this is its timeout (SPEC §2 v2), not the upstream's 504.
+    // client is the one stalling, so this is its timeout (docs/contract.md §2 v2), not the upstream's 504.
     let first = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(b"part 0\n"))]);
     let chunks = first.chain(futures_util::stream::pending());
     let started = Instant::now();

@@ -1,4 +1,4 @@
-//! Issue "Token gate": forward-auth answers, every rejection class of SPEC §2, key rotation,
+//! Issue "Token gate": forward-auth answers, every rejection class of docs/contract.md §2, key rotation,
 //! single-flight refetch, Keycloak outages, path rules, readiness and metrics.
 
 use std::time::Duration;
@@ -346,7 +346,7 @@ async fn path_rules_match_whole_segments_and_the_longest_prefix() {
     assert_eq!(status("GET", "/api/x", None).await, 401);
     assert_eq!(status("GET", "/apix", None).await, 200, "not a whole segment");
     assert_eq!(status("GET", "/api?x=1", None).await, 401, "query dropped");
-    // Refused as unreadable: 403 in forward-auth, since nginx turns a 400 into a 500 (SPEC §6 v2).
+    // Refused as unreadable: 403 in forward-auth, since nginx turns a 400 into a 500 (docs/contract.md §6 v2).
     assert_eq!(status("GET", "/other/../api/x", None).await, 403, ".. rejected");
     assert_eq!(status("GET", "/other/%2e%2e/api/x", None).await, 403, "encoded .. rejected");
     assert_eq!(status("GET", "/%61pi/x", None).await, 401, "percent-decoded before matching");
@@ -390,7 +390,7 @@ async fn forwarded_method_and_uri_are_believed_only_from_trusted_peers() {
     set(&mut env, "SIDECAR__SERVER__TRUSTED_PROXIES", r#"["10.0.0.0/8"]"#);
     let app = TestApp::spawn_with(env).await;
     // Loopback is not trusted here: X-Forwarded-Uri is not believed, and without it the
-    // rules cannot be applied, so the request is refused (SPEC §6 v2; v1 judged the auth
+    // rules cannot be applied, so the request is refused (docs/contract.md §6 v2; v1 judged the auth
     // path itself, which only a rule on `/` happened to cover).
     let res = app.forward_auth("GET", "/open").send().await.unwrap();
     assert_eq!(res.status(), 403);
@@ -581,7 +581,7 @@ async fn a_restart_during_a_keycloak_outage_becomes_ready_with_the_persisted_key
 }
 
 // ---------------------------------------------------------------------------------------------
-// SPEC §2 v2: ambiguous credentials, narrowed preflights, routing headers (raw sockets where a
+// docs/contract.md §2 v2: ambiguous credentials, narrowed preflights, routing headers (raw sockets where a
 // client library would merge or refuse what is sent)
 // ---------------------------------------------------------------------------------------------
 

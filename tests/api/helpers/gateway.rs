@@ -1,5 +1,5 @@
 //! A real gateway (nginx, Caddy) running a recipe from `deploy/` in front of the echo upstream
-//! and the sidecar, and the checks every recipe must pass (issue 15, SPEC §6 v2): every owned
+//! and the sidecar, and the checks every recipe must pass (issue 15, docs/contract.md §6 v2): every owned
 //! header reaches the app; forged dash and underscore spellings never do, also after 100+
 //! filler headers; path rules judge the original URI, raw bytes included; 401 and 403 reach
 //! the client as the sidecar gave them; a `..` path is refused, never a 500; an unreachable

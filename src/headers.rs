@@ -437,19 +437,7 @@ mod tests {
             json!({"b2": 1, "b2b0": 2, "B2B": 3}),
         ];
         for claims in claims {
-            let Value::Object(userinfo) = claims else { unreachable!() };
-            let p = Principal {
-                sub: "u".into(),
-                sid: None,
-                exp: 0,
-                scope: String::new(),
-                email: None,
-                preferred_username: None,
-                name: None,
-                roles: vec![],
-                organizations: Default::default(),
-                userinfo,
-            };
+            let p = principal_with(claims);
             assert_eq!(
                 userinfo_value(&p, &b2b, 65536),
                 (userinfo_by_copy(&p, &b2b), Trimmed::default()),

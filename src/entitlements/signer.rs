@@ -19,7 +19,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use rustls_pemfile::Item;
+use rustls_pki_types::pem::{PemObject, SectionKind};
 use serde::Serialize;
 use serde_json::json;
 
@@ -213,11 +213,10 @@ fn generate_key() -> Result<EcdsaKeyPair, KeyError> {
 /// are skipped.
 fn parse_private_key_pem(pem: &[u8]) -> Result<EcdsaKeyPair, KeyError> {
     let mut found = None;
-    for item in rustls_pemfile::read_all(&mut &pem[..]) {
-        let der: Vec<u8> = match item.map_err(|_| KeyError::NoPrivateKey)? {
-            Item::Pkcs8Key(der) => der.secret_pkcs8_der().to_vec(),
-            Item::Sec1Key(der) => der.secret_sec1_der().to_vec(),
-            Item::Pkcs1Key(_) => return Err(KeyError::NotEcKey),
+    for section in <(SectionKind, Vec<u8>)>::pem_slice_iter(pem) {
+        let der = match section.map_err(|_| KeyError::NoPrivateKey)? {
+            (SectionKind::PrivateKey | SectionKind::EcPrivateKey, der) => der,
+            (SectionKind::RsaPrivateKey, _) => return Err(KeyError::NotEcKey),
             _ => continue,
         };
         if found.replace(der).is_some() {
@@ -245,6 +244,8 @@ mod tests {
     const SEC1_WITH_PARAMS: &[u8] = include_bytes!("../../tests/fixtures/es256-sec1-with-params.pem");
     const PREVIOUS: &[u8] = include_bytes!("../../tests/fixtures/es256-previous-pkcs8.pem");
     const P384: &[u8] = include_bytes!("../../tests/fixtures/p384-pkcs8.pem");
+    /// A throwaway 1024-bit RSA key in the PKCS#1 form (`openssl genrsa -traditional`).
+    const RSA_PKCS1: &[u8] = include_bytes!("../../tests/fixtures/rsa-pkcs1.pem");
 
     fn fixture(name: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
@@ -384,6 +385,7 @@ mod tests {
     fn unusable_keys_are_refused_with_the_file_named_and_no_key_material() {
         assert!(matches!(Signer::from_pem(P384, &[]), Err(KeyError::Rejected(_))));
         assert_eq!(Signer::from_pem(b"not a pem", &[]).unwrap_err(), KeyError::NoPrivateKey);
+        assert_eq!(Signer::from_pem(RSA_PKCS1, &[]).unwrap_err(), KeyError::NotEcKey);
         let both = [PKCS8, PREVIOUS].concat();
         assert_eq!(Signer::from_pem(&both, &[]).unwrap_err(), KeyError::SeveralKeys);
         assert!(matches!(Signer::from_pem(PKCS8, &[P384]), Err(KeyError::Rejected(_))));

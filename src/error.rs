@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::auth::gate::Failure;
 use crate::auth::validate::Reject;
 
 /// One field-level problem in a request body or query string.
@@ -58,6 +59,20 @@ pub enum ApiError {
     GatewayTimeout,
     /// A bug or an unexpected failure: 500, detail logged only.
     Internal(anyhow::Error),
+}
+
+/// A token that could not be accepted: 401 `invalid_token`, or 503 while no key set was ever
+/// loaded (nothing can be verified yet).
+impl From<Failure> for ApiError {
+    fn from(failure: Failure) -> ApiError {
+        match failure {
+            Failure::Rejected(reject) => ApiError::InvalidToken(reject),
+            Failure::KeysUnavailable => ApiError::Unavailable {
+                retry_after_secs: 5,
+                detail: "The identity provider's keys are not available yet.".into(),
+            },
+        }
+    }
 }
 
 /// An RFC 9457 problem (`application/problem+json`): the body of every error answer.

@@ -24,7 +24,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use percent_encoding::{AsciiSet, CONTROLS, percent_encode};
 use serde_json::json;
 
-use crate::auth::gate::{Caller, Failure};
+use crate::auth::gate::Caller;
 use crate::auth::rules::{Decision, Holdings};
 use crate::config::TokenSource;
 use crate::error::ApiError;
@@ -76,7 +76,7 @@ pub async fn admit(
         // handling whatever the rules say.
         (Caller::Anonymous, None)
     } else {
-        state.auth.authenticate_with_source(headers).await.map_err(failure_to_error)?
+        state.auth.authenticate_with_source(headers).await.map_err(ApiError::from)?
     };
     let (b2b, status) = match &caller {
         Caller::Authenticated(p) => state.b2b(p).await?,
@@ -266,7 +266,7 @@ async fn me_json(state: &AppState, headers: &HeaderMap) -> Result<serde_json::Va
     let principal = match state.auth.authenticate(headers).await {
         Ok(Caller::Authenticated(p)) => p,
         Ok(Caller::Anonymous) => return Err(ApiError::Unauthenticated),
-        Err(failure) => return Err(failure_to_error(failure)),
+        Err(failure) => return Err(failure.into()),
     };
     let (b2b, status) = state.b2b(&principal).await?;
     let payload = b2b.entitlements.split('.').nth(1).unwrap_or_default();
@@ -283,16 +283,6 @@ async fn me_json(state: &AppState, headers: &HeaderMap) -> Result<serde_json::Va
 /// `/_sidecar/jwks.json`: the entitlement token's public keys.
 pub async fn entitlement_jwks(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], state.signer.jwks_bytes()).into_response()
-}
-
-pub(crate) fn failure_to_error(failure: Failure) -> ApiError {
-    match failure {
-        Failure::Rejected(reject) => ApiError::InvalidToken(reject),
-        Failure::KeysUnavailable => ApiError::Unavailable {
-            retry_after_secs: 5,
-            detail: "The identity provider's keys are not available yet.".into(),
-        },
-    }
 }
 
 async fn fallback(State(state): State<AppState>) -> Response {

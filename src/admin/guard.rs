@@ -71,7 +71,7 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Admin, Ap
     if let Some(name) = static_token_name(token, &admin.token_sha256) {
         return Ok(Admin { actor: format!("admin:{name}") });
     }
-    let principal = state.auth.principal(token).await.map_err(crate::public::failure_to_error)?;
+    let principal = state.auth.principal(token).await.map_err(ApiError::from)?;
     if !admin.required_roles.iter().any(|role| principal.roles.contains(role)) {
         return Err(ApiError::Forbidden("The token does not carry an admin role.".into()));
     }

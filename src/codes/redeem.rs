@@ -271,7 +271,7 @@ async fn admit(
     let principal = match state.auth.authenticate(headers).await {
         Ok(Caller::Authenticated(p)) => p,
         Ok(Caller::Anonymous) => return Err(ApiError::Unauthenticated.into_response()),
-        Err(failure) => return Err(crate::public::failure_to_error(failure).into_response()),
+        Err(failure) => return Err(ApiError::from(failure).into_response()),
     };
     crate::cross_site::check(state, peer.ip(), headers, uri).map_err(IntoResponse::into_response)?;
     Ok(principal)

@@ -20,10 +20,10 @@ use identity_sidecar::auth::org_claim::parse_org_claim;
 use identity_sidecar::auth::validate::{
     Policy, Principal, UserinfoClaims, check_claims, pre_parse, verify_signature,
 };
+use identity_sidecar::b2b::{AttachmentSource, MembershipSource, MembershipType};
 use identity_sidecar::headers::{B2b, Status, render};
 use identity_sidecar::reconcile::plan::{
-    AttachmentSource, CurrentAttachment, CurrentMembership, KnownContract, KnownOrg, MembershipSource,
-    MembershipType, UserSnapshot, plan,
+    CurrentAttachment, CurrentMembership, KnownContract, KnownOrg, UserSnapshot, plan,
 };
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey};

@@ -9,12 +9,13 @@ use time::{Date, OffsetDateTime};
 
 use crate::auth::gate::unix_now;
 use crate::auth::validate::Principal;
+use crate::b2b::Facts;
 use crate::cache::{Invalidation, Lookup};
 use crate::config::OnStoreError;
 use crate::entitlements::logins::{LoginKey, RenderContext, login_key, render};
 use crate::error::ApiError;
 use crate::headers::{B2b, Status};
-use crate::reconcile::apply::{Actor, Snapshot, reconcile_user};
+use crate::reconcile::apply::{Actor, reconcile_user};
 use crate::reconcile::plan::removal_is_authoritative;
 use crate::state::AppState;
 use crate::store::model::Profile;
@@ -108,8 +109,7 @@ impl AppState {
                         detail: "Entitlements are unavailable right now.".into(),
                     }),
                     OnStoreError::Degrade => {
-                        let last =
-                            self.last_known.get(&p.sub).unwrap_or_else(|| Arc::new(Snapshot::default()));
+                        let last = self.last_known.get(&p.sub).unwrap_or_else(|| Arc::new(Facts::default()));
                         let b2b = render(&last, p, &self.render_context(), now, today);
                         Ok((Arc::new(b2b), Status::Stale))
                     }

@@ -43,7 +43,7 @@ pub struct Inner {
     /// Reconciled logins (memory tier) and the invalidation generation.
     pub logins: crate::entitlements::logins::Logins,
     /// Last known B2B facts per user, for `reconcile.on_store_error = "degrade"`.
-    pub last_known: moka::sync::Cache<String, Arc<crate::reconcile::apply::Snapshot>>,
+    pub last_known: moka::sync::Cache<String, Arc<crate::b2b::Facts>>,
     /// The Redis tier (`cache.redis_url`): logins shared between replicas and the
     /// invalidation bus. `None`: this process caches on its own.
     pub shared: Option<Arc<crate::cache::SharedCache>>,

@@ -12,7 +12,7 @@ use std::mem::size_of;
 use serde_json::Value;
 
 use crate::auth::validate::Principal;
-use crate::reconcile::apply::Snapshot;
+use crate::b2b::Facts;
 
 /// moka's bookkeeping per entry (hash, access-order and write-order nodes, expiry timer),
 /// the `Arc` header and allocator rounding, rounded up.
@@ -97,34 +97,32 @@ pub fn principal(p: &Principal) -> usize {
         + userinfo
 }
 
-/// Estimated bytes of a reconciled login's snapshot.
-pub fn snapshot(s: &Snapshot) -> usize {
+/// Estimated bytes of a user's B2B facts.
+pub fn facts(s: &Facts) -> usize {
     let orgs: usize = s
         .organizations
         .iter()
-        .map(|o| size_of::<crate::entitlements::EntitledOrganization>() + string(&o.key) + string(&o.name))
+        .map(|o| size_of::<crate::b2b::EntitledOrganization>() + string(&o.key) + string(&o.name))
         .sum();
     let contracts: usize = s
         .contracts
         .iter()
         .map(|c| {
-            size_of::<crate::reconcile::apply::HeldContract>()
-                + string(&c.contract.key)
-                + string(&c.contract.organization)
+            size_of::<crate::b2b::HeldContract>() + string(&c.contract.key) + string(&c.contract.organization)
         })
         .sum();
-    size_of::<Snapshot>() + orgs + contracts
+    size_of::<Facts>() + orgs + contracts
 }
 
 /// Estimated bytes of a cached login entry: its key and `sub`, the snapshot, and the B2B
 /// facts rendered from it later (the keys again, and the signed entitlement token: the
 /// snapshot and the profile as JSON, base64-encoded, plus header and signature).
-pub fn login(sub: &str, s: &Snapshot) -> usize {
-    let snapshot = snapshot(s);
+pub fn login(sub: &str, s: &Facts) -> usize {
+    let facts = facts(s);
     let keys: usize = s.organizations.iter().map(|o| size_of::<String>() + 2 * string(&o.key)).sum::<usize>()
         + s.contracts.iter().map(|c| size_of::<String>() + string(&c.contract.key)).sum::<usize>();
-    let jws = (snapshot + 512) * 4 / 3 + 256;
-    ENTRY_OVERHEAD + 32 + string(sub) + snapshot + keys + jws
+    let jws = (facts + 512) * 4 / 3 + 256;
+    ENTRY_OVERHEAD + 32 + string(sub) + facts + keys + jws
 }
 
 #[cfg(test)]
@@ -194,7 +192,7 @@ mod tests {
 
     #[test]
     fn the_login_cache_stays_within_its_byte_budget() {
-        use crate::entitlements::EntitledOrganization;
+        use crate::b2b::EntitledOrganization;
         let budget = CacheBudget { max_entries: 200_000, max_bytes: 1024 * 1024 };
         let logins =
             crate::entitlements::logins::Logins::bounded(budget, std::time::Duration::from_secs(300));
@@ -208,10 +206,10 @@ mod tests {
                     manager: false,
                 })
                 .collect();
-            let snapshot = Snapshot { organizations, contracts: Vec::new() };
+            let facts = Facts { organizations, contracts: Vec::new() };
             let mut key = [0u8; 32];
             key[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            logins.put(key, &format!("user-{i}"), snapshot, exp, logins.generation());
+            logins.put(key, &format!("user-{i}"), facts, exp, logins.generation());
         }
         assert!(logins.weighted_size() <= budget.max_bytes, "{} bytes", logins.weighted_size());
         assert!(logins.len() < 1000, "nothing was evicted");

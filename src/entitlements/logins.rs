@@ -18,9 +18,9 @@ use sha2::{Digest, Sha256};
 use time::Date;
 
 use crate::auth::validate::Principal;
+use crate::b2b::Facts;
 use crate::entitlements::{EntitlementClaims, Signer, exp_for};
 use crate::headers::B2b;
-use crate::reconcile::apply::Snapshot;
 
 /// A login's cache key: a hash of everything that makes it a new login.
 pub type LoginKey = [u8; 32];
@@ -49,7 +49,7 @@ pub fn login_key(p: &Principal, authoritative: bool) -> LoginKey {
 /// A reconciled login.
 pub struct LoginEntry {
     pub sub: String,
-    pub snapshot: Arc<Snapshot>,
+    pub snapshot: Arc<Facts>,
     /// Latest token expiry seen for this login; the entry never outlives it.
     token_exp: u64,
     /// The last rendered B2B facts (incl. the signed token), reused while still right.
@@ -118,7 +118,7 @@ impl Logins {
         &self,
         key: LoginKey,
         sub: &str,
-        snapshot: Snapshot,
+        snapshot: Facts,
         token_exp: u64,
         generation: u64,
     ) -> Arc<LoginEntry> {
@@ -195,7 +195,7 @@ impl LoginEntry {
 }
 
 /// Renders the B2B facts and signs the entitlement token.
-pub fn render(snapshot: &Snapshot, p: &Principal, ctx: &RenderContext<'_>, now: u64, today: Date) -> B2b {
+pub fn render(snapshot: &Facts, p: &Principal, ctx: &RenderContext<'_>, now: u64, today: Date) -> B2b {
     let contracts: Vec<_> = snapshot.valid_contracts(today).cloned().collect();
     let claims = EntitlementClaims {
         iss: ctx.issuer.to_owned(),

@@ -7,5 +7,5 @@ pub mod claims;
 pub mod logins;
 pub mod signer;
 
-pub use claims::{EntitledContract, EntitledOrganization, EntitlementClaims, exp_for};
+pub use claims::{EntitlementClaims, exp_for};
 pub use signer::{KeyError, SignError, Signer};

@@ -9,48 +9,15 @@ use serde::Serialize;
 use time::Date;
 
 use crate::auth::org_claim::ClaimedOrg;
-use crate::entitlements::{EntitledContract, EntitledOrganization};
+use crate::b2b::{
+    AttachmentSource, EntitledContract, EntitledOrganization, Facts, HeldContract, MembershipSource,
+};
 use crate::reconcile::plan::{
     ContractRef, CurrentAttachment, CurrentMembership, KnownContract, KnownOrg, OrgRef, Plan, UserSnapshot,
     detached_on_removal, plan,
 };
-use crate::store::model::{
-    AttachOutcome, AttachmentSource, Membership, MembershipSource, NewAuditEvent, Profile,
-};
+use crate::store::model::{AttachOutcome, Attachment, Membership, NewAuditEvent, Profile};
 use crate::store::{Store, StoreError, Tx, attachments, audit, memberships, organizations};
-
-/// A user's B2B facts after reconciliation: what headers and the entitlement token show.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct Snapshot {
-    /// Sorted by key.
-    pub organizations: Vec<EntitledOrganization>,
-    /// Every attached contract with what validity needs; filtered per request.
-    pub contracts: Vec<HeldContract>,
-}
-
-/// An attached contract; whether it counts is judged when headers are served.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct HeldContract {
-    pub contract: EntitledContract,
-    pub active: bool,
-}
-
-impl Snapshot {
-    /// Contracts valid on `today`, sorted by key.
-    pub fn valid_contracts(&self, today: Date) -> impl Iterator<Item = &EntitledContract> {
-        self.contracts
-            .iter()
-            .filter(move |c| {
-                crate::reconcile::plan::contract_valid_today(
-                    c.active,
-                    c.contract.starts_on,
-                    c.contract.ends_on,
-                    today,
-                )
-            })
-            .map(|c| &c.contract)
-    }
-}
 
 /// What a reconciliation did (the admin API's answer; the login path counts it).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -77,7 +44,7 @@ pub async fn reconcile_user(
     today: Date,
     actor: &Actor,
     dry_run: bool,
-) -> Result<(Outcome, Snapshot), StoreError> {
+) -> Result<(Outcome, Facts), StoreError> {
     let (mut tx, _user) = store.begin_user(sub, profile).await?;
     let ids: Vec<uuid::Uuid> = claimed.iter().filter_map(|c| c.id).collect();
     let aliases: Vec<String> = claimed.iter().map(|c| c.alias.clone()).collect();
@@ -88,22 +55,22 @@ pub async fn reconcile_user(
     if dry_run {
         tx.rollback().await?;
         outcome.plan = plan;
-        return Ok((outcome, snapshot(&state.memberships, &state.attachments)));
+        return Ok((outcome, facts(&state.memberships, &state.attachments)));
     }
     outcome.full_at_apply = apply(&mut tx, sub, &plan, actor).await?;
     let after_memberships = memberships::list_for_user(&mut tx, sub).await?;
     let after_attachments = attachments::list_for_user(&mut tx, sub).await?;
     tx.commit().await?;
     outcome.plan = plan;
-    Ok((outcome, snapshot(&after_memberships, &after_attachments)))
+    Ok((outcome, facts(&after_memberships, &after_attachments)))
 }
 
-/// Reads a user's current snapshot without reconciling (degraded paths, admin views).
-pub async fn current_snapshot(store: &Store, sub: &str) -> Result<Snapshot, StoreError> {
+/// Reads a user's current B2B facts without reconciling (degraded paths, admin views).
+pub async fn current_facts(store: &Store, sub: &str) -> Result<Facts, StoreError> {
     let mut conn = store.conn().await?;
     let m = memberships::list_for_user(&mut conn, sub).await?;
     let a = attachments::list_for_user(&mut conn, sub).await?;
-    Ok(snapshot(&m, &a))
+    Ok(facts(&m, &a))
 }
 
 fn to_plan_input(state: &crate::store::reconcile::ReconcileState) -> UserSnapshot {
@@ -288,8 +255,8 @@ fn audit_event(
     }
 }
 
-/// The header/token view of memberships and attachments.
-pub fn snapshot(memberships: &[Membership], attachments: &[crate::store::model::Attachment]) -> Snapshot {
+/// The B2B facts (the header/token view) of a user's memberships and attachments.
+pub fn facts(memberships: &[Membership], attachments: &[Attachment]) -> Facts {
     let mut organizations: Vec<EntitledOrganization> = memberships
         .iter()
         .map(|m| EntitledOrganization {
@@ -314,5 +281,5 @@ pub fn snapshot(memberships: &[Membership], attachments: &[crate::store::model::
         })
         .collect();
     contracts.sort_by(|a, b| a.contract.key.cmp(&b.contract.key));
-    Snapshot { organizations, contracts }
+    Facts { organizations, contracts }
 }

@@ -9,7 +9,6 @@ pub mod apply;
 pub mod plan;
 
 pub use plan::{
-    AliasMismatch, AttachmentSource, ContractRef, CurrentAttachment, CurrentMembership, KnownContract,
-    KnownOrg, LearnedId, MembershipSource, MembershipType, OrgRef, Plan, UserSnapshot, contract_is_full,
-    contract_valid_today, detached_on_removal, plan, removal_is_authoritative,
+    AliasMismatch, ContractRef, CurrentAttachment, CurrentMembership, KnownContract, KnownOrg, LearnedId,
+    OrgRef, Plan, UserSnapshot, detached_on_removal, plan, removal_is_authoritative,
 };

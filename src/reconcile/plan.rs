@@ -24,9 +24,8 @@ use time::Date;
 use uuid::Uuid;
 
 use crate::auth::org_claim::ClaimedOrg;
+use crate::b2b::{AttachmentSource, MembershipSource, MembershipType, is_full, valid_on};
 use crate::config::Removal;
-
-pub use crate::store::model::{AttachmentSource, MembershipSource, MembershipType};
 
 /// An organization the plan may match or touch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -282,23 +281,6 @@ pub fn removal_is_authoritative(mode: Removal, scope: &str, full_scopes: &[Strin
     }
 }
 
-/// A contract is valid today when active and `starts_on <= today <= ends_on`, a missing bound
-/// being unbounded (docs/contract.md §1). Shared with the header renderer, which judges validity when it
-/// serves headers.
-pub fn contract_valid_today(
-    active: bool,
-    starts_on: Option<Date>,
-    ends_on: Option<Date>,
-    today: Date,
-) -> bool {
-    crate::store::model::valid_on(active, starts_on, ends_on, today)
-}
-
-/// A contract is full when it has a seat limit (`max_learners > 0`) and every seat is taken.
-pub fn contract_is_full(max_learners: Option<i64>, seats_used: i64) -> bool {
-    matches!(max_learners, Some(max) if max > 0 && seats_used >= max)
-}
-
 /// What the claim matched (docs/contract.md §3).
 struct Matches {
     orgs: BTreeSet<i64>,
@@ -419,11 +401,11 @@ pub fn plan(claimed: &[ClaimedOrg], removal_authoritative: bool, state: &UserSna
         let wanted = member_after.contains(&c.organization_id)
             && c.membership_type.is_sso()
             && !attached.contains(&c.id)
-            && contract_valid_today(c.active, c.starts_on, c.ends_on, today);
+            && valid_on(c.active, c.starts_on, c.ends_on, today);
         if !wanted {
             continue;
         }
-        if contract_is_full(c.max_learners, c.seats_used) {
+        if is_full(c.max_learners, c.seats_used) {
             skipped_full.push(c.to_ref());
         } else {
             attach_contracts.push(c.to_ref());
@@ -830,31 +812,6 @@ mod tests {
     }
 
     #[test]
-    fn validity_is_active_and_within_inclusive_bounds() {
-        let (yesterday, tomorrow) = (date!(2026 - 06 - 14), date!(2026 - 06 - 16));
-        assert!(contract_valid_today(true, None, None, TODAY));
-        assert!(!contract_valid_today(false, None, None, TODAY));
-        assert!(contract_valid_today(true, Some(TODAY), Some(TODAY), TODAY));
-        assert!(contract_valid_today(true, Some(yesterday), Some(tomorrow), TODAY));
-        assert!(!contract_valid_today(true, Some(tomorrow), None, TODAY));
-        assert!(!contract_valid_today(true, None, Some(yesterday), TODAY));
-        assert!(contract_is_full(Some(2), 2));
-        assert!(!contract_is_full(Some(2), 1) && !contract_is_full(Some(0), 5) && !contract_is_full(None, 5));
-    }
-
-    #[test]
-    fn wire_names_round_trip() {
-        for t in [MembershipType::Auto, MembershipType::Managed, MembershipType::Code] {
-            assert_eq!(t.as_str().parse::<MembershipType>(), Ok(t));
-            assert_eq!(serde_json::to_value(t).unwrap(), t.as_str());
-        }
-        assert_eq!("sso".parse::<AttachmentSource>(), Ok(AttachmentSource::Sso));
-        assert_eq!("claim".parse::<MembershipSource>(), Ok(MembershipSource::Claim));
-        let err = "SSO".parse::<AttachmentSource>().unwrap_err();
-        assert_eq!(err.to_string(), "unknown AttachmentSource \"SSO\"");
-    }
-
-    #[test]
     fn a_plan_serializes_for_the_dry_run_answer() {
         let (p, _) = reconcile(&[a(), alias_claim("nobody")], true, &snapshot(vec![]));
         let json = serde_json::to_value(&p).unwrap();
@@ -1021,7 +978,7 @@ mod tests {
             for a in &p.attach_contracts {
                 let c = before.contracts.iter().find(|c| c.id == a.id).unwrap();
                 prop_assert!(members.contains(&c.organization_id) && c.membership_type.is_sso());
-                prop_assert!(contract_valid_today(c.active, c.starts_on, c.ends_on, TODAY));
+                prop_assert!(valid_on(c.active, c.starts_on, c.ends_on, TODAY));
             }
         }
     }

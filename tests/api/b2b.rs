@@ -21,7 +21,7 @@ use identity_sidecar::auth::org_claim::ClaimedOrgs;
 use identity_sidecar::auth::validate::Principal;
 use identity_sidecar::entitlements::Signer;
 use identity_sidecar::entitlements::logins::{Logins, RenderContext, login_key};
-use identity_sidecar::reconcile::apply::current_snapshot;
+use identity_sidecar::reconcile::apply::current_facts;
 use identity_sidecar::store::{
     Attachment, AttachmentSource, AuditEvent, AuditQuery, Contract, Membership, MembershipSource,
     MembershipType, NewContract, NewOrganization, Organization, Store, Tx, attachments, audit, contracts,
@@ -535,7 +535,7 @@ async fn a_cached_login_drops_a_contract_the_day_after_it_ends(db: Db) {
     assert_eq!(w.request(&token).await.contracts, ["a-auto", "a-ends"]);
     assert_eq!(w.request(&token).await.contracts, ["a-auto", "a-ends"], "cached");
 
-    let snapshot = current_snapshot(&w.store, u).await.unwrap();
+    let snapshot = current_facts(&w.store, u).await.unwrap();
     let now = OffsetDateTime::now_utc().unix_timestamp() as u64;
     let principal = Principal {
         sub: u.into(),

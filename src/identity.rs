@@ -15,8 +15,8 @@ use crate::config::OnStoreError;
 use crate::entitlements::logins::{LoginKey, RenderContext, login_key, render};
 use crate::error::ApiError;
 use crate::headers::{B2b, Status};
-use crate::reconcile::apply::{Actor, reconcile_user};
-use crate::reconcile::plan::removal_is_authoritative;
+use crate::reconcile::apply::{Actor, Mode, Reconciliation};
+use crate::reconcile::plan::{UnclaimedMemberships, unclaimed_memberships};
 use crate::state::AppState;
 use crate::store::model::Profile;
 
@@ -30,9 +30,8 @@ impl AppState {
     /// The caller's B2B facts and the status to report.
     pub async fn b2b(&self, p: &Principal) -> Result<(Arc<B2b>, Status), ApiError> {
         let reconcile = &self.config.reconcile;
-        let authoritative =
-            removal_is_authoritative(reconcile.removal, &p.scope, &reconcile.full_membership_scopes);
-        let key = login_key(p, authoritative);
+        let unclaimed = unclaimed_memberships(reconcile.removal, &p.scope, &reconcile.full_membership_scopes);
+        let key = login_key(p, unclaimed);
         let now = unix_now();
         let today = OffsetDateTime::now_utc().date();
         if let Some(entry) = self.logins.get(&key) {
@@ -43,7 +42,7 @@ impl AppState {
         // Boxed: a login's future (Redis, the store's queries) is large, and every cached
         // request would otherwise carry its space in the handler's future and copy it each
         // time a layer moves that future.
-        Box::pin(self.login(p, key, authoritative, now, today)).await
+        Box::pin(self.login(p, key, unclaimed, now, today)).await
     }
 
     /// A login that is not cached here: the Redis tier, else a reconciliation, else (store
@@ -52,7 +51,7 @@ impl AppState {
         &self,
         p: &Principal,
         key: LoginKey,
-        authoritative: bool,
+        unclaimed: UnclaimedMemberships,
         now: u64,
         today: Date,
     ) -> Result<(Arc<B2b>, Status), ApiError> {
@@ -78,16 +77,16 @@ impl AppState {
         let profile =
             Profile { email: p.email.clone(), username: p.preferred_username.clone(), name: p.name.clone() };
         let actor = Actor("login".into());
-        let result = reconcile_user(
-            &self.store,
-            &p.sub,
-            Some(&profile),
-            &p.organizations.orgs,
-            authoritative,
+        let result = Reconciliation {
+            sub: &p.sub,
+            profile: Some(&profile),
+            claimed: &p.organizations.orgs,
+            unclaimed,
             today,
-            &actor,
-            false,
-        )
+            actor: &actor,
+            mode: Mode::Apply,
+        }
+        .run(&self.store)
         .await;
         match result {
             Ok((outcome, snapshot)) => {

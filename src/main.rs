@@ -139,7 +139,9 @@ fn main() -> std::process::ExitCode {
         }),
         Command::Reconcile { sub, dry_run } => run(async {
             identity_sidecar::telemetry::init(&config.log)?;
-            print_json(&identity_sidecar::keycloak::command::reconcile_user(&config, &sub, dry_run).await?)
+            use identity_sidecar::reconcile::apply::Mode;
+            let mode = if dry_run { Mode::DryRun } else { Mode::Apply };
+            print_json(&identity_sidecar::keycloak::command::reconcile_sub(&config, &sub, mode).await?)
         }),
     };
     exit(result)

@@ -114,9 +114,9 @@ pub fn facts(s: &Facts) -> usize {
     size_of::<Facts>() + orgs + contracts
 }
 
-/// Estimated bytes of a cached login entry: its key and `sub`, the snapshot, and the B2B
-/// facts rendered from it later (the keys again, and the signed entitlement token: the
-/// snapshot and the profile as JSON, base64-encoded, plus header and signature).
+/// Estimated bytes of a cached login entry: its key and `sub`, the user's [`Facts`], and the
+/// B2B header set rendered from them later (the keys again, and the signed entitlement token:
+/// the facts and the profile as JSON, base64-encoded, plus header and signature).
 pub fn login(sub: &str, s: &Facts) -> usize {
     let facts = facts(s);
     let keys: usize = s.organizations.iter().map(|o| size_of::<String>() + 2 * string(&o.key)).sum::<usize>()

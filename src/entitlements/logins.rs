@@ -21,12 +21,13 @@ use crate::auth::validate::Principal;
 use crate::b2b::Facts;
 use crate::entitlements::{EntitlementClaims, Signer, exp_for};
 use crate::headers::B2b;
+use crate::reconcile::plan::UnclaimedMemberships;
 
 /// A login's cache key: a hash of everything that makes it a new login.
 pub type LoginKey = [u8; 32];
 
 /// Computes the login key of a principal.
-pub fn login_key(p: &Principal, authoritative: bool) -> LoginKey {
+pub fn login_key(p: &Principal, unclaimed: UnclaimedMemberships) -> LoginKey {
     let mut h = Sha256::new();
     let mut field = |bytes: &[u8]| {
         h.update((bytes.len() as u64).to_le_bytes());
@@ -34,7 +35,7 @@ pub fn login_key(p: &Principal, authoritative: bool) -> LoginKey {
     };
     field(p.sub.as_bytes());
     field(p.sid.as_deref().unwrap_or("").as_bytes());
-    field(&[u8::from(authoritative)]);
+    field(&[u8::from(unclaimed == UnclaimedMemberships::Remove)]);
     for org in &p.organizations.orgs {
         field(org.alias.as_bytes());
         field(org.id.map(|id| id.into_bytes()).as_ref().map_or(&[][..], |b| &b[..]));

@@ -296,7 +296,7 @@ pub struct CacheConfig {
     /// Keys that sign and verify the login entries shared through Redis (HMAC-SHA256 over
     /// key name and value), one per line, hex or standard base64, at least 32 bytes each; the
     /// first signs, all verify (rotation). Unset: Redis is inside the trust boundary — write
-    /// access to it can forge any user's entitlements. See [`crate::cache::EntryKeys`].
+    /// access to it can forge any user's entitlements. See [`crate::entitlements::EntryKeys`].
     pub redis_key_file: Option<PathBuf>,
     /// Bound of each in-memory cache, in entries (tokens, logins, last known entitlements,
     /// failed-redemption counters).
@@ -676,7 +676,7 @@ impl Config {
                 bail!("cache.redis_key_file is set but cache.redis_url is not: the keys sign Redis entries");
             }
             // Read here too, so `check-config` and startup refuse a weak or empty file.
-            crate::cache::EntryKeys::from_file(path)?;
+            crate::entitlements::EntryKeys::from_file(path)?;
         }
         Ok(())
     }

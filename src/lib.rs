@@ -8,7 +8,6 @@
 pub mod admin;
 pub mod app;
 pub mod auth;
-pub mod cache;
 pub mod codes;
 pub mod config;
 pub mod cross_site;
@@ -16,7 +15,6 @@ pub mod demo;
 pub mod entitlements;
 pub mod error;
 pub mod headers;
-pub mod identity;
 pub mod keycloak;
 pub mod metrics;
 pub mod proxy;

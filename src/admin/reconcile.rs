@@ -113,7 +113,7 @@ async fn reconcile_user(
         }
     };
     if reconciled.changed && !dry_run {
-        state.invalidate_user(&sub).await;
+        state.entitlements.invalidate_user(&sub).await;
     }
     Ok(Json(reconciled))
 }
@@ -225,7 +225,7 @@ async fn reconcile_contract(
                     };
                     audit::insert(&mut tx, &event).await?;
                     tx.commit().await?;
-                    state.invalidate_user(&member.sub).await;
+                    state.entitlements.invalidate_user(&member.sub).await;
                     result.attached += 1;
                 }
                 AttachOutcome::AlreadyAttached => {

@@ -10,7 +10,6 @@ use anyhow::Context;
 use axum::Router;
 use axum::http::{HeaderName, Request};
 use futures_util::FutureExt as _;
-use secrecy::ExposeSecret as _;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -84,55 +83,21 @@ impl App {
         if config.database.migrate_on_start {
             store.migrate().await.context("database migrations failed")?;
         }
-        let (signer, ephemeral) = crate::entitlements::Signer::from_files(
-            config.entitlements.signing_key_file.as_deref(),
-            &config.entitlements.previous_key_files,
-        )?;
-        if ephemeral {
-            tracing::warn!(
-                "entitlements.signing_key_file is not set: using an ephemeral signing key; \
-                 replicas will disagree and tokens will not verify after a restart"
-            );
-        }
-        load_persisted_keys(&store, &jwks, &config.oidc.issuer).await;
-        let logins = crate::entitlements::logins::Logins::bounded(
+        let entitlements = crate::entitlements::Entitlements::build(
+            &config,
+            store.clone(),
+            metrics.clone(),
             cache_budget(&config),
-            Duration::from_secs(config.reconcile.max_age_secs),
-        );
-        let last_known = moka::sync::Cache::new(config.cache.max_entries);
-        let shared = match &config.cache.redis_url {
-            Some(url) => {
-                let keys = match &config.cache.redis_key_file {
-                    Some(path) => Some(crate::cache::EntryKeys::from_file(path)?),
-                    None => None,
-                };
-                if keys.is_none() {
-                    tracing::info!(
-                        "cache.redis_key_file is not set: Redis entries are not signed, so Redis is \
-                         inside the trust boundary"
-                    );
-                }
-                let shared =
-                    crate::cache::SharedCache::with_keys(url.expose_secret(), keys, metrics.clone())?;
-                if !shared.ping().await {
-                    tracing::warn!(
-                        "cache.redis_url: Redis does not answer; caching in memory only until it does"
-                    );
-                }
-                Some(Arc::new(shared))
-            }
-            None => None,
-        };
+        )
+        .await?;
+        load_persisted_keys(&store, &jwks, &config.oidc.issuer).await;
         let keycloak = keycloak_admin(&config)?;
         let code_failures =
             crate::codes::FailureLimiter::new(config.codes.max_failures_per_minute, config.cache.max_entries);
         let state = AppState::new(Inner {
             code_failures,
             store,
-            signer,
-            logins,
-            last_known,
-            shared,
+            entitlements: Arc::new(entitlements),
             upstream,
             rules,
             trusted_proxies: config.server.trusted_proxies.clone(),
@@ -169,9 +134,8 @@ impl App {
             tasks.spawn(crate::server::serve(listener, router, limits, shutdown.clone()).map(Ok));
         }
         tasks.spawn(refresh_keys(self.state.clone(), shutdown.clone()));
-        if let Some(shared) = self.state.shared.clone() {
-            let state = self.state.clone();
-            tasks.spawn(shared.run_subscriber(move |inv| state.apply_invalidation(inv), shutdown.clone()));
+        if let Some(subscriber) = self.state.entitlements.invalidation_subscriber(shutdown.clone()) {
+            tasks.spawn(subscriber);
         }
         for kind in crate::keycloak::jobs::KINDS {
             tasks.spawn(crate::keycloak::jobs::run(self.state.clone(), kind, shutdown.clone()));

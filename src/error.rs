@@ -75,6 +75,16 @@ impl From<Failure> for ApiError {
     }
 }
 
+/// The store failed and `reconcile.on_store_error = "reject"`: 503, try again shortly.
+impl From<crate::entitlements::Unavailable> for ApiError {
+    fn from(_: crate::entitlements::Unavailable) -> ApiError {
+        ApiError::Unavailable {
+            retry_after_secs: 5,
+            detail: "Entitlements are unavailable right now.".into(),
+        }
+    }
+}
+
 /// An RFC 9457 problem (`application/problem+json`): the body of every error answer.
 #[derive(Serialize, ToSchema)]
 pub struct Problem<'a> {

@@ -79,7 +79,7 @@ pub async fn admit(
         state.auth.authenticate_with_source(headers).await.map_err(ApiError::from)?
     };
     let (b2b, status) = match &caller {
-        Caller::Authenticated(p) => state.b2b(p).await?,
+        Caller::Authenticated(p) => state.entitlements.facts(p).await?,
         Caller::Anonymous => (Arc::new(B2b::default()), Status::Anonymous),
     };
     if !preflight {
@@ -272,7 +272,7 @@ async fn me_json(state: &AppState, headers: &HeaderMap) -> Result<serde_json::Va
         Ok(Caller::Anonymous) => return Err(ApiError::Unauthenticated),
         Err(failure) => return Err(failure.into()),
     };
-    let (b2b, status) = state.b2b(&principal).await?;
+    let (b2b, status) = state.entitlements.facts(&principal).await?;
     let payload = b2b.entitlements.split('.').nth(1).unwrap_or_default();
     let mut claims: serde_json::Value = URL_SAFE_NO_PAD
         .decode(payload)
@@ -286,7 +286,7 @@ async fn me_json(state: &AppState, headers: &HeaderMap) -> Result<serde_json::Va
 
 /// `/_sidecar/jwks.json`: the entitlement token's public keys.
 pub async fn entitlement_jwks(State(state): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], state.signer.jwks_bytes()).into_response()
+    ([(header::CONTENT_TYPE, "application/json")], state.entitlements.signer().jwks_bytes()).into_response()
 }
 
 async fn fallback(State(state): State<AppState>) -> Response {

@@ -38,15 +38,10 @@ pub struct Inner {
     pub upstream: Option<crate::proxy::Upstream>,
     /// Organizations, contracts, memberships, users, audit, jobs, the persisted JWKS.
     pub store: crate::store::Store,
-    /// The entitlement token's signing keys; also served as a JWKS on both ports.
-    pub signer: crate::entitlements::Signer,
-    /// Reconciled logins (memory tier) and the invalidation generation.
-    pub logins: crate::entitlements::logins::Logins,
-    /// Last known B2B facts per user, for `reconcile.on_store_error = "degrade"`.
-    pub last_known: moka::sync::Cache<String, Arc<crate::b2b::Facts>>,
-    /// The Redis tier (`cache.redis_url`): logins shared between replicas and the
-    /// invalidation bus. `None`: this process caches on its own.
-    pub shared: Option<Arc<crate::cache::SharedCache>>,
+    /// A verified principal's B2B facts (memory tier, Redis tier, reconciliation, last known
+    /// facts) and the signed entitlement token; public handlers ask it for facts, writers
+    /// (admin, code redemption, Keycloak jobs) tell it what to invalidate after they commit.
+    pub entitlements: Arc<crate::entitlements::Entitlements>,
     /// The Keycloak admin client (`keycloak_admin`), when configured: organization sync,
     /// reconciliation from Keycloak and the job worker's membership pushes. `None`: those
     /// features answer that it is not configured, and Keycloak jobs wait in the queue.

@@ -132,7 +132,7 @@ async fn create(
     )
     .await?;
     tx.commit().await?;
-    state.invalidate_all().await;
+    state.entitlements.invalidate_all().await;
     Ok(created(format!("/admin/v1/contracts/{}", contract.key), contract))
 }
 
@@ -193,7 +193,7 @@ async fn update(
     }
     audit::insert(&mut tx, &event).await?;
     tx.commit().await?;
-    state.invalidate_all().await;
+    state.entitlements.invalidate_all().await;
     Ok(Json(contract))
 }
 
@@ -229,7 +229,7 @@ async fn remove(
     )
     .await?;
     tx.commit().await?;
-    state.invalidate_all().await;
+    state.entitlements.invalidate_all().await;
     Ok(StatusCode::NO_CONTENT)
 }
 

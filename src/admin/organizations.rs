@@ -102,7 +102,7 @@ async fn create(
     let event = admin.event("organization.create", "admin API");
     audit::insert(&mut tx, &with_org(event, &org.key, json!(new))).await?;
     tx.commit().await?;
-    state.invalidate_all().await;
+    state.entitlements.invalidate_all().await;
     Ok(created(format!("/admin/v1/organizations/{}", org.key), org))
 }
 
@@ -159,7 +159,7 @@ async fn update(
     let org = organizations::update(&mut tx, &wanted).await?;
     audit::insert(&mut tx, &with_org(admin.event("organization.update", "admin API"), &key, patch)).await?;
     tx.commit().await?;
-    state.invalidate_all().await;
+    state.entitlements.invalidate_all().await;
     Ok(Json(org))
 }
 
@@ -208,7 +208,7 @@ async fn remove(
     let detail = json!({"members": members.len()});
     audit::insert(&mut tx, &with_org(admin.event("organization.delete", "admin API"), &key, detail)).await?;
     tx.commit().await?;
-    state.invalidate_all().await;
+    state.entitlements.invalidate_all().await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -106,7 +106,7 @@ async fn one_user(
         }
     };
     if reconciled.changed && mode == Mode::Apply {
-        state.invalidate_user(&sub).await;
+        state.entitlements.invalidate_user(&sub).await;
     }
     Ok(Json(reconciled))
 }
@@ -218,7 +218,7 @@ async fn one_contract(
                     };
                     audit::insert(&mut tx, &event).await?;
                     tx.commit().await?;
-                    state.invalidate_user(&member.sub).await;
+                    state.entitlements.invalidate_user(&member.sub).await;
                     result.attached += 1;
                 }
                 AttachOutcome::AlreadyAttached => {

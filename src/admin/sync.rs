@@ -48,7 +48,7 @@ async fn sync(
     params.finish()?;
     let report = sync_organizations(&state.store, keycloak(&state)?, &admin.actor()).await?;
     if report.changed() {
-        state.invalidate_all().await;
+        state.entitlements.invalidate_all().await;
     }
     Ok(Json(report))
 }

@@ -161,7 +161,7 @@ async fn erase(
     audit::insert(&mut tx, &NewAuditEvent { detail: Some(detail), ..event("user.erase", None, None) })
         .await?;
     tx.commit().await?;
-    state.invalidate_user(&sub).await;
+    state.entitlements.invalidate_user(&sub).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -241,7 +241,7 @@ async fn put_membership(
         ApiError::Internal(anyhow::anyhow!("membership missing right after it was written"))
     })?;
     tx.commit().await?;
-    state.invalidate_user(&sub).await;
+    state.entitlements.invalidate_user(&sub).await;
     Ok((status, Json(membership)))
 }
 
@@ -284,7 +284,7 @@ async fn delete_membership(
         return Err(ApiError::NotFound(format!("`{sub}` is not a member of `{org_key}`.")));
     };
     tx.commit().await?;
-    state.invalidate_user(&sub).await;
+    state.entitlements.invalidate_user(&sub).await;
     let detached_contracts = detached.into_iter().map(|c| c.key).collect();
     Ok(Json(Removed { organization: org.key, detached_contracts }))
 }
@@ -344,7 +344,7 @@ async fn attach(
     }
     let attachment = attachment_of(&mut tx, &sub, &key).await?;
     tx.commit().await?;
-    state.invalidate_user(&sub).await;
+    state.entitlements.invalidate_user(&sub).await;
     let status = if attached { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(attachment.into())))
 }
@@ -383,7 +383,7 @@ async fn detach(
     };
     audit::insert(&mut tx, &event).await?;
     tx.commit().await?;
-    state.invalidate_user(&sub).await;
+    state.entitlements.invalidate_user(&sub).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -10,8 +10,8 @@
 
 use crate::auth::rules::Rules;
 use crate::auth::validate::Policy;
-use crate::cache::EntryKeys;
 use crate::config::Config;
+use crate::entitlements::EntryKeys;
 
 /// What the check built on the way, ready for the gate.
 #[derive(Debug)]

@@ -15,6 +15,7 @@ use crate::auth::jwks::Jwks;
 use crate::auth::validate::{Policy, Principal, Reject, check_claims, pre_parse, verify_signature};
 use crate::config::TokenSource;
 use crate::metrics::Metrics;
+use crate::weigh::{CacheBudget, ENTRY_OVERHEAD, json, opt_string, string};
 
 /// Who is calling.
 #[derive(Debug, Clone)]
@@ -49,13 +50,41 @@ impl Expiry<[u8; 32], Arc<Principal>> for UntilExp {
 }
 
 /// A token cache whose entries never outlive their token, bounded by `budget` in entries and
-/// in estimated bytes (a principal weighs what its claims hold: see [`crate::weigh`]).
-pub fn token_cache(budget: crate::weigh::CacheBudget) -> TokenCache {
+/// in estimated bytes (a principal weighs what its claims hold: see [`weight`]).
+pub fn token_cache(budget: CacheBudget) -> TokenCache {
     moka::sync::Cache::builder()
         .max_capacity(budget.capacity())
-        .weigher(move |_: &[u8; 32], p: &Arc<Principal>| budget.weight(crate::weigh::principal(p)))
+        .weigher(move |_: &[u8; 32], p: &Arc<Principal>| budget.weight(weight(p)))
         .expire_after(UntilExp)
         .build()
+}
+
+/// Estimated bytes of a cached principal with its 32-byte key (see [`crate::weigh`]).
+pub fn weight(p: &Principal) -> usize {
+    let roles: usize = p.roles.iter().map(|r| size_of::<String>() + string(r)).sum();
+    let orgs: usize = p
+        .organizations
+        .orgs
+        .iter()
+        .map(|o| size_of::<crate::auth::org_claim::ClaimedOrg>() + string(&o.alias))
+        .sum();
+    let userinfo: usize = p
+        .userinfo
+        .iter()
+        .map(|(k, v)| size_of::<String>() + string(k) + json(v) + 2 * size_of::<usize>())
+        .sum();
+    ENTRY_OVERHEAD
+        + 32
+        + size_of::<Principal>()
+        + string(&p.sub)
+        + opt_string(&p.sid)
+        + string(&p.scope)
+        + opt_string(&p.email)
+        + opt_string(&p.preferred_username)
+        + opt_string(&p.name)
+        + roles
+        + orgs
+        + userinfo
 }
 
 pub fn unix_now() -> u64 {
@@ -403,5 +432,53 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn principal_with_claims(i: usize, claim_bytes: usize) -> Principal {
+        let mut userinfo = serde_json::Map::new();
+        userinfo.insert("name".into(), serde_json::Value::String("n".repeat(claim_bytes)));
+        Principal {
+            sub: format!("user-{i}"),
+            sid: Some(format!("session-{i}")),
+            exp: unix_now() + 3600,
+            scope: "openid".into(),
+            email: None,
+            preferred_username: None,
+            name: Some("n".repeat(claim_bytes)),
+            roles: vec!["reader".into()],
+            organizations: Default::default(),
+            userinfo,
+        }
+    }
+
+    #[test]
+    fn the_token_cache_stays_within_its_byte_budget_whatever_the_tokens_size() {
+        let budget = CacheBudget { max_entries: 200_000, max_bytes: 2 * 1024 * 1024 };
+        let cache = token_cache(budget);
+        // 1,000 distinct tokens with 15 KB of claims each: ~30 MB if nothing bounded them.
+        for i in 0..1000usize {
+            let mut key = [0u8; 32];
+            key[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            cache.insert(key, std::sync::Arc::new(principal_with_claims(i, 7_500)));
+        }
+        cache.run_pending_tasks();
+        assert!(cache.weighted_size() <= budget.max_bytes, "{} bytes", cache.weighted_size());
+        assert!(cache.entry_count() < 1000, "nothing was evicted");
+        assert!(cache.entry_count() > 0, "nothing was kept");
+        // Each entry is weighed at no less than its claims' text.
+        assert!(weight(&principal_with_claims(0, 7_500)) > 15_000);
+    }
+
+    #[test]
+    fn the_token_cache_still_holds_at_most_max_entries_small_entries() {
+        let budget = CacheBudget { max_entries: 50, max_bytes: 64 * 1024 * 1024 };
+        let cache = token_cache(budget);
+        for i in 0..500usize {
+            let mut key = [0u8; 32];
+            key[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            cache.insert(key, std::sync::Arc::new(principal_with_claims(i, 10)));
+        }
+        cache.run_pending_tasks();
+        assert!(cache.entry_count() <= 50, "{}", cache.entry_count());
     }
 }

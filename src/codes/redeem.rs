@@ -340,7 +340,7 @@ async fn handle(state: &AppState, principal: &Principal, typed: String) -> Resul
     match outcome {
         Outcome::Created { contract, job } => {
             attempt.forgive();
-            state.invalidate_user(&principal.sub).await;
+            state.entitlements.invalidate_user(&principal.sub).await;
             if job.is_some() {
                 // The push to Keycloak starts now rather than at the worker's next poll.
                 state.kick_jobs();

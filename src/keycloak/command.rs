@@ -14,8 +14,8 @@ use secrecy::ExposeSecret as _;
 use super::KeycloakAdmin;
 use super::stated::{Reconciled, reconcile_from_keycloak};
 use super::sync::{SyncReport, sync_organizations};
-use crate::cache::{Invalidation, SharedCache};
 use crate::config::Config;
+use crate::entitlements::{Invalidation, RedisTier};
 use crate::metrics::Metrics;
 use crate::reconcile::apply::{Actor, Mode};
 use crate::store::Store;
@@ -27,7 +27,7 @@ pub const ACTOR: &str = "admin:cli";
 struct Offline {
     store: Store,
     keycloak: KeycloakAdmin,
-    shared: Option<SharedCache>,
+    shared: Option<RedisTier>,
 }
 
 impl Offline {
@@ -43,7 +43,7 @@ impl Offline {
             store.migrate().await?;
         }
         let shared = match &config.cache.redis_url {
-            Some(url) => Some(SharedCache::new(url.expose_secret(), Arc::new(Metrics::new()))?),
+            Some(url) => Some(RedisTier::new(url.expose_secret(), Arc::new(Metrics::new()))?),
             None => None,
         };
         Ok(Offline { store, keycloak, shared })

@@ -338,7 +338,7 @@ async fn reconcile_all(
             match reconcile_from_keycloak(store, keycloak, &sub, &actor, Mode::Apply).await {
                 Ok(done) => {
                     if done.changed {
-                        state.invalidate_user(&sub).await;
+                        state.entitlements.invalidate_user(&sub).await;
                     }
                 }
                 Err(Error::Keycloak(e)) if e.is_permanent() => {

@@ -20,7 +20,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use identity_sidecar::auth::org_claim::ClaimedOrgs;
 use identity_sidecar::auth::validate::Principal;
 use identity_sidecar::entitlements::Signer;
-use identity_sidecar::entitlements::logins::{Logins, RenderContext, login_key};
+use identity_sidecar::entitlements::{Logins, RenderContext, login_key};
 use identity_sidecar::reconcile::apply::current_facts;
 use identity_sidecar::reconcile::plan::UnclaimedMemberships;
 use identity_sidecar::store::{

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use identity_sidecar::b2b::{EntitledContract, EntitledOrganization, Facts, HeldContract};
-use identity_sidecar::cache::{Invalidation, Lookup, SharedCache};
-use identity_sidecar::entitlements::logins::Logins;
+use identity_sidecar::entitlements::Logins;
+use identity_sidecar::entitlements::redis::{Invalidation, Lookup, RedisTier};
 use identity_sidecar::metrics::Metrics;
 use identity_sidecar::store::model::{MembershipType, NewContract, NewOrganization};
 use identity_sidecar::store::{contracts, organizations};
@@ -529,8 +529,8 @@ impl TestRedis {
     }
 
     /// A stand-in for a third replica (or the admin API of one): a handle on this Redis.
-    fn handle(&self) -> Arc<SharedCache> {
-        Arc::new(SharedCache::new(&self.url(), Arc::new(Metrics::new())).unwrap())
+    fn handle(&self) -> Arc<RedisTier> {
+        Arc::new(RedisTier::new(&self.url(), Arc::new(Metrics::new())).unwrap())
     }
 
     /// Starts the server again on the same port (after [`TestRedis::kill`]).
@@ -626,7 +626,7 @@ async fn when_redis_goes_away_requests_keep_working_and_the_bus_comes_back_with_
     assert!(metric(&app.metrics().await, QUERIES) > before, "the login was not reconciled again");
 
     let received = metric(&app.metrics().await, RECEIVED);
-    let other = SharedCache::new(&redis.url(), Arc::new(Metrics::new())).unwrap();
+    let other = RedisTier::new(&redis.url(), Arc::new(Metrics::new())).unwrap();
     other.publish(&Invalidation::All).await;
     eventually(Duration::from_secs(2), "an invalidation is received again", || async {
         metric(&app.metrics().await, RECEIVED) > received
@@ -676,8 +676,8 @@ async fn an_invalidation_that_could_not_be_published_is_sent_as_all_once_redis_i
     let mut redis = TestRedis::start().await;
     let stop = CancellationToken::new();
     let (publisher, peer_metrics) = (Arc::new(Metrics::new()), Arc::new(Metrics::new()));
-    let publisher = Arc::new(SharedCache::new(&redis.url(), publisher).unwrap());
-    let peer = Arc::new(SharedCache::new(&redis.url(), peer_metrics.clone()).unwrap());
+    let publisher = Arc::new(RedisTier::new(&redis.url(), publisher).unwrap());
+    let peer = Arc::new(RedisTier::new(&redis.url(), peer_metrics.clone()).unwrap());
     for cache in [&publisher, &peer] {
         tokio::spawn(cache.clone().run_subscriber(|_| {}, stop.clone()));
     }

@@ -1,4 +1,4 @@
-//! Login detection and the entitlement cache (docs/contract.md §4).
+//! The memory tier: reconciled logins in this process (docs/contract.md §4).
 //!
 //! A *login* is identified by (sub, sid, claimed organization set, removal authority, and the
 //! profile fields the user row records). The first request of a login reconciles it; every
@@ -7,7 +7,9 @@
 //!
 //! Invalidations (an admin write, a code redemption) bump `generation`; a reconciliation that
 //! started before the bump does not cache its result, so a write can never be hidden by a
-//! slower, older read. With Redis, invalidations reach every replica (see [`crate::cache`]).
+//! slower, older read. With Redis, invalidations reach every replica (see [`super::redis`]).
+//!
+//! Each entry is weighed in estimated bytes ([`weight`]) so `cache.max_bytes` bounds the tier.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,9 +21,11 @@ use time::Date;
 
 use crate::auth::validate::Principal;
 use crate::b2b::Facts;
-use crate::entitlements::{EntitlementClaims, Signer, exp_for};
+use crate::entitlements::exp_for;
+use crate::entitlements::render::{RenderContext, render};
 use crate::headers::B2b;
 use crate::reconcile::plan::UnclaimedMemberships;
+use crate::weigh::{CacheBudget, ENTRY_OVERHEAD, string};
 
 /// A login's cache key: a hash of everything that makes it a new login.
 pub type LoginKey = [u8; 32];
@@ -86,16 +90,16 @@ pub struct Logins {
 impl Logins {
     /// A cache of at most `max_entries` logins.
     pub fn new(max_entries: u64, max_age: Duration) -> Logins {
-        Logins::bounded(crate::weigh::CacheBudget::entries(max_entries), max_age)
+        Logins::bounded(CacheBudget::entries(max_entries), max_age)
     }
 
-    /// A cache bounded in entries and in estimated bytes (see [`crate::weigh::login`]).
-    pub fn bounded(budget: crate::weigh::CacheBudget, max_age: Duration) -> Logins {
+    /// A cache bounded in entries and in estimated bytes (see [`weight`]).
+    pub fn bounded(budget: CacheBudget, max_age: Duration) -> Logins {
         Logins {
             cache: moka::sync::Cache::builder()
                 .max_capacity(budget.capacity())
                 .weigher(move |_: &LoginKey, entry: &Arc<LoginEntry>| {
-                    budget.weight(crate::weigh::login(&entry.sub, &entry.snapshot))
+                    budget.weight(weight(&entry.sub, &entry.snapshot))
                 })
                 .expire_after(EntryExpiry { max_age })
                 .support_invalidation_closures()
@@ -166,14 +170,6 @@ impl Logins {
     }
 }
 
-/// What the entitlement token and the headers are built from.
-pub struct RenderContext<'a> {
-    pub signer: &'a Signer,
-    pub issuer: &'a str,
-    pub audience: &'a str,
-    pub ttl_secs: u64,
-}
-
 impl LoginEntry {
     /// The B2B facts for this request: contracts valid `today`, and a signed entitlement
     /// token, re-signed only when the day changed, half its lifetime passed, or this access
@@ -195,37 +191,59 @@ impl LoginEntry {
     }
 }
 
-/// Renders the B2B facts and signs the entitlement token.
-pub fn render(snapshot: &Facts, p: &Principal, ctx: &RenderContext<'_>, now: u64, today: Date) -> B2b {
-    let contracts: Vec<_> = snapshot.valid_contracts(today).cloned().collect();
-    let claims = EntitlementClaims {
-        iss: ctx.issuer.to_owned(),
-        aud: ctx.audience.to_owned(),
-        sub: p.sub.clone(),
-        iat: now,
-        exp: exp_for(now, ctx.ttl_secs, p.exp),
-        email: p.email.clone(),
-        preferred_username: p.preferred_username.clone(),
-        name: p.name.clone(),
-        organizations: snapshot.organizations.clone(),
-        contracts: contracts.clone(),
-    };
-    let entitlements = match ctx.signer.sign(&claims) {
-        Ok(jws) => jws,
-        Err(e) => {
-            tracing::error!(error = %e, "signing the entitlement token failed");
-            String::new()
+/// Estimated bytes of a user's stored facts.
+fn facts_weight(s: &Facts) -> usize {
+    let orgs: usize = s
+        .organizations
+        .iter()
+        .map(|o| size_of::<crate::b2b::EntitledOrganization>() + string(&o.key) + string(&o.name))
+        .sum();
+    let contracts: usize = s
+        .contracts
+        .iter()
+        .map(|c| {
+            size_of::<crate::b2b::HeldContract>() + string(&c.contract.key) + string(&c.contract.organization)
+        })
+        .sum();
+    size_of::<Facts>() + orgs + contracts
+}
+
+/// Estimated bytes of a cached login entry: its key and `sub`, the facts, and the B2B
+/// facts rendered from them later (the keys again, and the signed entitlement token: the
+/// facts and the profile as JSON, base64-encoded, plus header and signature).
+pub fn weight(sub: &str, s: &Facts) -> usize {
+    let facts = facts_weight(s);
+    let keys: usize = s.organizations.iter().map(|o| size_of::<String>() + 2 * string(&o.key)).sum::<usize>()
+        + s.contracts.iter().map(|c| size_of::<String>() + string(&c.contract.key)).sum::<usize>();
+    let jws = (facts + 512) * 4 / 3 + 256;
+    ENTRY_OVERHEAD + 32 + string(sub) + facts + keys + jws
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::b2b::EntitledOrganization;
+
+    #[test]
+    fn the_login_cache_stays_within_its_byte_budget() {
+        let budget = CacheBudget { max_entries: 200_000, max_bytes: 1024 * 1024 };
+        let logins = Logins::bounded(budget, Duration::from_secs(300));
+        let exp = crate::auth::gate::unix_now() + 3600;
+        for i in 0..1000usize {
+            let organizations = (0..20)
+                .map(|o| EntitledOrganization {
+                    key: format!("organization-{o:04}-{}", "k".repeat(100)),
+                    name: "n".repeat(200),
+                    keycloak_id: None,
+                    manager: false,
+                })
+                .collect();
+            let snapshot = Facts { organizations, contracts: Vec::new() };
+            let mut key = [0u8; 32];
+            key[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            logins.put(key, &format!("user-{i}"), snapshot, exp, logins.generation());
         }
-    };
-    B2b {
-        organizations: snapshot.organizations.iter().map(|o| o.key.clone()).collect(),
-        managed_organizations: snapshot
-            .organizations
-            .iter()
-            .filter(|o| o.manager)
-            .map(|o| o.key.clone())
-            .collect(),
-        contracts: contracts.iter().map(|c| c.key.clone()).collect(),
-        entitlements,
+        assert!(logins.weighted_size() <= budget.max_bytes, "{} bytes", logins.weighted_size());
+        assert!(logins.len() < 1000, "nothing was evicted");
     }
 }

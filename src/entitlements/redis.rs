@@ -25,7 +25,7 @@
 //! first and then replaces the epoch. So if a reconciliation read data older than a write, its
 //! epoch read came before that write's epoch change, the entry records the old epoch, and
 //! every lookup after the change sees a mismatch — however late the entry itself is written.
-//! This is the argument of [`Logins::generation`](crate::entitlements::logins::Logins), moved
+//! This is the argument of [`Logins::generation`](crate::entitlements::Logins::generation), moved
 //! to Redis. The epoch is replaced before the message is published (same pipeline, same
 //! connection, so Redis runs them in that order): a replica that receives the message and
 //! misses locally always finds the new epoch.
@@ -93,7 +93,7 @@ use sha2::Sha256;
 use tokio_util::sync::CancellationToken;
 
 use crate::b2b::Facts;
-use crate::entitlements::logins::LoginKey;
+use crate::entitlements::memory::LoginKey;
 use crate::metrics::Metrics;
 
 /// The invalidation channel.
@@ -273,7 +273,7 @@ pub struct SharedLogin {
     pub expires_at: u64,
 }
 
-/// The answer of [`SharedCache::lookup`].
+/// The answer of [`RedisTier::lookup`].
 #[derive(Debug)]
 pub enum Lookup {
     /// A current entry.
@@ -295,8 +295,8 @@ struct Stored {
 }
 
 /// One process's handle on the Redis tier: commands through a reconnecting connection
-/// manager, and [`SharedCache::run_subscriber`] for the bus.
-pub struct SharedCache {
+/// manager, and [`RedisTier::run_subscriber`] for the bus.
+pub struct RedisTier {
     client: redis::Client,
     conn: ConnectionManager,
     /// This process on the channel: messages from it are already applied.
@@ -313,19 +313,15 @@ pub struct SharedCache {
     keys: Option<EntryKeys>,
 }
 
-impl SharedCache {
+impl RedisTier {
     /// A handle on the Redis at `url`. Does no IO: Redis may come up later. Fails only on a
     /// malformed URL (without echoing it: it may hold a password).
-    pub fn new(url: &str, metrics: Arc<Metrics>) -> anyhow::Result<SharedCache> {
-        SharedCache::with_keys(url, None, metrics)
+    pub fn new(url: &str, metrics: Arc<Metrics>) -> anyhow::Result<RedisTier> {
+        RedisTier::with_keys(url, None, metrics)
     }
 
-    /// [`SharedCache::new`], signing and verifying login entries with `keys` when given.
-    pub fn with_keys(
-        url: &str,
-        keys: Option<EntryKeys>,
-        metrics: Arc<Metrics>,
-    ) -> anyhow::Result<SharedCache> {
+    /// [`RedisTier::new`], signing and verifying login entries with `keys` when given.
+    pub fn with_keys(url: &str, keys: Option<EntryKeys>, metrics: Arc<Metrics>) -> anyhow::Result<RedisTier> {
         let client = redis::Client::open(url)
             .ok()
             .context("cache.redis_url is not a valid Redis URL (redis://host:port/db)")?;
@@ -338,7 +334,7 @@ impl SharedCache {
         let conn = client
             .get_connection_manager_lazy(config)
             .context("cannot set up the Redis connection manager")?;
-        Ok(SharedCache {
+        Ok(RedisTier {
             client,
             conn,
             origin: uuid::Uuid::new_v4().simple().to_string(),
@@ -720,7 +716,7 @@ mod tests {
 
     #[test]
     fn a_malformed_url_is_a_config_error_that_does_not_echo_it() {
-        let err = SharedCache::new("http://user:hunter2@host", Arc::new(Metrics::new())).err().unwrap();
+        let err = RedisTier::new("http://user:hunter2@host", Arc::new(Metrics::new())).err().unwrap();
         assert!(!format!("{err:#}").contains("hunter2"));
     }
 }

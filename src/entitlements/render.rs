@@ -1,0 +1,53 @@
+//! From a user's stored facts and the verified principal to what one request carries: the
+//! B2B header values and the signed entitlement token (docs/contract.md §5). Contracts are
+//! judged valid on the day of the request, not the day of the reconciliation.
+
+use time::Date;
+
+use crate::auth::validate::Principal;
+use crate::b2b::Facts;
+use crate::entitlements::{EntitlementClaims, Signer, exp_for};
+use crate::headers::B2b;
+
+/// What the entitlement token is signed with and says about its issuer, audience and lifetime.
+pub struct RenderContext<'a> {
+    pub signer: &'a Signer,
+    pub issuer: &'a str,
+    pub audience: &'a str,
+    pub ttl_secs: u64,
+}
+
+/// Renders the B2B facts and signs the entitlement token.
+pub fn render(snapshot: &Facts, p: &Principal, ctx: &RenderContext<'_>, now: u64, today: Date) -> B2b {
+    let contracts: Vec<_> = snapshot.valid_contracts(today).cloned().collect();
+    let claims = EntitlementClaims {
+        iss: ctx.issuer.to_owned(),
+        aud: ctx.audience.to_owned(),
+        sub: p.sub.clone(),
+        iat: now,
+        exp: exp_for(now, ctx.ttl_secs, p.exp),
+        email: p.email.clone(),
+        preferred_username: p.preferred_username.clone(),
+        name: p.name.clone(),
+        organizations: snapshot.organizations.clone(),
+        contracts: contracts.clone(),
+    };
+    let entitlements = match ctx.signer.sign(&claims) {
+        Ok(jws) => jws,
+        Err(e) => {
+            tracing::error!(error = %e, "signing the entitlement token failed");
+            String::new()
+        }
+    };
+    B2b {
+        organizations: snapshot.organizations.iter().map(|o| o.key.clone()).collect(),
+        managed_organizations: snapshot
+            .organizations
+            .iter()
+            .filter(|o| o.manager)
+            .map(|o| o.key.clone())
+            .collect(),
+        contracts: contracts.iter().map(|c| c.key.clone()).collect(),
+        entitlements,
+    }
+}

@@ -85,7 +85,7 @@ pub async fn from_body(
     }
     let body = read_body(request).await?;
     // A body that is not `{"code": "…"}` is a client bug, not a guess: 400/422, not counted.
-    let code = crate::admin::extract::parse::<RedeemBody>(&body).map_err(IntoResponse::into_response)?;
+    let code = crate::error::json_body::parse::<RedeemBody>(&body).map_err(IntoResponse::into_response)?;
     handle(&state, &principal, code.code).await.map_err(IntoResponse::into_response)
 }
 

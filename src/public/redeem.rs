@@ -44,16 +44,11 @@ struct RedeemBody {
 /// times over, and nothing larger is ever buffered.
 pub const MAX_BODY_BYTES: usize = 4 * 1024;
 
-// Both handlers take [`Authenticated`] before the whole `Request`, and read the body themselves,
-// only after the caller is authenticated: a body extractor would run first and let anonymous clients make the
-// sidecar hold bodies (150 of them with 2 MB each once took 300 MiB). The order (docs/contract.md §7 v2):
-// 1. authenticate from the headers (401);
-// 2. refuse a cross-site request from an origin not allowed (403, `crate::cross_site`);
-// 3. body form only: `Content-Type: application/json` (415), then the body, at most
-//    `MAX_BODY_BYTES` (413), as `{"code": "…"}` (400/422);
-// 4. the failure limit (429) and the redemption itself.
-// The path form never reads its body. Authentication comes first so that a stranger learns
-// nothing about the other checks, and a real user's refusal says what to fix.
+// Both handlers name `Authenticated` before the whole `Request` and read the body themselves:
+// a body extractor would run first and let anonymous clients make the sidecar hold bodies
+// (150 of them with 2 MB each once took 300 MiB). The checks run in the order of the module
+// docs (docs/contract.md §7 v2); authentication comes first so that a stranger learns nothing
+// about the other checks, and a real user's refusal says what to fix.
 
 /// `POST …/enrollment-codes/{code}/redeem`: the code in the path; the body is never read.
 pub async fn from_path(

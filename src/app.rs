@@ -74,7 +74,7 @@ impl App {
             .await
             .with_context(|| format!("cannot bind server.admin_listen {}", config.server.admin_listen))?;
         let upstream = match &config.upstream.url {
-            Some(url) => Some(crate::proxy::Upstream::new(url, &config.upstream)?),
+            Some(url) => Some(crate::upstream::Upstream::new(url, &config.upstream)?),
             None => None,
         };
         let store = crate::store::Store::connect(config.database_url(), config.database.max_connections)

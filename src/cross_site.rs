@@ -24,13 +24,10 @@
 //! [`judge`] is the pure decision; [`check`] applies it to a request on the public port and is
 //! what every state-changing public route calls (redemption here; docs/contract.md §10 and §11 later).
 
-use std::net::IpAddr;
-
 use axum::http::{HeaderMap, HeaderValue, Uri};
 
 use crate::config::Origin;
 use crate::error::ApiError;
-use crate::state::AppState;
 
 /// What [`judge`] decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,11 +120,11 @@ fn single<'a>(headers: &'a HeaderMap, name: &str) -> Presence<'a> {
     }
 }
 
-/// Refuses a cross-site request from an origin not in `server.allowed_origins` with 403.
-/// `peer` is the TCP peer (its forwarded headers are believed when it is a trusted proxy).
-pub fn check(state: &AppState, peer: IpAddr, headers: &HeaderMap, uri: &Uri) -> Result<(), ApiError> {
-    let allowed = &state.config.server.allowed_origins;
-    match judge(headers, uri, state.is_trusted(peer), allowed) {
+/// Refuses a cross-site request from an origin not in `allowed` (`server.allowed_origins`)
+/// with 403. `trusted` says whether the peer is a trusted proxy, whose forwarded headers are
+/// believed.
+pub fn check(allowed: &[Origin], trusted: bool, headers: &HeaderMap, uri: &Uri) -> Result<(), ApiError> {
+    match judge(headers, uri, trusted, allowed) {
         Verdict::NotCrossSite | Verdict::Allowed => Ok(()),
         Verdict::Refused => Err(ApiError::Forbidden(
             "Cross-site request refused: its Origin is not listed in server.allowed_origins.".into(),

@@ -1,6 +1,9 @@
 //! One mapping from failures to HTTP: RFC 9457 problem JSON for every error, the right
 //! `WWW-Authenticate` on 401s, `Retry-After` on 429/503. Internal detail is logged once here
-//! and never returned.
+//! and never returned. [`json_body`] classifies a bad JSON request body the same way for
+//! every route that reads one.
+
+pub mod json_body;
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};

@@ -18,13 +18,13 @@ pub mod error;
 pub mod headers;
 pub mod keycloak;
 pub mod metrics;
-pub mod proxy;
 pub mod public;
 pub mod reconcile;
 pub mod server;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod upstream;
 pub mod weigh;
 
 pub use app::{App, AppHandle};

@@ -235,6 +235,17 @@ impl Metrics {
         };
     }
 
+    /// Counts an answered request in `requests` by `mode` and the class of its `status`.
+    pub fn count_response(&self, mode: &'static str, status: u16) {
+        self.count_request(mode, status_class(status));
+    }
+
+    /// Counts an enrollment-code redemption in `code_redemptions` by `result` (created,
+    /// already, invalid, no_contract, full, rate_limited).
+    pub fn count_redemption(&self, result: &'static str) {
+        self.code_redemptions.get_or_create(&vec![("result", result)]).inc();
+    }
+
     /// Counts a lookup in `cache_lookups` by `cache` and `result`.
     pub fn count_cache(&self, cache: &'static str, result: &'static str) {
         let labels = [("cache", cache), ("result", result)];

@@ -35,7 +35,7 @@ pub struct Inner {
     /// Counters and histograms, rendered at `/metrics`.
     pub metrics: Arc<Metrics>,
     /// The app behind the sidecar, in reverse proxy mode.
-    pub upstream: Option<crate::proxy::Upstream>,
+    pub upstream: Option<crate::upstream::Upstream>,
     /// Organizations, contracts, memberships, users, audit, jobs, the persisted JWKS.
     pub store: crate::store::Store,
     /// A verified principal's B2B facts (memory tier, Redis tier, reconciliation, last known

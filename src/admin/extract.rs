@@ -1,14 +1,7 @@
 //! Request bodies and query strings of the admin API, read so that every failure is problem
 //! JSON naming the field (docs/contract.md §6). axum's own `Json` and `Query` answer plain text and lose
-//! the field, hence these.
-//!
-//! How a body failure is classified:
-//! - not JSON at all (syntax, truncated) → 400;
-//! - a value of the wrong JSON type (`"name": 1`) → 400, field named;
-//! - a field the resource does not have → 400, field named (a typo must not be ignored);
-//! - a required field missing → 422, field named;
-//! - a value of the right type that breaks a rule (`"membership_type": "sometimes"`, a
-//!   `keycloak_id` that is not a UUID, a date that is not `YYYY-MM-DD`) → 422, field named.
+//! the field, hence these. A body failure is classified by [`crate::error::json_body`] (shared
+//! with the public port's code redemption).
 //!
 //! The body is read as JSON whatever its `Content-Type` (`curl -d` without `-H` works, and
 //! `application/merge-patch+json` needs no special case); the admin port is never reached by
@@ -27,6 +20,7 @@ use serde_json::Value;
 use utoipa::openapi::{RefOr, Schema};
 use utoipa::{IntoParams, PartialSchema, ToSchema};
 
+use crate::error::json_body::{from_value, not_an_object, parse};
 use crate::error::{ApiError, FieldError, problem};
 
 /// A JSON request body of type `T`; failures are 400/422 problem answers naming the field.
@@ -59,94 +53,6 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
 async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Response> {
     // Keeps axum's status (413 over the body limit), in our problem format.
     Bytes::from_request(req, state).await.map_err(|e| problem(e.status(), Some(&e.body_text()), &[]))
-}
-
-/// Parses a JSON object into `T`, classifying failures as the module docs say.
-///
-/// The body must be an object: serde would otherwise fill a struct from an array by position
-/// (`["acme", "Acme"]` as an organization), which no client means.
-pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| classify(".", e))?;
-    if !value.is_object() {
-        return Err(not_an_object());
-    }
-    from_value(value)
-}
-
-fn not_an_object() -> ApiError {
-    ApiError::BadRequest {
-        detail: "The body must be a JSON object.".into(),
-        errors: vec![FieldError::new("body", "must be a JSON object")],
-    }
-}
-
-/// Deserializes an already parsed JSON value into `T` (a merge-patched document).
-pub fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        classify(&path, e.into_inner())
-    })
-}
-
-/// Maps a serde error at `path` (serde_path_to_error's form: `.` for the root, `a.b` below it)
-/// to a 400 or 422 answer.
-fn classify(path: &str, error: serde_json::Error) -> ApiError {
-    use serde_json::error::Category;
-    let message = without_location(&error);
-    if !matches!(error.classify(), Category::Data) {
-        return ApiError::BadRequest {
-            detail: format!("The body is not valid JSON: {message}."),
-            errors: vec![],
-        };
-    }
-    let field = |name: Option<&str>| {
-        let parent = if path == "." { "" } else { path };
-        match name {
-            // serde_path_to_error may or may not have pushed the key itself already.
-            Some(name) if parent.is_empty() || parent == name || parent.ends_with(&format!(".{name}")) => {
-                if parent.is_empty() {
-                    name.to_owned()
-                } else {
-                    parent.to_owned()
-                }
-            }
-            Some(name) => format!("{parent}.{name}"),
-            None if parent.is_empty() => "body".to_owned(),
-            None => parent.to_owned(),
-        }
-    };
-    if let Some(name) = quoted_after(&message, "unknown field `") {
-        return ApiError::BadRequest {
-            detail: format!("Unknown field `{name}`."),
-            errors: vec![FieldError::new(field(Some(name)), "unknown field")],
-        };
-    }
-    if let Some(name) = quoted_after(&message, "missing field `") {
-        return ApiError::Unprocessable(vec![FieldError::new(field(Some(name)), "is required")]);
-    }
-    if message.starts_with("invalid type:") {
-        let field = field(None);
-        return ApiError::BadRequest {
-            detail: format!("`{field}` has the wrong JSON type."),
-            errors: vec![FieldError::new(field, message)],
-        };
-    }
-    ApiError::Unprocessable(vec![FieldError::new(field(None), message)])
-}
-
-/// serde_json's message without its ` at line L column C` suffix.
-fn without_location(error: &serde_json::Error) -> String {
-    let text = error.to_string();
-    if error.line() == 0 {
-        return text;
-    }
-    let suffix = format!(" at line {} column {}", error.line(), error.column());
-    text.strip_suffix(&suffix).map(str::to_owned).unwrap_or(text)
-}
-
-/// The text between `prefix` and the next backtick, when the message starts with `prefix`.
-fn quoted_after<'m>(message: &'m str, prefix: &str) -> Option<&'m str> {
-    message.strip_prefix(prefix)?.split('`').next()
 }
 
 /// Applies a JSON merge patch (RFC 7396) to the writable form of a resource and reads the

@@ -57,7 +57,7 @@ pub async fn require_admin(State(state): State<AppState>, mut request: Request, 
         }
         Err(e) => e.into_response(),
     };
-    state.count("admin", response.status().as_u16());
+    state.metrics.count_response("admin", response.status().as_u16());
     response
 }
 

@@ -1,5 +1,6 @@
 //! Enrollment codes (docs/contract.md §1, §7): their format, the failure limiter of redemption, and the
-//! redemption itself ([`redeem`]: the transaction and the public route).
+//! redemption itself ([`redeem`]: the decision and the transaction; its routes are
+//! [`crate::public::redeem`]).
 //!
 //! # Format
 //!

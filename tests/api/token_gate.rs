@@ -437,6 +437,29 @@ async fn metrics_count_auth_decisions_jwks_fetches_and_requests() {
 }
 
 #[tokio::test]
+async fn every_public_route_is_counted_by_mode_and_status_class() {
+    let kc = FakeKeycloak::start().await;
+    let app = TestApp::spawn(&kc).await;
+    let http = reqwest::Client::new();
+    assert_eq!(app.get("/_sidecar/me").send().await.unwrap().status(), 401);
+    for path in ["/_sidecar/enrollment-codes/redeem", "/_sidecar/enrollment-codes/X/redeem"] {
+        assert_eq!(http.post(app.url(path)).send().await.unwrap().status(), 401, "{path}");
+    }
+    assert_eq!(app.get("/_sidecar/jwks.json").send().await.unwrap().status(), 200);
+    for path in ["/_sidecar/nothing-here", "/no-upstream"] {
+        assert_eq!(app.get(path).send().await.unwrap().status(), 404, "{path}");
+    }
+    let text = app.metrics().await;
+    let requests = |mode: &str, class: &str| {
+        metric(&text, &format!("identity_sidecar_requests_total{{mode=\"{mode}\",class=\"{class}\"}}"))
+    };
+    assert_eq!(requests("me", "4xx"), 1.0, "{text}");
+    assert_eq!(requests("redeem", "4xx"), 2.0, "{text}");
+    assert_eq!(requests("jwks", "2xx"), 1.0, "{text}");
+    assert_eq!(requests("other", "4xx"), 2.0, "{text}");
+}
+
+#[tokio::test]
 async fn the_admin_port_does_not_serve_public_paths_and_vice_versa() {
     let kc = FakeKeycloak::start().await;
     let app = TestApp::spawn(&kc).await;

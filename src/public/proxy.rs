@@ -1,5 +1,8 @@
-//! Reverse proxy mode: every path outside the reserved prefix is admitted (authenticate,
-//! authorize, render headers) and forwarded to `upstream.url` with bodies streamed both ways.
+//! The forwarding step of reverse proxy mode: every path outside the reserved prefix is
+//! admitted ([`admit`]: authenticate, authorize, render headers) and forwarded to the
+//! [`Upstream`] (`upstream.url`, its target and pooled client) with bodies streamed both ways.
+//! Each forward counts its upstream outcome (`upstream_responses`, `upstream_latency_seconds`);
+//! the request itself is counted by the router's layer (mode `proxy`).
 //!
 //! Header discipline, in order: drop hop-by-hop headers (including those named by
 //! `Connection`), strip every client-sent identity header, inject the fresh set, leave only
@@ -19,64 +22,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::uri::{PathAndQuery, Scheme};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
-use axum::response::{IntoResponse, Response};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use hyper_util::rt::TokioIo;
 
+use super::gate::{METHOD_OVERRIDE_HEADERS, admit};
 use crate::auth::gate::{X_ACCESS_TOKEN, is_bearer};
-use crate::config::{TokenSource, UpstreamConfig};
+use crate::config::TokenSource;
 use crate::error::ApiError;
-use crate::public::{METHOD_OVERRIDE_HEADERS, admit};
 use crate::state::AppState;
-
-/// The upstream app and a pooled client for it.
-pub struct Upstream {
-    client: Client<HttpConnector, Body>,
-    scheme: Scheme,
-    authority: axum::http::uri::Authority,
-    /// The upstream URL's path, without a trailing slash ("" for the root).
-    base_path: String,
-    timeout: Duration,
-}
-
-impl Upstream {
-    pub fn new(url: &str, config: &UpstreamConfig) -> anyhow::Result<Upstream> {
-        let uri: Uri = url.parse().with_context(|| format!("upstream.url {url:?}"))?;
-        let authority = uri.authority().cloned().context("upstream.url has no host")?;
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(config.connect_timeout_secs)));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(config.pool_idle_timeout_secs))
-            .build(connector);
-        Ok(Upstream {
-            client,
-            scheme: uri.scheme().cloned().unwrap_or(Scheme::HTTP),
-            authority,
-            base_path: uri.path().trim_end_matches('/').to_owned(),
-            timeout: Duration::from_secs(config.timeout_secs),
-        })
-    }
-
-    fn target(&self, original: &Uri) -> Result<Uri, ApiError> {
-        let pq = original.path_and_query().map_or("/", PathAndQuery::as_str);
-        let pq: PathAndQuery = format!("{}{pq}", self.base_path)
-            .parse()
-            .map_err(|_| ApiError::BadRequest { detail: "Invalid request URI.".into(), errors: vec![] })?;
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(pq)
-            .build()
-            .map_err(|e| ApiError::Internal(e.into()))
-    }
-}
+use crate::upstream::{TargetError, Upstream};
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
 /// `Proxy-Connection` was never standard, but old clients and some apps still send it, and
@@ -195,21 +152,16 @@ fn keep_only_the_validated_credential(headers: &mut HeaderMap, validated: Option
     }
 }
 
-/// The fallback handler in proxy mode.
+/// The fallback handler in proxy mode: every path outside the reserved prefix.
 pub async fn forward(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     mut request: Request,
-) -> Response {
+) -> Result<Response, ApiError> {
     let Some(upstream) = state.upstream.as_ref() else {
-        return ApiError::NotFound("No such path.".into()).into_response();
+        return Err(ApiError::NotFound("No such path.".into()));
     };
-    let response = match proxy(&state, upstream, peer, &mut request).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    };
-    state.count("proxy", response.status().as_u16());
-    response
+    proxy(&state, upstream, peer, &mut request).await
 }
 
 async fn proxy(
@@ -219,7 +171,12 @@ async fn proxy(
     request: &mut Request,
 ) -> Result<Response, ApiError> {
     let admission = admit(state, request.method(), request.uri().path(), request.headers()).await?;
-    let target = upstream.target(request.uri())?;
+    let target = upstream.target(request.uri()).map_err(|e| match e {
+        TargetError::InvalidUri => {
+            ApiError::BadRequest { detail: "Invalid request URI.".into(), errors: vec![] }
+        }
+        TargetError::Build(e) => ApiError::Internal(e.into()),
+    })?;
     let websocket = is_websocket_upgrade(request.headers());
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut *request));
 
@@ -245,29 +202,29 @@ async fn proxy(
     let progress = Progress::new(started);
     let outbound = axum::http::Request::from_parts(parts, Body::new(progress.track(body)));
 
-    let sent = await_headers(upstream.client.request(outbound), &progress, upstream.timeout).await;
+    let sent = await_headers(upstream.client().request(outbound), &progress, upstream.timeout()).await;
     state.metrics.upstream_latency.observe(started.elapsed().as_secs_f64());
     let mut response = match sent {
         Err(TimedOut) => {
-            state.upstream_outcome("timeout");
+            state.metrics.count_upstream("timeout");
             return Err(ApiError::GatewayTimeout);
         }
         Ok(Err(e)) if crate::server::is_body_stall(&e) => {
             // The client stopped sending its body; the server loop answers 408.
-            state.upstream_outcome("client_body_stalled");
+            state.metrics.count_upstream("client_body_stalled");
             return Err(ApiError::BadRequest {
                 detail: "The request body stopped arriving.".into(),
                 errors: vec![],
             });
         }
         Ok(Err(e)) => {
-            state.upstream_outcome(if e.is_connect() { "connect_error" } else { "error" });
+            state.metrics.count_upstream(if e.is_connect() { "connect_error" } else { "error" });
             tracing::warn!(error = %e, "upstream request failed");
             return Err(ApiError::BadGateway("The upstream could not be reached.".into()));
         }
         Ok(Ok(r)) => r,
     };
-    state.upstream_outcome(crate::metrics::status_class(response.status().as_u16()));
+    state.metrics.count_upstream(crate::metrics::status_class(response.status().as_u16()));
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(client_upgrade) = client_upgrade
@@ -379,12 +336,6 @@ impl http_body::Body for Tracked {
     // Keeps an exact length exact, so the upstream gets Content-Length rather than chunks.
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
-    }
-}
-
-impl AppState {
-    fn upstream_outcome(&self, outcome: &'static str) {
-        self.metrics.count_upstream(outcome);
     }
 }
 

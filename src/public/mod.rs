@@ -1,0 +1,102 @@
+//! The public port: everything a browser, an app or a gateway reaches. One request's path,
+//! top to bottom:
+//!
+//! ```text
+//! server::serve              connection limits, head and body timeouts (crate::server)
+//!   request id + span        app::with_request_id
+//!     router (this file)     the route table below; a path under server.reserved_prefix is
+//!       │                    the sidecar's own, every other path is proxied (or 404)
+//!       counted              one layer per route: requests_total{mode, class} of the answer
+//!         handler
+//!           forward_auth     /_sidecar/auth: read X-Forwarded-*, then gate::admit
+//!           proxy            any other path: gate::admit, then forward upstream
+//!           me, redeem       gate::Authenticated extractor, then the handler's own work
+//!           jwks             the entitlement token's public keys
+//! ```
+//!
+//! [`gate::admit`] is the one decision for a request handed on: judge the path → preflight →
+//! authenticate → B2B facts → authorize → render the owned headers. Routes that only need to
+//! know the caller take [`gate::Authenticated`], which authenticates before any other part of
+//! the request is read and maps a failure through `ApiError`.
+//!
+//! Every route is added through the route table in [`router`], which pairs it with the mode it
+//! is counted as: a new route cannot forget its count.
+
+pub mod forward_auth;
+pub mod gate;
+pub mod me;
+pub mod proxy;
+pub mod redeem;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, any, get, post};
+
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::state::AppState;
+
+/// The public router. Paths under `server.reserved_prefix` are the sidecar's own.
+pub fn router(state: AppState) -> Router {
+    let prefix = state.config.server.reserved_prefix.trim_end_matches('/').to_owned();
+    let at = |path: &str| format!("{prefix}{path}");
+    // The route table: path, mode it is counted as (`requests_total{mode}`), handler.
+    let routes: [(String, Mode, MethodRouter<AppState>); 7] = [
+        (at("/auth"), "forward_auth", any(forward_auth::forward_auth)),
+        (at("/me"), "me", get(me::me)),
+        (at("/jwks.json"), "jwks", get(entitlement_jwks)),
+        (
+            at("/enrollment-codes/redeem"),
+            "redeem",
+            post(redeem::from_body).layer(DefaultBodyLimit::max(redeem::MAX_BODY_BYTES)),
+        ),
+        (at("/enrollment-codes/{code}/redeem"), "redeem", post(redeem::from_path)),
+        // Reserved paths the sidecar does not serve stay 404, never proxied.
+        (prefix.clone(), "other", any(not_found)),
+        (at("/{*rest}"), "other", any(not_found)),
+    ];
+    let fallback =
+        if state.upstream.is_some() { ("proxy", any(proxy::forward)) } else { ("other", any(not_found)) };
+    let router = routes.into_iter().fold(Router::new(), |router, (path, mode, handler)| {
+        router.route(&path, counted(&state, mode, handler))
+    });
+    router.fallback(counted(&state, fallback.0, fallback.1)).with_state(state)
+}
+
+/// The `mode` label of `requests_total`: which kind of public request it was.
+type Mode = &'static str;
+
+/// What the request-metrics layer of one route needs.
+#[derive(Clone)]
+struct Counter {
+    metrics: Arc<Metrics>,
+    mode: Mode,
+}
+
+/// The request-metrics layer, around one route: counts the answer by `mode` and status class,
+/// whatever produced it (the handler, an extractor's rejection, the route's 405).
+fn counted(state: &AppState, mode: Mode, route: MethodRouter<AppState>) -> MethodRouter<AppState> {
+    let counter = Counter { metrics: state.metrics.clone(), mode };
+    route.layer(middleware::from_fn_with_state(counter, count))
+}
+
+async fn count(State(counter): State<Counter>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    counter.metrics.count_response(counter.mode, response.status().as_u16());
+    response
+}
+
+/// `/_sidecar/jwks.json`: the entitlement token's public keys.
+pub async fn entitlement_jwks(State(state): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], state.entitlements.signer().jwks_bytes()).into_response()
+}
+
+/// A reserved path the sidecar does not serve, or any path without an upstream.
+async fn not_found() -> ApiError {
+    ApiError::NotFound("No such path.".into())
+}

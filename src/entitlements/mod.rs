@@ -15,7 +15,7 @@
 //! 4. **last known or 503**: when the store fails, `reconcile.on_store_error` says: `degrade`
 //!    serves the last known facts marked `stale`, `reject` answers [`Unavailable`] (503).
 //!
-//! Every answer is rendered for the day of the request ([`render`]): the header values and the
+//! Every answer is rendered for the day of the request ([`mod@render`]): the header values and the
 //! entitlement token, signed by [`Signer`] (whose public keys both ports serve as a JWKS).
 //!
 //! An invalidation is published through Redis first and applied to memory second (see

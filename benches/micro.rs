@@ -20,10 +20,10 @@ use identity_sidecar::auth::org_claim::parse_org_claim;
 use identity_sidecar::auth::validate::{
     Policy, Principal, UserinfoClaims, check_claims, pre_parse, verify_signature,
 };
+use identity_sidecar::b2b::{AttachmentSource, MembershipSource, MembershipType};
 use identity_sidecar::headers::{B2b, Status, render};
 use identity_sidecar::reconcile::plan::{
-    AttachmentSource, CurrentAttachment, CurrentMembership, KnownContract, KnownOrg, MembershipSource,
-    MembershipType, UserSnapshot, plan,
+    CurrentAttachment, CurrentMembership, KnownContract, KnownOrg, UnclaimedMemberships, UserState, plan,
 };
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey};
@@ -237,19 +237,19 @@ fn reconcile_plan(c: &mut Criterion) {
         .into_iter()
         .map(|id| CurrentAttachment { contract_id: id, source: AttachmentSource::Sso })
         .collect();
-    let state = UserSnapshot { organizations, memberships, contracts, attachments };
+    let state = UserState { organizations, memberships, contracts, attachments };
     let claim: serde_json::Map<String, Value> =
         (0..4).map(|i| (format!("org-{i}"), json!({"id": org_id(i as u128).to_string()}))).collect();
     let claimed = parse_org_claim(Some(&Value::Object(claim))).orgs;
     let today = time::OffsetDateTime::now_utc().date();
-    let sample = plan(&claimed, true, &state, today);
+    let sample = plan(&claimed, UnclaimedMemberships::Remove, &state, today);
     assert!(!sample.is_empty() && !sample.remove_memberships.is_empty(), "the plan has work: {sample:?}");
     c.bench_function("reconcile_plan/5_orgs_10_contracts", |b| {
-        b.iter(|| plan(black_box(&claimed), true, black_box(&state), today))
+        b.iter(|| plan(black_box(&claimed), UnclaimedMemberships::Remove, black_box(&state), today))
     });
     let settled = sample.apply_to(&state);
     c.bench_function("reconcile_plan/nothing_to_do", |b| {
-        b.iter(|| plan(black_box(&claimed), true, black_box(&settled), today))
+        b.iter(|| plan(black_box(&claimed), UnclaimedMemberships::Remove, black_box(&settled), today))
     });
 }
 

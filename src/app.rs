@@ -1,6 +1,6 @@
-//! The application: binds both listeners (port 0 works), builds the shared state, owns the
-//! background tasks and stops everything on shutdown. Tests start the same `App` that
-//! `main` starts.
+//! The application: checks the configuration ([`check`]), binds both listeners (port 0
+//! works), builds the shared state, owns the background tasks and stops everything on
+//! shutdown. Tests start the same `App` that `main` starts.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,11 +19,13 @@ use tower_http::trace::TraceLayer;
 use crate::auth::discovery::Discovery;
 use crate::auth::gate::{Authenticator, token_cache};
 use crate::auth::jwks::Jwks;
-use crate::auth::rules::Rules;
-use crate::auth::validate::Policy;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::state::{AppState, Inner};
+
+mod check;
+
+pub use check::{Checked, check};
 
 /// A built, not yet running application.
 pub struct App {
@@ -44,15 +46,14 @@ pub struct AppHandle {
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 impl App {
-    /// Builds state and binds listeners. Keys are loaded in the background after `spawn`;
-    /// `/readyz` reports when they are there.
+    /// Checks `config` ([`check`]), builds state and binds listeners. Keys are loaded in the
+    /// background after `spawn`; `/readyz` reports when they are there.
     pub async fn build(config: Config) -> anyhow::Result<App> {
-        config.validate()?;
+        let Checked { policy, rules } = check(&config)?;
         if config.oidc.audiences.is_empty() {
             tracing::warn!("oidc.allow_any_audience is on: tokens for any client are accepted");
         }
         let metrics = Arc::new(Metrics::new());
-        let policy = Policy::from_config(&config)?;
         let discovery = Discovery::new(&config.oidc)?;
         let jwks = Arc::new(Jwks::new(
             discovery,
@@ -98,7 +99,7 @@ impl App {
             store,
             entitlements: Arc::new(entitlements),
             upstream,
-            rules: Rules::new(&config.auth.rules),
+            rules,
             trusted_proxies: config.server.trusted_proxies.clone(),
             config: Arc::new(config),
             auth,

@@ -4,6 +4,12 @@
 //! Every struct denies unknown fields, so a typo is a startup error that names the key.
 //! Secrets are [`SecretString`]s: they print as `[REDACTED]` in `check-config` and in any
 //! `Debug` output, and each one also accepts a `<key>_file` variant read at load time.
+//!
+//! Plain data: this module imports nothing else of the crate, so every module may read it.
+//! [`Config::load`] checks what the values themselves say (ranges, required keys, URL shapes).
+//! A value that only its reader can judge — an `oidc.algorithms` name, an `auth.rules` prefix,
+//! the `cache.redis_key_file` contents — is refused by that reader's constructor, and
+//! [`crate::app::check`] runs those constructors for `check-config` and for startup alike.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,6 +21,10 @@ use figment::value::{Dict, Value};
 use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
+
+mod origin;
+
+pub use origin::Origin;
 
 /// The whole configuration. Sections follow docs/contract.md §8.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -51,8 +61,8 @@ pub struct ServerConfig {
     /// port's write routes (code redemption, docs/contract.md §7). A request is cross-site when its
     /// `Origin` differs from the request's own origin or its `Sec-Fetch-Site` is neither
     /// `same-origin` nor `none`; unlisted, it is refused with 403 (see
-    /// [`crate::cross_site`]). Each entry is checked at startup.
-    pub allowed_origins: Vec<crate::cross_site::Origin>,
+    /// [`crate::cross_site`]). Each entry is checked when the configuration is read.
+    pub allowed_origins: Vec<Origin>,
     /// How long in-flight requests may run after SIGTERM before they are cut.
     pub shutdown_grace_secs: u64,
     /// A new connection must deliver its first complete request head within this time of
@@ -296,7 +306,8 @@ pub struct CacheConfig {
     /// Keys that sign and verify the login entries shared through Redis (HMAC-SHA256 over
     /// key name and value), one per line, hex or standard base64, at least 32 bytes each; the
     /// first signs, all verify (rotation). Unset: Redis is inside the trust boundary — write
-    /// access to it can forge any user's entitlements. See [`crate::entitlements::EntryKeys`].
+    /// access to it can forge any user's entitlements. Read and checked by
+    /// [`crate::app::check`] (`check-config` and startup).
     pub redis_key_file: Option<PathBuf>,
     /// Bound of each in-memory cache, in entries (tokens, logins, last known entitlements,
     /// failed-redemption counters).
@@ -589,7 +600,8 @@ impl Config {
         Ok(())
     }
 
-    /// Rules that serde cannot express.
+    /// Rules that serde cannot express and that need no other module: the values' own shape.
+    /// The rest is [`crate::app::check`]'s.
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.oidc.issuer.is_empty() {
             bail!("oidc.issuer is required (the realm URL, e.g. https://sso.example.com/realms/acme)");
@@ -602,10 +614,6 @@ impl Config {
         }
         if self.oidc.algorithms.is_empty() {
             bail!("oidc.algorithms must list at least one algorithm");
-        }
-        for alg in &self.oidc.algorithms {
-            crate::auth::validate::parse_allowed_algorithm(alg)
-                .with_context(|| format!("oidc.algorithms: {alg:?}"))?;
         }
         if self.oidc.token_sources.is_empty() {
             bail!("oidc.token_sources must list at least one source");
@@ -634,16 +642,6 @@ impl Config {
         if !self.server.reserved_prefix.starts_with('/') || self.server.reserved_prefix.len() < 2 {
             bail!("server.reserved_prefix must start with '/' and name a path, e.g. /_sidecar");
         }
-        for (i, rule) in self.auth.rules.iter().enumerate() {
-            if !rule.prefix.starts_with('/') {
-                bail!("auth.rules[{i}].prefix must be a plain path starting with '/'");
-            }
-            // A prefix no request could match (requests spelled so are refused) is a mistake
-            // to show at startup, not a rule to drop silently.
-            if let Err(e) = crate::auth::rules::normalize_prefix(&rule.prefix) {
-                bail!("auth.rules[{i}].prefix must be a plain path: {e}");
-            }
-        }
         for (i, t) in self.admin.token_sha256.iter().enumerate() {
             if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                 bail!("admin.token_sha256[{i}].sha256 must be 64 hex characters");
@@ -671,12 +669,8 @@ impl Config {
                 bail!("upstream.url must be an http:// URL (the app beside the sidecar)");
             }
         }
-        if let Some(path) = &self.cache.redis_key_file {
-            if self.cache.redis_url.is_none() {
-                bail!("cache.redis_key_file is set but cache.redis_url is not: the keys sign Redis entries");
-            }
-            // Read here too, so `check-config` and startup refuse a weak or empty file.
-            crate::entitlements::EntryKeys::from_file(path)?;
+        if self.cache.redis_key_file.is_some() && self.cache.redis_url.is_none() {
+            bail!("cache.redis_key_file is set but cache.redis_url is not: the keys sign Redis entries");
         }
         Ok(())
     }
@@ -840,34 +834,14 @@ mod tests {
         assert!(!format!("{c:?}").contains("pw-123"));
     }
 
+    /// The file's contents are checked by its reader (`app::check`'s tests); a key file
+    /// without Redis is a mistake the configuration alone shows.
     #[test]
-    fn a_weak_empty_or_missing_redis_key_file_or_one_without_redis_stops_startup() {
-        let dir = tempfile::tempdir().unwrap();
-        let good = dir.path().join("good");
-        std::fs::write(&good, "# current\nDhzIq9SPKM0kklBY1fQ5VFIzGl/WJslMFHX7wWWBhnw=\n").unwrap();
-        let weak = dir.path().join("weak");
-        std::fs::write(&weak, "hunter2-hunter2\n").unwrap();
-        let empty = dir.path().join("empty");
-        std::fs::write(&empty, "\n").unwrap();
-        let with = |file: &Path, redis: bool| {
-            let mut vars = base();
-            vars.push(("SIDECAR__CACHE__REDIS_KEY_FILE".into(), file.display().to_string()));
-            if redis {
-                vars.push(("SIDECAR__CACHE__REDIS_URL".into(), "redis://127.0.0.1:6379".into()));
-            }
-            Config::load(None, vars).map_err(|e| format!("{e:#}"))
-        };
-        assert!(with(&good, true).is_ok());
-        for (file, redis, says) in [
-            (&weak, true, "line 1"),
-            (&empty, true, "no key"),
-            (&dir.path().join("absent"), true, "cannot read"),
-            (&good, false, "cache.redis_url is not"),
-        ] {
-            let err = with(file, redis).unwrap_err();
-            assert!(err.contains("cache.redis_key_file") && err.contains(says), "{err}");
-            assert!(!err.contains("hunter2"), "{err}");
-        }
+    fn a_redis_key_file_without_redis_stops_startup() {
+        let mut vars = base();
+        vars.push(("SIDECAR__CACHE__REDIS_KEY_FILE".into(), "/run/secrets/redis-keys".into()));
+        let err = format!("{:#}", Config::load(None, vars).unwrap_err());
+        assert!(err.contains("cache.redis_key_file") && err.contains("cache.redis_url is not"), "{err}");
     }
 
     #[test]
@@ -894,23 +868,11 @@ mod tests {
     }
 
     #[test]
-    fn hmac_and_none_cannot_be_configured() {
-        for alg in ["HS256", "none"] {
-            let mut vars = base();
-            vars.push(("SIDECAR__OIDC__ALGORITHMS".into(), format!("[\"{alg}\"]")));
-            assert!(Config::load(None, vars).is_err(), "{alg}");
-        }
-    }
-
-    #[test]
     fn allowed_origins_must_be_bare_origins() {
         let mut vars = base();
         vars.push(("SIDECAR__SERVER__ALLOWED_ORIGINS".into(), r#"["HTTPS://Shop.Example:443"]"#.into()));
         let c = Config::load(None, vars).unwrap();
-        assert_eq!(
-            c.server.allowed_origins,
-            [crate::cross_site::Origin::parse("https://shop.example").unwrap()]
-        );
+        assert_eq!(c.server.allowed_origins, [Origin::parse("https://shop.example").unwrap()]);
         for bad in ["https://shop.example/", "null", "shop.example", "*"] {
             let mut vars = base();
             vars.push(("SIDECAR__SERVER__ALLOWED_ORIGINS".into(), format!("[\"{bad}\"]")));

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod b2b;
 pub mod codes;
 pub mod config;
 pub mod cross_site;

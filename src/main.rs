@@ -96,7 +96,11 @@ fn main() -> std::process::ExitCode {
         _ => {}
     }
     let health = matches!(cli.command, Some(Command::Health { .. }));
-    let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
+    // Checked as `serve` checks it, so every command refuses a bad rule, algorithm or Redis
+    // key file with the same message.
+    let loaded = Config::load(cli.config.as_deref(), std::env::vars())
+        .and_then(|c| identity_sidecar::app::check(&c).map(|_| c));
+    let config = match loaded {
         Ok(c) => c,
         Err(e) => {
             eprintln!("identity-sidecar: {e:#}");
@@ -135,7 +139,9 @@ fn main() -> std::process::ExitCode {
         }),
         Command::Reconcile { sub, dry_run } => run(async {
             identity_sidecar::telemetry::init(&config.log)?;
-            print_json(&identity_sidecar::keycloak::command::reconcile_user(&config, &sub, dry_run).await?)
+            use identity_sidecar::reconcile::apply::Mode;
+            let mode = if dry_run { Mode::DryRun } else { Mode::Apply };
+            print_json(&identity_sidecar::keycloak::command::reconcile_sub(&config, &sub, mode).await?)
         }),
     };
     exit(result)

@@ -1,6 +1,9 @@
 //! Prometheus metrics. Each [`App`](crate::App) owns its own registry (no process globals),
 //! so two apps in one test process count separately. Label values come from small fixed
 //! sets (reason codes, status classes), never from tokens, paths or users.
+//!
+//! A leaf: it imports nothing else of the crate, so every module may count, and callers pass
+//! plain values (a count, a label from a fixed set), not their own types.
 
 use std::sync::OnceLock;
 
@@ -271,17 +274,20 @@ impl Metrics {
         };
     }
 
-    /// Counts what one request's `X-Userinfo` left out (nothing, almost always: then no lock
-    /// is taken and no series is created).
-    pub fn userinfo_trimmed(&self, trimmed: crate::headers::Trimmed) {
-        for (list, n) in [("extra", trimmed.extra), ("default", trimmed.default)] {
+    /// Counts the claims one request's `X-Userinfo` left out for its size bound, by list:
+    /// `extra` outside the default claims, `default` of them. Nothing, almost always: then no
+    /// lock is taken and no series is created.
+    pub fn count_userinfo_dropped(&self, extra: usize, default: usize) {
+        for (list, n) in [("extra", extra), ("default", default)] {
             if n > 0 {
                 self.userinfo_claims_dropped.get_or_create(&vec![("list", list)]).inc_by(n as u64);
             }
         }
-        if trimmed.omitted {
-            self.userinfo_omitted.inc();
-        }
+    }
+
+    /// Counts a request whose `X-Userinfo` was left empty: not even `sub` and `b2b` fit.
+    pub fn count_userinfo_omitted(&self) {
+        self.userinfo_omitted.inc();
     }
 
     /// Adds an externally owned metric (store query counter, job queue gauges).
@@ -340,12 +346,12 @@ mod tests {
 
     #[test]
     fn userinfo_trimming_is_counted_by_list_and_nothing_appears_while_nothing_is_dropped() {
-        use crate::headers::Trimmed;
         let m = Metrics::new();
-        m.userinfo_trimmed(Trimmed::default());
+        m.count_userinfo_dropped(0, 0);
         assert!(!m.render().contains("userinfo_claims_dropped_total{"), "{}", m.render());
-        m.userinfo_trimmed(Trimmed { extra: 3, default: 0, omitted: false });
-        m.userinfo_trimmed(Trimmed { extra: 2, default: 1, omitted: true });
+        m.count_userinfo_dropped(3, 0);
+        m.count_userinfo_dropped(2, 1);
+        m.count_userinfo_omitted();
         let text = m.render();
         for line in [
             "identity_sidecar_userinfo_claims_dropped_total{list=\"extra\"} 5",

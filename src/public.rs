@@ -105,7 +105,11 @@ pub async fn admit(
         Caller::Anonymous => headers::render(Status::Anonymous, None, max_userinfo),
         Caller::Authenticated(p) => headers::render(status, Some((p, &b2b)), max_userinfo),
     };
-    state.metrics.userinfo_trimmed(rendered.userinfo);
+    let trimmed = rendered.userinfo;
+    state.metrics.count_userinfo_dropped(trimmed.extra, trimmed.default);
+    if trimmed.omitted {
+        state.metrics.count_userinfo_omitted();
+    }
     Ok(Admission { caller, credential, headers: rendered.headers })
 }
 

@@ -738,6 +738,7 @@ fn the_sidecar_configurations_beside_the_recipes_load_and_read_x_access_token() 
         let path = dir().join(name);
         let config = identity_sidecar::Config::load(Some(path.as_path()), Vec::<(String, String)>::new())
             .unwrap_or_else(|e| panic!("{name}: {e}"));
+        identity_sidecar::app::check(&config).unwrap_or_else(|e| panic!("{name}: {e:#}"));
         assert!(config.oidc.token_sources.contains(&TokenSource::XAccessToken), "{name}");
         assert!(
             (config.oidc.http_timeout_secs as i64) * 1000 <= SIDECAR_HTTP_TIMEOUT_MS,

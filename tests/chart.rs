@@ -832,6 +832,7 @@ fn default_config_is_one_the_sidecar_accepts() {
     )];
     let loaded =
         identity_sidecar::Config::load(Some(path.as_path()), env).expect("the chart's default config loads");
+    identity_sidecar::app::check(&loaded).expect("the chart's default config passes the startup check");
     assert_eq!(
         loaded.server.admin_listen.to_string(),
         "0.0.0.0:8081",

@@ -25,7 +25,7 @@ fn rule(prefix: &str, require: bool, roles: &[&str]) -> RuleConfig {
 
 /// Plain (lower-case) prefixes, closed and open, nested and format-suffix look-alikes.
 static RULES: LazyLock<Rules> = LazyLock::new(|| {
-    Rules::new(&[
+    Rules::try_new(&[
         rule("/courses", true, &[]),
         rule("/api", true, &[]),
         rule("/api/v1", false, &[]),
@@ -36,6 +36,7 @@ static RULES: LazyLock<Rules> = LazyLock::new(|| {
         rule("/public", false, &[]),
         rule("/é", true, &[]),
     ])
+    .expect("plain prefixes")
 });
 
 /// How strict a verdict is; a refused path is the strictest.

@@ -3,23 +3,19 @@
 //! panic, whatever the shape, encoding or size.
 #![no_main]
 
-use identity_sidecar::auth::validate::{Policy, check_claims, parse_allowed_algorithm, pre_parse};
+use identity_sidecar::auth::validate::{Policy, check_claims, pre_parse};
+use identity_sidecar::config::Config;
 use libfuzzer_sys::fuzz_target;
 
+/// Built from a configuration, as at startup, so the fuzzed policy has every field the real
+/// one has.
 fn policy() -> Policy {
-    Policy {
-        issuer: "https://kc.example/realms/r".into(),
-        audiences: vec!["app".into()],
-        algorithms: ["RS256", "PS256", "ES256", "ES384", "EdDSA"]
-            .iter()
-            .map(|a| parse_allowed_algorithm(a).expect("allowed algorithm"))
-            .collect(),
-        require_typ: true,
-        leeway_secs: 30,
-        max_token_bytes: 16 * 1024,
-        org_claim: "organization".into(),
-        client_roles_of: vec!["app".into()],
-    }
+    let mut config = Config::default();
+    config.oidc.issuer = "https://kc.example/realms/r".into();
+    config.oidc.audiences = vec!["app".into()];
+    config.oidc.algorithms = ["RS256", "PS256", "ES256", "ES384", "EdDSA"].map(String::from).to_vec();
+    config.oidc.client_roles_of = vec!["app".into()];
+    Policy::try_new(&config).expect("allowed algorithms")
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -36,7 +36,7 @@ pub mod guard;
 mod jobs;
 mod openapi;
 mod organizations;
-mod reconcile;
+mod reconciliations;
 mod sync;
 mod users;
 
@@ -59,7 +59,7 @@ fn routes(guard: impl FnOnce(OpenApiRouter<AppState>) -> OpenApiRouter<AppState>
             .merge(users::router())
             .merge(audit::router())
             .merge(sync::router())
-            .merge(reconcile::router())
+            .merge(reconciliations::router())
             .merge(jobs::router())
             .routes(routes!(openapi::openapi_json)),
     );

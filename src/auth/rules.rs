@@ -160,8 +160,7 @@ fn strip_scheme_and_authority(raw: &str) -> &str {
 /// (so `/api/` behaves like `/api`), `/` kept as is.
 ///
 /// A prefix that cannot be normalised (see [`PathError`]) could never match a request, since
-/// such requests are refused, so [`Rules::new`] leaves its rule out. Configuration validation
-/// calls this and refuses such a prefix at startup, so the mistake is seen rather than silent.
+/// such requests are refused; [`Rules::try_new`] refuses its rule with a [`RuleError`].
 pub fn normalize_prefix(prefix: &str) -> Result<String, PathError> {
     let mut p = normalize_path(prefix)?;
     if p.len() > 1 && p.ends_with('/') {
@@ -169,6 +168,32 @@ pub fn normalize_prefix(prefix: &str) -> Result<String, PathError> {
     }
     Ok(p)
 }
+
+/// Why a configured `[[auth.rules]]` entry cannot be used. Its message names the entry by
+/// index and prefix, so `check-config` and startup point at the line to fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleError {
+    /// The prefix does not start with `/`.
+    NotAbsolute { index: usize, prefix: String },
+    /// The prefix cannot be read as a path ([`PathError`]). No request could ever match it,
+    /// since requests spelled so are refused: a rule that silently protects nothing.
+    Unreadable { index: usize, prefix: String, why: PathError },
+}
+
+impl fmt::Display for RuleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RuleError::NotAbsolute { index, prefix } => {
+                write!(f, "auth.rules[{index}].prefix {prefix:?} must be a plain path starting with '/'")
+            }
+            RuleError::Unreadable { index, prefix, why } => {
+                write!(f, "auth.rules[{index}].prefix {prefix:?} must be a plain path: {why}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for RuleError {}
 
 /// One rule ready to match: its prefix split into segments both ways.
 #[derive(Debug, Clone)]
@@ -244,23 +269,27 @@ struct Level {
 }
 
 impl Rules {
-    /// Prepares `rules` for matching. A rule whose prefix cannot be normalised (see
-    /// [`normalize_prefix`]) is left out: it could never match a request.
-    pub fn new(rules: &[RuleConfig]) -> Self {
-        let mut prepared: Vec<Prepared> = rules
-            .iter()
-            .filter_map(|rule| {
-                let decoded = decode(&rule.prefix).ok()?;
-                Some(Prepared {
-                    written: written_segments(&decoded).map(str::to_owned).collect(),
-                    folded: folded_segments(&decoded).map(str::to_ascii_lowercase).collect(),
-                    rule: rule.clone(),
-                })
-            })
-            .collect();
+    /// Prepares `rules` for matching, or names the first rule whose prefix is not a plain path
+    /// starting with `/` (see [`normalize_prefix`]): such a rule could never match a request,
+    /// and a rule dropped silently would leave its paths unprotected.
+    pub fn try_new(rules: &[RuleConfig]) -> Result<Self, RuleError> {
+        let mut prepared = Vec::with_capacity(rules.len());
+        for (index, rule) in rules.iter().enumerate() {
+            let prefix = &rule.prefix;
+            if !prefix.starts_with('/') {
+                return Err(RuleError::NotAbsolute { index, prefix: prefix.clone() });
+            }
+            let decoded =
+                decode(prefix).map_err(|why| RuleError::Unreadable { index, prefix: prefix.clone(), why })?;
+            prepared.push(Prepared {
+                written: written_segments(&decoded).map(str::to_owned).collect(),
+                folded: folded_segments(&decoded).map(str::to_ascii_lowercase).collect(),
+                rule: rule.clone(),
+            });
+        }
         // Stable sort: ties keep their configured order.
         prepared.sort_by_key(|p| std::cmp::Reverse(p.written.len()));
-        Self { rules: prepared }
+        Ok(Self { rules: prepared })
     }
 
     /// The rule with the longest prefix matching `path` (already normalised, or decoded) on
@@ -447,6 +476,11 @@ mod tests {
         RuleConfig { prefix: prefix.into(), ..RuleConfig::default() }
     }
 
+    /// The rules of a test, whose prefixes are all plain paths.
+    fn ruleset(configured: &[RuleConfig]) -> Rules {
+        Rules::try_new(configured).expect("test prefixes are plain paths")
+    }
+
     fn strings(items: &[&str]) -> Vec<String> {
         items.iter().map(|s| s.to_string()).collect()
     }
@@ -573,7 +607,7 @@ mod tests {
 
     #[test]
     fn a_prefix_matches_on_whole_segments_only() {
-        let rules = Rules::new(&[rule("/api")]);
+        let rules = ruleset(&[rule("/api")]);
         assert_eq!(found(&rules, "/api"), Some("/api"));
         assert_eq!(found(&rules, "/api/"), Some("/api"));
         assert_eq!(found(&rules, "/api/x/y"), Some("/api"));
@@ -585,7 +619,7 @@ mod tests {
 
     #[test]
     fn a_prefix_with_a_trailing_slash_behaves_like_one_without() {
-        let rules = Rules::new(&[rule("/api/")]);
+        let rules = ruleset(&[rule("/api/")]);
         assert_eq!(found(&rules, "/api"), Some("/api/"));
         assert_eq!(found(&rules, "/api/x"), Some("/api/"));
         assert_eq!(found(&rules, "/apix"), None);
@@ -593,7 +627,7 @@ mod tests {
 
     #[test]
     fn the_root_prefix_matches_everything() {
-        let rules = Rules::new(&[rule("/")]);
+        let rules = ruleset(&[rule("/")]);
         for raw in ["/", "/a", "/a/b/", "", "?q"] {
             assert_eq!(found(&rules, raw), Some("/"), "{raw}");
         }
@@ -603,7 +637,7 @@ mod tests {
     fn the_longest_matching_prefix_wins_whatever_the_config_order() {
         let configured = [rule("/"), rule("/api/admin/"), rule("/api"), rule("/api/adm")];
         for order in [[0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]] {
-            let rules = Rules::new(&order.map(|i| configured[i].clone()));
+            let rules = ruleset(&order.map(|i| configured[i].clone()));
             assert_eq!(found(&rules, "/api/admin/users"), Some("/api/admin/"));
             assert_eq!(found(&rules, "/api/admin"), Some("/api/admin/"));
             assert_eq!(found(&rules, "/api/adm"), Some("/api/adm"));
@@ -617,19 +651,19 @@ mod tests {
     fn of_two_rules_with_the_same_prefix_the_first_configured_wins() {
         let first = RuleConfig { require: true, ..rule("/api") };
         let second = rule("/api/");
-        let rules = Rules::new(&[first.clone(), second]);
+        let rules = ruleset(&[first.clone(), second]);
         assert_eq!(rules.find("/api/x"), Some(&first));
     }
 
     #[test]
     fn prefixes_are_normalised_like_paths() {
-        let rules = Rules::new(&[rule("//api/./v1%2Fadmin?x")]);
+        let rules = ruleset(&[rule("//api/./v1%2Fadmin?x")]);
         assert_eq!(found(&rules, "/api/v1/admin/x"), Some("//api/./v1%2Fadmin?x"));
     }
 
     #[test]
     fn encoded_slashes_and_queries_cannot_escape_a_rule() {
-        let rules = Rules::new(&[rule("/admin")]);
+        let rules = ruleset(&[rule("/admin")]);
         assert_eq!(found(&rules, "/admin%2Fusers"), Some("/admin"));
         assert_eq!(found(&rules, "//admin"), Some("/admin"));
         assert_eq!(found(&rules, "/%61dmin"), Some("/admin"));
@@ -639,16 +673,28 @@ mod tests {
     }
 
     #[test]
-    fn a_prefix_that_cannot_be_normalised_never_matches() {
-        let rules = Rules::new(&[rule("/a/../b"), rule("/%ff")]);
-        assert_eq!(rules.find("/b"), None);
-        assert_eq!(rules.find("/a"), None);
+    fn a_prefix_that_cannot_be_normalised_is_refused_naming_the_rule() {
+        for (prefix, why) in [("/a/../b", PathError::DotDot), ("/%ff", PathError::BadEncoding)] {
+            let err = Rules::try_new(&[rule("/ok"), rule(prefix)]).unwrap_err();
+            assert_eq!(err, RuleError::Unreadable { index: 1, prefix: prefix.into(), why });
+            let message = err.to_string();
+            assert!(message.contains("auth.rules[1].prefix") && message.contains(prefix), "{message}");
+            assert!(message.contains("must be a plain path"), "{message}");
+        }
         assert_eq!(normalize_prefix("/a/../b"), Err(PathError::DotDot));
     }
 
     #[test]
+    fn a_prefix_not_starting_with_a_slash_is_refused_naming_the_rule() {
+        let err = Rules::try_new(&[rule("admin")]).unwrap_err();
+        assert_eq!(err, RuleError::NotAbsolute { index: 0, prefix: "admin".into() });
+        let message = err.to_string();
+        assert!(message.contains("auth.rules[0].prefix \"admin\"") && message.contains("starting with '/'"));
+    }
+
+    #[test]
     fn no_rules_match_nothing() {
-        assert_eq!(Rules::new(&[]).find("/"), None);
+        assert_eq!(ruleset(&[]).find("/"), None);
         assert_eq!(Rules::default().find("/x"), None);
     }
 
@@ -659,7 +705,7 @@ mod tests {
     }
 
     fn courses() -> Rules {
-        Rules::new(&[required("/courses")])
+        ruleset(&[required("/courses")])
     }
 
     /// The verdict for an anonymous caller, or why the path was refused.
@@ -708,7 +754,7 @@ mod tests {
 
     #[test]
     fn a_suffixed_segment_inside_the_path_is_not_under_a_lenient_rule() {
-        let rules = Rules::new(&[required("/api"), rule("/api/v1")]);
+        let rules = ruleset(&[required("/api"), rule("/api/v1")]);
         let applicable = rules.judge("/api/v1.2/admin").unwrap();
         assert_eq!(applicable.as_written.map(|r| r.prefix.as_str()), Some("/api"));
         assert_eq!(applicable.folded.map(|r| r.prefix.as_str()), Some("/api"));
@@ -721,7 +767,7 @@ mod tests {
     #[test]
     fn the_stricter_verdict_wins_when_the_two_readings_differ() {
         // As written `/api/V1/x` is under the closed `/api`; folded, under the lenient `/api/v1`.
-        let rules = Rules::new(&[required("/api"), rule("/api/v1")]);
+        let rules = ruleset(&[required("/api"), rule("/api/v1")]);
         let applicable = rules.judge("/api/V1/x").unwrap();
         assert_eq!(applicable.as_written.map(|r| r.prefix.as_str()), Some("/api"));
         assert_eq!(applicable.folded.map(|r| r.prefix.as_str()), Some("/api/v1"));
@@ -733,7 +779,7 @@ mod tests {
         // `/api/v1.2` as written is under the closed `/api`. Folded, its last segment also
         // matches `/api/v1` by suffix; the deepest exact match (`/api`) applies as well, so
         // `/API/v1.2`, which matches nothing as written, is not let through.
-        let rules = Rules::new(&[required("/api"), rule("/api/v1")]);
+        let rules = ruleset(&[required("/api"), rule("/api/v1")]);
         assert_eq!(anonymous(&rules, "/api/v1.2"), Ok(Decision::Unauthenticated));
         assert_eq!(anonymous(&rules, "/API/v1.2"), Ok(Decision::Unauthenticated));
         let applicable = rules.judge("/API/v1.2").unwrap();
@@ -744,7 +790,7 @@ mod tests {
 
     #[test]
     fn an_exact_rule_opens_a_file_under_a_closed_prefix() {
-        let rules = Rules::new(&[required("/app"), rule("/app.js")]);
+        let rules = ruleset(&[required("/app"), rule("/app.js")]);
         assert_eq!(anonymous(&rules, "/app.js"), Ok(Decision::Allow));
         assert_eq!(anonymous(&rules, "/APP.JS"), Ok(Decision::Allow));
         assert_eq!(anonymous(&rules, "/app.js;v=2"), Ok(Decision::Allow));
@@ -759,7 +805,7 @@ mod tests {
     #[test]
     fn rules_whose_prefixes_fold_alike_all_apply_whatever_their_order() {
         for configured in [[rule("/ADMIN"), required("/admin")], [required("/admin"), rule("/ADMIN")]] {
-            let rules = Rules::new(&configured);
+            let rules = ruleset(&configured);
             for raw in ["/Admin/x", "/ADMIN/x", "/admin/x", "/admin;x/y"] {
                 assert_eq!(anonymous(&rules, raw), Ok(Decision::Unauthenticated), "{raw} {configured:?}");
             }
@@ -769,7 +815,7 @@ mod tests {
     #[test]
     fn an_authenticated_caller_without_the_role_is_forbidden_on_either_reading() {
         let staff_only = RuleConfig { roles_any: strings(&["staff"]), ..rule("/courses") };
-        let rules = Rules::new(&[staff_only]);
+        let rules = ruleset(&[staff_only]);
         let staff = Held::new(&["staff"], &[], &[]);
         let learner = Held::new(&["learner"], &[], &[]);
         for raw in ["/courses/x", "/Courses/x", "/courses.json", "/courses%5Cx"] {
@@ -1048,7 +1094,7 @@ mod tests {
             ) {
                 let configured: Vec<RuleConfig> =
                     prefixes.iter().map(|p| rule(if p.is_empty() { "/" } else { p })).collect();
-                let rules = Rules::new(&configured);
+                let rules = ruleset(&configured);
                 let path = normalize_path(&path).unwrap();
                 let best = configured
                     .iter()
@@ -1194,7 +1240,7 @@ mod tests {
                 below in plain_path(),
                 plan in prop::collection::vec(any::<u8>(), 0..64),
             ) {
-                let rules = Rules::new(&[required(&format!("/{}", protected.join("/"))), rule("/")]);
+                let rules = ruleset(&[required(&format!("/{}", protected.join("/"))), rule("/")]);
                 let path: Vec<&str> = protected.iter().chain(&below).copied().collect();
                 let raw = spell(&path, &plan);
                 prop_assert_eq!(anonymous(&rules, &raw), Ok(Decision::Unauthenticated), "{}", raw);
@@ -1210,7 +1256,7 @@ mod tests {
                 }),
                 plan in prop::collection::vec(any::<u8>(), 0..64),
             ) {
-                let rules = Rules::new(&configured);
+                let rules = ruleset(&configured);
                 let plain = format!("/{}", path.join("/"));
                 let raw = spell(&path, &plan);
                 let staff = Held::new(&["staff"], &[], &[]);
@@ -1234,7 +1280,7 @@ mod tests {
                     (Just(raw), rules_along(segments))
                 }),
             ) {
-                let rules = Rules::new(&configured);
+                let rules = ruleset(&configured);
                 let Ok(folded) = folded_path(&raw) else { return Ok(()) };
                 let plain = written(&folded);
                 let staff = Held::new(&["staff"], &[], &[]);

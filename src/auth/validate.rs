@@ -17,13 +17,33 @@ use serde_json::{Map, Value};
 use crate::auth::org_claim::{ClaimedOrgs, parse_org_claim};
 use crate::config::Config;
 
-/// Parses an algorithm name allowed in `oidc.algorithms`; HMAC and `none` never are.
-pub fn parse_allowed_algorithm(name: &str) -> anyhow::Result<Algorithm> {
-    let alg: Algorithm = name.parse().map_err(|_| anyhow::anyhow!("unknown algorithm"))?;
-    match alg {
-        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
-            anyhow::bail!("HMAC algorithms are never accepted")
+/// An `oidc.algorithms` entry the policy cannot accept; the message names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AlgorithmError {
+    /// Not a JWS algorithm name (`none` is not one either: unsigned tokens never pass).
+    Unknown(String),
+    /// `HS256`, `HS384`, `HS512`: a shared secret would let anyone who verifies also sign.
+    Hmac(String),
+}
+
+impl std::fmt::Display for AlgorithmError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AlgorithmError::Unknown(name) => write!(f, "oidc.algorithms: {name:?}: unknown algorithm"),
+            AlgorithmError::Hmac(name) => {
+                write!(f, "oidc.algorithms: {name:?}: HMAC algorithms are never accepted")
+            }
         }
+    }
+}
+
+impl std::error::Error for AlgorithmError {}
+
+/// Parses an algorithm name allowed in `oidc.algorithms`; HMAC and `none` never are.
+fn allowed_algorithm(name: &str) -> Result<Algorithm, AlgorithmError> {
+    let alg: Algorithm = name.parse().map_err(|_| AlgorithmError::Unknown(name.to_owned()))?;
+    match alg {
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => Err(AlgorithmError::Hmac(name.to_owned())),
         _ => Ok(alg),
     }
 }
@@ -71,16 +91,13 @@ impl UserinfoClaims {
 }
 
 impl Policy {
-    pub fn from_config(config: &Config) -> anyhow::Result<Policy> {
+    /// The policy `config` describes, or the first `oidc.algorithms` entry it cannot accept.
+    pub fn try_new(config: &Config) -> Result<Policy, AlgorithmError> {
         let oidc = &config.oidc;
         Ok(Policy {
             issuer: oidc.issuer.clone(),
             audiences: oidc.audiences.clone(),
-            algorithms: oidc
-                .algorithms
-                .iter()
-                .map(|a| parse_allowed_algorithm(a))
-                .collect::<anyhow::Result<_>>()?,
+            algorithms: oidc.algorithms.iter().map(|a| allowed_algorithm(a)).collect::<Result<_, _>>()?,
             require_typ: oidc.require_typ,
             leeway_secs: oidc.leeway_secs,
             max_token_bytes: oidc.max_token_bytes,
@@ -489,6 +506,28 @@ mod tests {
 
         p.userinfo = UserinfoClaims::Off;
         assert!(keys(&p).is_empty());
+    }
+
+    #[test]
+    fn hmac_and_none_cannot_be_configured() {
+        let configured = |algorithms: &str| {
+            let env = [
+                ("SIDECAR__OIDC__ISSUER", "https://kc/realms/r"),
+                ("SIDECAR__OIDC__AUDIENCES", r#"["app"]"#),
+                ("SIDECAR__OIDC__ALGORITHMS", algorithms),
+            ];
+            Config::load(None, env.map(|(k, v)| (k.to_owned(), v.to_owned()))).unwrap()
+        };
+        for (alg, says) in [("HS256", "HMAC algorithms are never accepted"), ("none", "unknown algorithm")] {
+            let err = Policy::try_new(&configured(&format!(r#"["RS256", "{alg}"]"#))).unwrap_err();
+            let message = err.to_string();
+            assert!(
+                message.contains(&format!("oidc.algorithms: \"{alg}\"")) && message.contains(says),
+                "{message}"
+            );
+        }
+        let policy = Policy::try_new(&configured(r#"["PS256", "EdDSA"]"#)).unwrap();
+        assert_eq!(policy.algorithms, [Algorithm::PS256, Algorithm::EdDSA]);
     }
 
     #[test]

@@ -45,7 +45,6 @@ use crate::auth::gate::Caller;
 use crate::auth::validate::Principal;
 use crate::error::{ApiError, problem};
 use crate::keycloak::jobs::{ADD_MEMBER, AddMemberPayload};
-use crate::reconcile::plan::{contract_is_full, contract_valid_today};
 use crate::state::AppState;
 use crate::store::model::{
     AttachOutcome, AttachmentSource, Contract, EnrollmentCode, MembershipSource, NewAuditEvent, Profile,
@@ -104,7 +103,7 @@ pub fn judge(
     sub: &str,
     now: OffsetDateTime,
 ) -> Result<(), Refusal> {
-    let valid = contract_valid_today(contract.active, contract.starts_on, contract.ends_on, now.date());
+    let valid = crate::b2b::valid_on(contract.active, contract.starts_on, contract.ends_on, now.date());
     let taken_by_other =
         code.redemption == Redemption::OneTime && code.redeemed_by.as_deref().is_some_and(|by| by != sub);
     if !code.is_usable_at(now) || taken_by_other {
@@ -119,7 +118,7 @@ pub fn judge(
 /// Step 1's answer: "full" tells the user why better than "invalid" when it is the reason
 /// nobody can get in.
 fn unusable(valid: bool, contract: &Contract) -> Refusal {
-    if valid && contract_is_full(contract.max_learners, contract.seats_used) {
+    if valid && crate::b2b::is_full(contract.max_learners, contract.seats_used) {
         Refusal::Full
     } else {
         Refusal::Invalid

@@ -2,12 +2,8 @@
 //! `GET /_sidecar/me`.
 
 use serde::{Deserialize, Serialize};
-use time::Date;
-use uuid::Uuid;
 
-use crate::reconcile::MembershipType;
-
-time::serde::format_description!(ymd, Date, "[year]-[month]-[day]");
+use crate::b2b::{EntitledContract, EntitledOrganization};
 
 /// The entitlement token's payload. Optional profile fields are `null` when the access token
 /// has none.
@@ -32,30 +28,6 @@ pub struct EntitlementClaims {
     pub contracts: Vec<EntitledContract>,
 }
 
-/// One organization of the user.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EntitledOrganization {
-    pub key: String,
-    pub name: String,
-    pub keycloak_id: Option<Uuid>,
-    pub manager: bool,
-}
-
-/// One contract of the user.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EntitledContract {
-    pub key: String,
-    /// The organization's key.
-    pub organization: String,
-    pub membership_type: MembershipType,
-    /// `YYYY-MM-DD`, `null` when unbounded.
-    #[serde(with = "ymd::option")]
-    pub starts_on: Option<Date>,
-    /// `YYYY-MM-DD` (inclusive), `null` when unbounded.
-    #[serde(with = "ymd::option")]
-    pub ends_on: Option<Date>,
-}
-
 /// The entitlement token's `exp`: `ttl_secs` from `now`, but never after the access token's
 /// `exp`, so the entitlements cannot outlive the login they were derived from.
 pub fn exp_for(now: u64, ttl_secs: u64, token_exp: u64) -> u64 {
@@ -66,8 +38,10 @@ pub fn exp_for(now: u64, ttl_secs: u64, token_exp: u64) -> u64 {
 mod tests {
     use serde_json::json;
     use time::macros::date;
+    use uuid::Uuid;
 
     use super::*;
+    use crate::b2b::MembershipType;
 
     #[test]
     fn claims_serialize_as_the_spec_shows_with_dates_as_days_and_null_when_unbounded() {

@@ -20,17 +20,18 @@ use sha2::{Digest, Sha256};
 use time::Date;
 
 use crate::auth::validate::Principal;
+use crate::b2b::Facts;
 use crate::entitlements::exp_for;
 use crate::entitlements::render::{RenderContext, render};
 use crate::headers::B2b;
-use crate::reconcile::apply::Snapshot;
+use crate::reconcile::plan::UnclaimedMemberships;
 use crate::weigh::{CacheBudget, ENTRY_OVERHEAD, string};
 
 /// A login's cache key: a hash of everything that makes it a new login.
 pub type LoginKey = [u8; 32];
 
 /// Computes the login key of a principal.
-pub fn login_key(p: &Principal, authoritative: bool) -> LoginKey {
+pub fn login_key(p: &Principal, unclaimed: UnclaimedMemberships) -> LoginKey {
     let mut h = Sha256::new();
     let mut field = |bytes: &[u8]| {
         h.update((bytes.len() as u64).to_le_bytes());
@@ -38,7 +39,7 @@ pub fn login_key(p: &Principal, authoritative: bool) -> LoginKey {
     };
     field(p.sub.as_bytes());
     field(p.sid.as_deref().unwrap_or("").as_bytes());
-    field(&[u8::from(authoritative)]);
+    field(&[u8::from(unclaimed == UnclaimedMemberships::Remove)]);
     for org in &p.organizations.orgs {
         field(org.alias.as_bytes());
         field(org.id.map(|id| id.into_bytes()).as_ref().map_or(&[][..], |b| &b[..]));
@@ -53,7 +54,7 @@ pub fn login_key(p: &Principal, authoritative: bool) -> LoginKey {
 /// A reconciled login.
 pub struct LoginEntry {
     pub sub: String,
-    pub snapshot: Arc<Snapshot>,
+    pub snapshot: Arc<Facts>,
     /// Latest token expiry seen for this login; the entry never outlives it.
     token_exp: u64,
     /// The last rendered B2B facts (incl. the signed token), reused while still right.
@@ -122,7 +123,7 @@ impl Logins {
         &self,
         key: LoginKey,
         sub: &str,
-        snapshot: Snapshot,
+        snapshot: Facts,
         token_exp: u64,
         generation: u64,
     ) -> Arc<LoginEntry> {
@@ -191,28 +192,26 @@ impl LoginEntry {
 }
 
 /// Estimated bytes of a user's stored facts.
-fn facts_weight(s: &Snapshot) -> usize {
+fn facts_weight(s: &Facts) -> usize {
     let orgs: usize = s
         .organizations
         .iter()
-        .map(|o| size_of::<crate::entitlements::EntitledOrganization>() + string(&o.key) + string(&o.name))
+        .map(|o| size_of::<crate::b2b::EntitledOrganization>() + string(&o.key) + string(&o.name))
         .sum();
     let contracts: usize = s
         .contracts
         .iter()
         .map(|c| {
-            size_of::<crate::reconcile::apply::HeldContract>()
-                + string(&c.contract.key)
-                + string(&c.contract.organization)
+            size_of::<crate::b2b::HeldContract>() + string(&c.contract.key) + string(&c.contract.organization)
         })
         .sum();
-    size_of::<Snapshot>() + orgs + contracts
+    size_of::<Facts>() + orgs + contracts
 }
 
 /// Estimated bytes of a cached login entry: its key and `sub`, the facts, and the B2B
 /// facts rendered from them later (the keys again, and the signed entitlement token: the
 /// facts and the profile as JSON, base64-encoded, plus header and signature).
-pub fn weight(sub: &str, s: &Snapshot) -> usize {
+pub fn weight(sub: &str, s: &Facts) -> usize {
     let facts = facts_weight(s);
     let keys: usize = s.organizations.iter().map(|o| size_of::<String>() + 2 * string(&o.key)).sum::<usize>()
         + s.contracts.iter().map(|c| size_of::<String>() + string(&c.contract.key)).sum::<usize>();
@@ -223,7 +222,7 @@ pub fn weight(sub: &str, s: &Snapshot) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entitlements::EntitledOrganization;
+    use crate::b2b::EntitledOrganization;
 
     #[test]
     fn the_login_cache_stays_within_its_byte_budget() {
@@ -239,7 +238,7 @@ mod tests {
                     manager: false,
                 })
                 .collect();
-            let snapshot = Snapshot { organizations, contracts: Vec::new() };
+            let snapshot = Facts { organizations, contracts: Vec::new() };
             let mut key = [0u8; 32];
             key[..8].copy_from_slice(&(i as u64).to_le_bytes());
             logins.put(key, &format!("user-{i}"), snapshot, exp, logins.generation());

@@ -36,7 +36,7 @@ use secrecy::ExposeSecret as _;
 use time::{Date, OffsetDateTime};
 use tokio_util::sync::CancellationToken;
 
-pub use claims::{EntitledContract, EntitledOrganization, EntitlementClaims, exp_for};
+pub use claims::{EntitlementClaims, exp_for};
 pub use memory::{LoginEntry, LoginKey, Logins, login_key};
 pub use redis::{EntryKeys, Invalidation, RedisTier};
 pub use render::{RenderContext, render};
@@ -44,11 +44,12 @@ pub use signer::{KeyError, SignError, Signer};
 
 use crate::auth::gate::unix_now;
 use crate::auth::validate::Principal;
+use crate::b2b::Facts;
 use crate::config::{Config, OnStoreError, ReconcileConfig};
 use crate::headers::{B2b, Status};
 use crate::metrics::Metrics;
-use crate::reconcile::apply::{Actor, Outcome, Snapshot, reconcile_user};
-use crate::reconcile::plan::removal_is_authoritative;
+use crate::reconcile::apply::{Actor, Mode, Outcome, Reconciliation};
+use crate::reconcile::plan::{UnclaimedMemberships, unclaimed_memberships};
 use crate::store::Store;
 use crate::store::model::Profile;
 use crate::weigh::CacheBudget;
@@ -73,7 +74,7 @@ pub struct Entitlements {
     logins: Logins,
     /// Last known facts per user, served marked `stale` when the store fails and
     /// `reconcile.on_store_error = "degrade"`.
-    last_known: moka::sync::Cache<String, Arc<Snapshot>>,
+    last_known: moka::sync::Cache<String, Arc<Facts>>,
     /// The Redis tier (`cache.redis_url`): logins shared between replicas and the
     /// invalidation bus. `None`: this process caches on its own.
     redis: Option<Arc<RedisTier>>,
@@ -169,9 +170,9 @@ impl Entitlements {
     /// The caller's B2B facts for this request and the status to report: `authenticated`, or
     /// `stale` when the store failed and the last known facts stand in.
     pub async fn facts(&self, p: &Principal) -> Result<(Arc<B2b>, Status), Unavailable> {
-        let authoritative =
-            removal_is_authoritative(self.policy.removal, &p.scope, &self.policy.full_membership_scopes);
-        let key = login_key(p, authoritative);
+        let unclaimed =
+            unclaimed_memberships(self.policy.removal, &p.scope, &self.policy.full_membership_scopes);
+        let key = login_key(p, unclaimed);
         let now = unix_now();
         let today = OffsetDateTime::now_utc().date();
         if let Some(entry) = self.logins.get(&key) {
@@ -182,7 +183,7 @@ impl Entitlements {
         // Boxed: a login's future (Redis, the store's queries) is large, and every cached
         // request would otherwise carry its space in the handler's future and copy it each
         // time a layer moves that future.
-        Box::pin(self.login(p, key, authoritative, now, today)).await
+        Box::pin(self.login(p, key, unclaimed, now, today)).await
     }
 
     /// A login that is not in memory: the Redis tier, else a reconciliation, else (store
@@ -191,7 +192,7 @@ impl Entitlements {
         &self,
         p: &Principal,
         key: LoginKey,
-        authoritative: bool,
+        unclaimed: UnclaimedMemberships,
         now: u64,
         today: Date,
     ) -> Result<(Arc<B2b>, Status), Unavailable> {
@@ -216,16 +217,16 @@ impl Entitlements {
         let profile =
             Profile { email: p.email.clone(), username: p.preferred_username.clone(), name: p.name.clone() };
         let actor = Actor("login".into());
-        let result = reconcile_user(
-            &self.store,
-            &p.sub,
-            Some(&profile),
-            &p.organizations.orgs,
-            authoritative,
+        let result = Reconciliation {
+            sub: &p.sub,
+            profile: Some(&profile),
+            claimed: &p.organizations.orgs,
+            unclaimed,
             today,
-            &actor,
-            false,
-        )
+            actor: &actor,
+            mode: Mode::Apply,
+        }
+        .run(&self.store)
         .await;
         match result {
             Ok((outcome, snapshot)) => {
@@ -244,8 +245,7 @@ impl Entitlements {
                 match self.policy.on_store_error {
                     OnStoreError::Reject => Err(Unavailable),
                     OnStoreError::Degrade => {
-                        let last =
-                            self.last_known.get(&p.sub).unwrap_or_else(|| Arc::new(Snapshot::default()));
+                        let last = self.last_known.get(&p.sub).unwrap_or_else(|| Arc::new(Facts::default()));
                         let b2b = render(&last, p, &self.render_context(), now, today);
                         Ok((Arc::new(b2b), Status::Stale))
                     }

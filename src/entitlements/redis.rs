@@ -6,7 +6,7 @@
 //! # What lives in Redis
 //!
 //! * `identity-sidecar:login:v1:<hex login key>` — a reconciled login: the user's
-//!   [`Snapshot`], the sub, when the entry stops being current (`expires_at`: reconciliation
+//!   [`Facts`], the sub, when the entry stops being current (`expires_at`: reconciliation
 //!   time + `reconcile.max_age_secs`, never past the access token's expiry) and the two epochs
 //!   read before the reconciliation read the database. It expires with `EX` at `expires_at`.
 //! * `identity-sidecar:epoch` — the global epoch, replaced on every organization or contract
@@ -92,9 +92,9 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tokio_util::sync::CancellationToken;
 
+use crate::b2b::Facts;
 use crate::entitlements::memory::LoginKey;
 use crate::metrics::Metrics;
-use crate::reconcile::apply::Snapshot;
 
 /// The invalidation channel.
 pub const CHANNEL: &str = "identity-sidecar:invalidate";
@@ -268,7 +268,7 @@ pub struct Epochs {
 /// A login found in Redis.
 #[derive(Debug, Clone)]
 pub struct SharedLogin {
-    pub snapshot: Snapshot,
+    pub snapshot: Facts,
     /// Unix time after which the login must be reconciled again.
     pub expires_at: u64,
 }
@@ -291,7 +291,7 @@ struct Stored {
     expires_at: u64,
     epoch: Option<String>,
     user_epoch: Option<String>,
-    snapshot: Snapshot,
+    snapshot: Facts,
 }
 
 /// One process's handle on the Redis tier: commands through a reconnecting connection
@@ -422,14 +422,7 @@ impl RedisTier {
 
     /// Shares a reconciliation's result until `expires_at` (unix), recorded with the epochs
     /// its lookup returned. Best effort.
-    pub async fn store(
-        &self,
-        key: &LoginKey,
-        sub: &str,
-        snapshot: &Snapshot,
-        epochs: Epochs,
-        expires_at: u64,
-    ) {
+    pub async fn store(&self, key: &LoginKey, sub: &str, snapshot: &Facts, epochs: Epochs, expires_at: u64) {
         let ttl = expires_at.saturating_sub(crate::auth::gate::unix_now()).min(MAX_ENTRY_TTL_SECS);
         if ttl == 0 {
             return;

@@ -5,9 +5,9 @@
 use time::Date;
 
 use crate::auth::validate::Principal;
+use crate::b2b::Facts;
 use crate::entitlements::{EntitlementClaims, Signer, exp_for};
 use crate::headers::B2b;
-use crate::reconcile::apply::Snapshot;
 
 /// What the entitlement token is signed with and says about its issuer, audience and lifetime.
 pub struct RenderContext<'a> {
@@ -18,7 +18,7 @@ pub struct RenderContext<'a> {
 }
 
 /// Renders the B2B facts and signs the entitlement token.
-pub fn render(snapshot: &Snapshot, p: &Principal, ctx: &RenderContext<'_>, now: u64, today: Date) -> B2b {
+pub fn render(snapshot: &Facts, p: &Principal, ctx: &RenderContext<'_>, now: u64, today: Date) -> B2b {
     let contracts: Vec<_> = snapshot.valid_contracts(today).cloned().collect();
     let claims = EntitlementClaims {
         iss: ctx.issuer.to_owned(),

@@ -12,12 +12,12 @@ use anyhow::Context;
 use secrecy::ExposeSecret as _;
 
 use super::KeycloakAdmin;
-use super::reconcile::{Reconciled, reconcile_from_keycloak};
+use super::stated::{Reconciled, reconcile_from_keycloak};
 use super::sync::{SyncReport, sync_organizations};
 use crate::config::Config;
 use crate::entitlements::{Invalidation, RedisTier};
 use crate::metrics::Metrics;
-use crate::reconcile::apply::Actor;
+use crate::reconcile::apply::{Actor, Mode};
 use crate::store::Store;
 
 /// The audit actor of command-line changes.
@@ -76,11 +76,11 @@ pub async fn sync_orgs(config: &Config) -> anyhow::Result<SyncReport> {
 
 /// `identity-sidecar reconcile --sub SUB [--dry-run]`: reconciles one user against their
 /// organizations in Keycloak.
-pub async fn reconcile_user(config: &Config, sub: &str, dry_run: bool) -> anyhow::Result<Reconciled> {
+pub async fn reconcile_sub(config: &Config, sub: &str, mode: Mode) -> anyhow::Result<Reconciled> {
     let cx = Offline::open(config).await?;
     let reconciled =
-        reconcile_from_keycloak(&cx.store, &cx.keycloak, sub, &Actor(ACTOR.into()), dry_run).await?;
-    if reconciled.changed && !dry_run {
+        reconcile_from_keycloak(&cx.store, &cx.keycloak, sub, &Actor(ACTOR.into()), mode).await?;
+    if reconciled.changed && mode == Mode::Apply {
         cx.invalidate(Invalidation::User(sub.to_owned())).await;
     }
     cx.store.close().await;

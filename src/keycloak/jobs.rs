@@ -8,7 +8,7 @@
 //!   docs/contract.md §7). "Already a member" is success. Retried until it succeeds; given up only when
 //!   Keycloak says the organization or the user does not exist (or the payload is malformed).
 //! - [`RECONCILE_ALL`] `{"actor": "admin:<who>"}`: walks every known user in `sub` order,
-//!   reads each one's organizations from Keycloak and reconciles (see [`super::reconcile`]).
+//!   reads each one's organizations from Keycloak and reconciles (see [`super::stated`]).
 //!   Progress `{done, total, errors, after}` is saved at least every second and at the end;
 //!   `after` is the last user done, so a retried or interrupted job resumes there. A user
 //!   Keycloak does not know (`404`) counts as an error and is skipped; Keycloak or the
@@ -43,8 +43,8 @@ use uuid::Uuid;
 
 use super::Error;
 use super::client::{AddMember, KeycloakAdmin};
-use super::reconcile::reconcile_from_keycloak;
-use crate::reconcile::apply::Actor;
+use super::stated::reconcile_from_keycloak;
+use crate::reconcile::apply::{Actor, Mode};
 use crate::state::AppState;
 use crate::store::model::Job;
 use crate::store::{Store, StoreError, jobs, users};
@@ -335,7 +335,7 @@ async fn reconcile_all(
                     Err(e) => Attempt::Retry(e.to_string()),
                 };
             }
-            match reconcile_from_keycloak(store, keycloak, &sub, &actor, false).await {
+            match reconcile_from_keycloak(store, keycloak, &sub, &actor, Mode::Apply).await {
                 Ok(done) => {
                     if done.changed {
                         state.entitlements.invalidate_user(&sub).await;

@@ -1,20 +1,23 @@
 //! Keycloak's side of B2B membership: the admin REST client ([`client`]), the organization
-//! import ([`sync`]), reconciliation from what Keycloak says a user belongs to
-//! ([`reconcile`]), and the durable job worker that pushes memberships to Keycloak and runs
+//! import ([`sync`]), reconciling a user against a stated or Keycloak-reported organization
+//! set ([`stated`]), and the durable job worker that pushes memberships to Keycloak and runs
 //! background reconciliations ([`jobs`]).
 //!
 //! All of it needs `keycloak_admin` (url, realm, client id and secret); without it the client
 //! is not built, jobs that need it stay queued, and the admin endpoints that need it answer
 //! with [`client::NOT_CONFIGURED`].
 //!
-//! The operations here take the store and the client, not the HTTP state, so that the admin
-//! API and the `sync-orgs` / `reconcile --sub` commands run the same code; the caller
-//! invalidates cached logins afterwards (it knows whether there is an app to tell).
+//! The sync and reconciliation operations take the store and the client, not the HTTP state,
+//! so that the admin API and the `sync-orgs` / `reconcile --sub` commands ([`command`]) run
+//! the same code; the caller invalidates cached logins afterwards (it knows whether there is
+//! an app to tell). The job worker ([`jobs`]) runs inside the app and still takes the whole
+//! app state ([`crate::state::AppState`]): its store, client, wake-up signal, metrics and the
+//! invalidation of cached logins.
 
 pub mod client;
 pub mod command;
 pub mod jobs;
-pub mod reconcile;
+pub mod stated;
 pub mod sync;
 
 use std::fmt;

@@ -1,7 +1,12 @@
-//! Reconciliation against the store: load what the plan needs, plan, apply, all in one
+//! Reconciliation against the store: load the user's rows, plan, write, all in one
 //! transaction that starts by locking the user's row (`Store::begin_user`), so two replicas
 //! reconciling the same user at once run one after the other and never duplicate or lose a
 //! row. Seats are re-checked atomically by `attachments::attach` whatever the plan predicted.
+//!
+//! Every reconciliation runs through [`Reconciliation::run`]: a login's (claimed set from the
+//! token) and an admin's or a job's (a stated or Keycloak-reported set, see
+//! [`crate::keycloak::stated`]). The admin API's membership removal reuses step 3 through
+//! [`remove_membership`].
 
 use std::collections::HashSet;
 
@@ -9,48 +14,16 @@ use serde::Serialize;
 use time::Date;
 
 use crate::auth::org_claim::ClaimedOrg;
-use crate::entitlements::{EntitledContract, EntitledOrganization};
+use crate::b2b::{
+    AttachmentSource, EntitledContract, EntitledOrganization, Facts, HeldContract, MembershipSource,
+};
 use crate::reconcile::plan::{
-    ContractRef, CurrentAttachment, CurrentMembership, KnownContract, KnownOrg, OrgRef, Plan, UserSnapshot,
-    detached_on_removal, plan,
+    ContractRef, CurrentAttachment, CurrentMembership, KnownContract, KnownOrg, OrgRef, Plan,
+    UnclaimedMemberships, UserState, detached_on_removal, plan,
 };
-use crate::store::model::{
-    AttachOutcome, AttachmentSource, Membership, MembershipSource, NewAuditEvent, Profile,
-};
+use crate::store::model::{AttachOutcome, Attachment, Membership, NewAuditEvent, Profile};
+use crate::store::user_rows::{self, UserRows};
 use crate::store::{Store, StoreError, Tx, attachments, audit, memberships, organizations};
-
-/// A user's B2B facts after reconciliation: what headers and the entitlement token show.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct Snapshot {
-    /// Sorted by key.
-    pub organizations: Vec<EntitledOrganization>,
-    /// Every attached contract with what validity needs; filtered per request.
-    pub contracts: Vec<HeldContract>,
-}
-
-/// An attached contract; whether it counts is judged when headers are served.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct HeldContract {
-    pub contract: EntitledContract,
-    pub active: bool,
-}
-
-impl Snapshot {
-    /// Contracts valid on `today`, sorted by key.
-    pub fn valid_contracts(&self, today: Date) -> impl Iterator<Item = &EntitledContract> {
-        self.contracts
-            .iter()
-            .filter(move |c| {
-                crate::reconcile::plan::contract_valid_today(
-                    c.active,
-                    c.contract.starts_on,
-                    c.contract.ends_on,
-                    today,
-                )
-            })
-            .map(|c| &c.contract)
-    }
-}
 
 /// What a reconciliation did (the admin API's answer; the login path counts it).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -66,48 +39,70 @@ pub struct Outcome {
 #[derive(Debug, Clone)]
 pub struct Actor(pub String);
 
-/// Reconciles one user in one transaction. With `dry_run`, plans and rolls back.
-#[allow(clippy::too_many_arguments, reason = "each input is a distinct fact of the login")]
-pub async fn reconcile_user(
-    store: &Store,
-    sub: &str,
-    profile: Option<&Profile>,
-    claimed: &[ClaimedOrg],
-    authoritative: bool,
-    today: Date,
-    actor: &Actor,
-    dry_run: bool,
-) -> Result<(Outcome, Snapshot), StoreError> {
-    let (mut tx, _user) = store.begin_user(sub, profile).await?;
-    let ids: Vec<uuid::Uuid> = claimed.iter().filter_map(|c| c.id).collect();
-    let aliases: Vec<String> = claimed.iter().map(|c| c.alias.clone()).collect();
-    let state = crate::store::reconcile::load(&mut tx, sub, &ids, &aliases).await?;
-    let before = to_plan_input(&state);
-    let plan = plan(claimed, authoritative, &before, today);
-    let mut outcome = Outcome { changed: !plan.is_empty(), ..Outcome::default() };
-    if dry_run {
-        tx.rollback().await?;
-        outcome.plan = plan;
-        return Ok((outcome, snapshot(&state.memberships, &state.attachments)));
-    }
-    outcome.full_at_apply = apply(&mut tx, sub, &plan, actor).await?;
-    let after_memberships = memberships::list_for_user(&mut tx, sub).await?;
-    let after_attachments = attachments::list_for_user(&mut tx, sub).await?;
-    tx.commit().await?;
-    outcome.plan = plan;
-    Ok((outcome, snapshot(&after_memberships, &after_attachments)))
+/// Whether a reconciliation writes what it plans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Plan and write, in one transaction.
+    Apply,
+    /// Plan, then roll back: nothing is written (the admin API's `?dry_run=true`).
+    DryRun,
 }
 
-/// Reads a user's current snapshot without reconciling (degraded paths, admin views).
-pub async fn current_snapshot(store: &Store, sub: &str) -> Result<Snapshot, StoreError> {
+/// One reconciliation of one user: whose, against which claimed set, and how.
+#[derive(Debug, Clone, Copy)]
+pub struct Reconciliation<'a> {
+    /// The user's subject.
+    pub sub: &'a str,
+    /// What a login says about the user, recorded on the user's row; `None` (admin, jobs)
+    /// leaves the row's profile and login time as they were.
+    pub profile: Option<&'a Profile>,
+    /// The organizations claimed for the user: a token's claim, or a stated set.
+    pub claimed: &'a [ClaimedOrg],
+    /// Whether memberships the claimed set does not name are removed.
+    pub unclaimed: UnclaimedMemberships,
+    /// The UTC date contracts are judged valid on.
+    pub today: Date,
+    /// Who causes the changes, for the audit trail.
+    pub actor: &'a Actor,
+    pub mode: Mode,
+}
+
+impl Reconciliation<'_> {
+    /// Reconciles the user in one transaction: what was planned (and written, unless a dry
+    /// run), and the user's B2B facts afterwards (a dry run's are those before).
+    pub async fn run(&self, store: &Store) -> Result<(Outcome, Facts), StoreError> {
+        let sub = self.sub;
+        let (mut tx, _user) = store.begin_user(sub, self.profile).await?;
+        let ids: Vec<uuid::Uuid> = self.claimed.iter().filter_map(|c| c.id).collect();
+        let aliases: Vec<String> = self.claimed.iter().map(|c| c.alias.clone()).collect();
+        let rows = user_rows::load(&mut tx, sub, &ids, &aliases).await?;
+        let plan = plan(self.claimed, self.unclaimed, &to_plan_input(&rows), self.today);
+        let mut outcome = Outcome { changed: !plan.is_empty(), ..Outcome::default() };
+        if self.mode == Mode::DryRun {
+            tx.rollback().await?;
+            outcome.plan = plan;
+            return Ok((outcome, facts(&rows.memberships, &rows.attachments)));
+        }
+        outcome.full_at_apply = write_plan(&mut tx, sub, &plan, self.actor).await?;
+        let after_memberships = memberships::list_for_user(&mut tx, sub).await?;
+        let after_attachments = attachments::list_for_user(&mut tx, sub).await?;
+        tx.commit().await?;
+        outcome.plan = plan;
+        Ok((outcome, facts(&after_memberships, &after_attachments)))
+    }
+}
+
+/// Reads a user's current B2B facts without reconciling (degraded paths, admin views).
+pub async fn current_facts(store: &Store, sub: &str) -> Result<Facts, StoreError> {
     let mut conn = store.conn().await?;
     let m = memberships::list_for_user(&mut conn, sub).await?;
     let a = attachments::list_for_user(&mut conn, sub).await?;
-    Ok(snapshot(&m, &a))
+    Ok(facts(&m, &a))
 }
 
-fn to_plan_input(state: &crate::store::reconcile::ReconcileState) -> UserSnapshot {
-    let mut organizations: Vec<KnownOrg> = state
+/// The plan's view of the rows the store loaded.
+fn to_plan_input(rows: &UserRows) -> UserState {
+    let mut organizations: Vec<KnownOrg> = rows
         .claimed
         .iter()
         .map(|o| KnownOrg {
@@ -117,7 +112,7 @@ fn to_plan_input(state: &crate::store::reconcile::ReconcileState) -> UserSnapsho
             keycloak_alias: o.keycloak_alias.clone(),
         })
         .collect();
-    for m in &state.memberships {
+    for m in &rows.memberships {
         if !organizations.iter().any(|o| o.id == m.organization_id) {
             organizations.push(KnownOrg {
                 id: m.organization_id,
@@ -127,9 +122,9 @@ fn to_plan_input(state: &crate::store::reconcile::ReconcileState) -> UserSnapsho
             });
         }
     }
-    UserSnapshot {
+    UserState {
         organizations,
-        memberships: state
+        memberships: rows
             .memberships
             .iter()
             .map(|m| CurrentMembership {
@@ -139,7 +134,7 @@ fn to_plan_input(state: &crate::store::reconcile::ReconcileState) -> UserSnapsho
                 source: m.source,
             })
             .collect(),
-        contracts: state
+        contracts: rows
             .sso_contracts
             .iter()
             .map(|c| KnownContract {
@@ -154,7 +149,7 @@ fn to_plan_input(state: &crate::store::reconcile::ReconcileState) -> UserSnapsho
                 seats_used: c.seats_used,
             })
             .collect(),
-        attachments: state
+        attachments: rows
             .attachments
             .iter()
             .map(|a| CurrentAttachment { contract_id: a.contract_id, source: a.source })
@@ -163,7 +158,12 @@ fn to_plan_input(state: &crate::store::reconcile::ReconcileState) -> UserSnapsho
 }
 
 /// Writes the plan; returns the contracts the atomic seat check refused.
-async fn apply(tx: &mut Tx, sub: &str, plan: &Plan, actor: &Actor) -> Result<Vec<ContractRef>, StoreError> {
+async fn write_plan(
+    tx: &mut Tx,
+    sub: &str,
+    plan: &Plan,
+    actor: &Actor,
+) -> Result<Vec<ContractRef>, StoreError> {
     let event = |action: &str, organization: Option<&str>, contract: Option<&str>, reason: &str| {
         audit_event(actor, sub, action, organization, contract, reason)
     };
@@ -234,12 +234,12 @@ pub async fn remove_membership(
     actor: &Actor,
     reasons: &RemovalReasons,
 ) -> Result<Option<Vec<ContractRef>>, StoreError> {
-    let state = crate::store::reconcile::load(tx, sub, &[], &[]).await?;
-    let Some(membership) = state.memberships.iter().find(|m| m.organization_id == organization_id) else {
+    let rows = user_rows::load(tx, sub, &[], &[]).await?;
+    let Some(membership) = rows.memberships.iter().find(|m| m.organization_id == organization_id) else {
         return Ok(None);
     };
     let organization = OrgRef { id: organization_id, key: membership.organization.clone() };
-    let detach = detached_on_removal(&to_plan_input(&state), &HashSet::from([organization_id]));
+    let detach = detached_on_removal(&to_plan_input(&rows), &HashSet::from([organization_id]));
     write_removals(tx, sub, &detach, std::slice::from_ref(&organization), actor, reasons).await?;
     Ok(Some(detach))
 }
@@ -288,8 +288,8 @@ fn audit_event(
     }
 }
 
-/// The header/token view of memberships and attachments.
-pub fn snapshot(memberships: &[Membership], attachments: &[crate::store::model::Attachment]) -> Snapshot {
+/// The B2B facts (the header/token view) of a user's memberships and attachments.
+pub fn facts(memberships: &[Membership], attachments: &[Attachment]) -> Facts {
     let mut organizations: Vec<EntitledOrganization> = memberships
         .iter()
         .map(|m| EntitledOrganization {
@@ -314,5 +314,5 @@ pub fn snapshot(memberships: &[Membership], attachments: &[crate::store::model::
         })
         .collect();
     contracts.sort_by(|a, b| a.contract.key.cmp(&b.contract.key));
-    Snapshot { organizations, contracts }
+    Facts { organizations, contracts }
 }

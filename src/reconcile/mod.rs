@@ -1,15 +1,17 @@
-//! Reconciliation of a login's Keycloak organization claim into B2B memberships and contract
-//! attachments (docs/contract.md §4).
+//! Reconciliation of an organization set — a login's Keycloak organization claim, or a set an
+//! admin states or Keycloak reports — into B2B memberships and contract attachments
+//! (docs/contract.md §4).
 //!
-//! [`plan`] is the decision, pure and unit-tested: it compares what the token claims with what
-//! the store holds for one user and lists the changes. Applying them in one transaction is the
-//! store's job; this module performs no IO.
+//! Two halves: [`plan`](mod@plan) is the decision, pure and unit-tested without IO: it
+//! compares the claimed set with what the store holds for one user and lists the changes.
+//! [`apply`](mod@apply) does the IO: it loads the user's rows, plans and writes the changes in
+//! one per-user transaction of the store, and answers the user's B2B facts
+//! ([`crate::b2b::Facts`]) afterwards.
 
 pub mod apply;
 pub mod plan;
 
 pub use plan::{
-    AliasMismatch, AttachmentSource, ContractRef, CurrentAttachment, CurrentMembership, KnownContract,
-    KnownOrg, LearnedId, MembershipSource, MembershipType, OrgRef, Plan, UserSnapshot, contract_is_full,
-    contract_valid_today, detached_on_removal, plan, removal_is_authoritative,
+    AliasMismatch, ContractRef, CurrentAttachment, CurrentMembership, KnownContract, KnownOrg, LearnedId,
+    OrgRef, Plan, UnclaimedMemberships, UserState, detached_on_removal, plan, unclaimed_memberships,
 };

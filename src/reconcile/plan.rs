@@ -3,7 +3,7 @@
 //!
 //! Pure code: no IO, `today` passed in. The input types are this module's own so that the
 //! plan does not depend on how the store lays out its rows; the caller maps rows into a
-//! [`UserSnapshot`]. Seat counts in the snapshot are a prediction: the store re-checks every
+//! [`UserState`]. Seat counts in that state are a prediction: the store re-checks every
 //! attachment atomically when it applies the plan, because another replica may take the last
 //! seat in between.
 //!
@@ -14,7 +14,7 @@
 //!   (which admin memberships get by default): once a membership is really removed, the
 //!   organization's SSO contracts go with it, so a company stops paying for a seat of someone
 //!   who left. A redeemed code is the learner's own entitlement and stays.
-//! - A membership whose organization is not in the snapshot is left alone: the plan cannot
+//! - A membership whose organization is not in the state is left alone: the plan cannot
 //!   tell whether it is Keycloak-linked.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -24,9 +24,8 @@ use time::Date;
 use uuid::Uuid;
 
 use crate::auth::org_claim::ClaimedOrg;
+use crate::b2b::{AttachmentSource, MembershipSource, MembershipType, is_full, valid_on};
 use crate::config::Removal;
-
-pub use crate::store::model::{AttachmentSource, MembershipSource, MembershipType};
 
 /// An organization the plan may match or touch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,7 +63,7 @@ pub struct CurrentMembership {
     pub source: MembershipSource,
 }
 
-/// A contract of an organization in the snapshot.
+/// A contract of an organization in the state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KnownContract {
     /// The store's row id.
@@ -81,7 +80,7 @@ pub struct KnownContract {
     pub ends_on: Option<Date>,
     /// `None` or `0` = unlimited.
     pub max_learners: Option<i64>,
-    /// Attachments counted when the snapshot was read.
+    /// Attachments counted when the state was read.
     pub seats_used: i64,
 }
 
@@ -99,7 +98,8 @@ pub struct CurrentAttachment {
     pub source: AttachmentSource,
 }
 
-/// What the store holds that matters for one user's reconciliation.
+/// What the store holds that matters for one user's reconciliation, in the plan's own terms
+/// (the rows the store loads are mapped into it; [`Plan::apply_to`] gives the state after).
 ///
 /// The caller must load, for the plan to be right:
 /// - `organizations`: every organization whose `keycloak_id` is one of the claimed ids or
@@ -108,7 +108,7 @@ pub struct CurrentAttachment {
 /// - `contracts`: every contract of those organizations;
 /// - `memberships` and `attachments`: all of the user's.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct UserSnapshot {
+pub struct UserState {
     pub organizations: Vec<KnownOrg>,
     pub memberships: Vec<CurrentMembership>,
     pub contracts: Vec<KnownContract>,
@@ -164,7 +164,8 @@ pub struct Plan {
     pub unflag_memberships: Vec<OrgRef>,
     /// Alias-only organizations that learn their Keycloak id from the claim.
     pub learn_keycloak_ids: Vec<LearnedId>,
-    /// Step 3: memberships of linked, unclaimed, unflagged organizations (authoritative only).
+    /// Step 3: memberships of linked, unclaimed, unflagged organizations
+    /// ([`UnclaimedMemberships::Remove`] only).
     pub remove_memberships: Vec<OrgRef>,
     /// Step 3: `auto`/`managed` contracts of removed organizations, unless attached by code.
     pub detach_contracts: Vec<ContractRef>,
@@ -209,9 +210,9 @@ impl Plan {
         self.unknown_claims.len()
     }
 
-    /// The snapshot as it is after the plan is applied in full (every attachment succeeding),
+    /// The state as it is after the plan is applied in full (every attachment succeeding),
     /// which is what the store's transaction produces when no other replica interferes.
-    pub fn apply_to(&self, before: &UserSnapshot) -> UserSnapshot {
+    pub fn apply_to(&self, before: &UserState) -> UserState {
         let learned: HashMap<i64, Uuid> =
             self.learn_keycloak_ids.iter().map(|l| (l.organization.id, l.keycloak_id)).collect();
         let removed: HashSet<i64> = self.remove_memberships.iter().map(|o| o.id).collect();
@@ -258,7 +259,7 @@ impl Plan {
             })
             .collect();
 
-        UserSnapshot { organizations, memberships, contracts, attachments }
+        UserState { organizations, memberships, contracts, attachments }
     }
 }
 
@@ -271,32 +272,28 @@ fn serialize_claims<S: Serializer>(claims: &[ClaimedOrg], s: S) -> Result<S::Ok,
     s.collect_seq(claims.iter().map(|c| Entry { alias: &c.alias, id: c.id }))
 }
 
+/// What happens to the memberships a claim does not name
+/// (docs/contract.md §3: whether the claim is the user's complete list, so removal is authoritative).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UnclaimedMemberships {
+    /// The claimed set is complete: a linked organization it does not name loses the user,
+    /// unless the membership is flagged `keep_until_seen` (step 3).
+    Remove,
+    /// The claimed set may be partial: nothing is removed; additions and un-flagging still
+    /// happen.
+    Keep,
+}
+
 /// Whether an absent or partial claim means "not a member" (docs/contract.md §3). `scope` is the token's
 /// space-separated `scope`; a configured scope must equal one of its values exactly (`*` in
 /// `organization:*` is Keycloak's literal scope value, not a pattern).
-pub fn removal_is_authoritative(mode: Removal, scope: &str, full_scopes: &[String]) -> bool {
-    match mode {
+pub fn unclaimed_memberships(mode: Removal, scope: &str, full_scopes: &[String]) -> UnclaimedMemberships {
+    let complete = match mode {
         Removal::Always => true,
         Removal::Never => false,
         Removal::Scope => scope.split_whitespace().any(|s| full_scopes.iter().any(|f| f == s)),
-    }
-}
-
-/// A contract is valid today when active and `starts_on <= today <= ends_on`, a missing bound
-/// being unbounded (docs/contract.md §1). Shared with the header renderer, which judges validity when it
-/// serves headers.
-pub fn contract_valid_today(
-    active: bool,
-    starts_on: Option<Date>,
-    ends_on: Option<Date>,
-    today: Date,
-) -> bool {
-    crate::store::model::valid_on(active, starts_on, ends_on, today)
-}
-
-/// A contract is full when it has a seat limit (`max_learners > 0`) and every seat is taken.
-pub fn contract_is_full(max_learners: Option<i64>, seats_used: i64) -> bool {
-    matches!(max_learners, Some(max) if max > 0 && seats_used >= max)
+    };
+    if complete { UnclaimedMemberships::Remove } else { UnclaimedMemberships::Keep }
 }
 
 /// What the claim matched (docs/contract.md §3).
@@ -357,7 +354,7 @@ fn match_claims(claimed: &[ClaimedOrg], organizations: &[KnownOrg]) -> Matches {
 /// go, the user leaves those organizations' `auto` and `managed` contracts, except attachments
 /// made by a code (see the module docs). Shared by [`plan`] and the admin API's membership
 /// removal, so both remove the same way. Sorted by key.
-pub fn detached_on_removal(state: &UserSnapshot, removed: &HashSet<i64>) -> Vec<ContractRef> {
+pub fn detached_on_removal(state: &UserState, removed: &HashSet<i64>) -> Vec<ContractRef> {
     let contracts: HashMap<i64, &KnownContract> = state.contracts.iter().map(|c| (c.id, c)).collect();
     let mut detach: Vec<ContractRef> = state
         .attachments
@@ -373,8 +370,8 @@ pub fn detached_on_removal(state: &UserSnapshot, removed: &HashSet<i64>) -> Vec<
 
 /// Plans one reconciliation (docs/contract.md §4 steps 1–4) of `claimed` against `state`.
 ///
-/// `removal_authoritative` comes from [`removal_is_authoritative`]; `today` is the UTC date.
-pub fn plan(claimed: &[ClaimedOrg], removal_authoritative: bool, state: &UserSnapshot, today: Date) -> Plan {
+/// `unclaimed` comes from [`unclaimed_memberships`]; `today` is the UTC date.
+pub fn plan(claimed: &[ClaimedOrg], unclaimed: UnclaimedMemberships, state: &UserState, today: Date) -> Plan {
     let orgs: HashMap<i64, &KnownOrg> = state.organizations.iter().map(|o| (o.id, o)).collect();
     let memberships: HashMap<i64, &CurrentMembership> =
         state.memberships.iter().map(|m| (m.organization_id, m)).collect();
@@ -389,7 +386,7 @@ pub fn plan(claimed: &[ClaimedOrg], removal_authoritative: bool, state: &UserSna
         .filter(|id| memberships.get(id).is_some_and(|m| m.keep_until_seen))
         .map(org_ref)
         .collect();
-    let remove_memberships: Vec<OrgRef> = if removal_authoritative {
+    let remove_memberships: Vec<OrgRef> = if unclaimed == UnclaimedMemberships::Remove {
         state
             .memberships
             .iter()
@@ -419,11 +416,11 @@ pub fn plan(claimed: &[ClaimedOrg], removal_authoritative: bool, state: &UserSna
         let wanted = member_after.contains(&c.organization_id)
             && c.membership_type.is_sso()
             && !attached.contains(&c.id)
-            && contract_valid_today(c.active, c.starts_on, c.ends_on, today);
+            && valid_on(c.active, c.starts_on, c.ends_on, today);
         if !wanted {
             continue;
         }
-        if contract_is_full(c.max_learners, c.seats_used) {
+        if is_full(c.max_learners, c.seats_used) {
             skipped_full.push(c.to_ref());
         } else {
             attach_contracts.push(c.to_ref());
@@ -453,6 +450,7 @@ mod tests {
     use time::macros::date;
 
     use super::*;
+    use UnclaimedMemberships::{Keep, Remove};
 
     const TODAY: Date = date!(2026 - 06 - 15);
     // The acceptance organizations: A, I and R are linked to Keycloak, W is local.
@@ -505,8 +503,8 @@ mod tests {
         }
     }
 
-    fn snapshot(memberships: Vec<CurrentMembership>) -> UserSnapshot {
-        UserSnapshot { organizations: world(), memberships, ..UserSnapshot::default() }
+    fn user_state(memberships: Vec<CurrentMembership>) -> UserState {
+        UserState { organizations: world(), memberships, ..UserState::default() }
     }
 
     fn contract(id: i64, key: &str, org: i64, membership_type: MembershipType) -> KnownContract {
@@ -527,11 +525,11 @@ mod tests {
         CurrentAttachment { contract_id, source }
     }
 
-    fn member_ids(s: &UserSnapshot) -> BTreeSet<i64> {
+    fn member_ids(s: &UserState) -> BTreeSet<i64> {
         s.memberships.iter().map(|m| m.organization_id).collect()
     }
 
-    fn flag_of(s: &UserSnapshot, org: i64) -> bool {
+    fn flag_of(s: &UserState, org: i64) -> bool {
         s.memberships.iter().find(|m| m.organization_id == org).unwrap().keep_until_seen
     }
 
@@ -544,17 +542,21 @@ mod tests {
     }
 
     /// Plans and applies one reconciliation, and checks that a second one changes nothing.
-    fn reconcile(claimed: &[ClaimedOrg], authoritative: bool, before: &UserSnapshot) -> (Plan, UserSnapshot) {
-        let first = plan(claimed, authoritative, before, TODAY);
+    fn reconcile(
+        claimed: &[ClaimedOrg],
+        unclaimed: UnclaimedMemberships,
+        before: &UserState,
+    ) -> (Plan, UserState) {
+        let first = plan(claimed, unclaimed, before, TODAY);
         let after = first.apply_to(before);
-        let second = plan(claimed, authoritative, &after, TODAY);
+        let second = plan(claimed, unclaimed, &after, TODAY);
         assert!(second.is_empty(), "reconciling again changed something: {second:?}");
         (first, after)
     }
 
     #[test]
     fn step1_a_first_login_adds_the_claimed_organization() {
-        let (p, after) = reconcile(&[a()], true, &snapshot(vec![]));
+        let (p, after) = reconcile(&[a()], Remove, &user_state(vec![]));
         assert_eq!(org_keys(&p.add_memberships), ["a"]);
         assert!(p.unflag_memberships.is_empty() && p.remove_memberships.is_empty());
         assert_eq!(member_ids(&after), [A].into());
@@ -567,7 +569,7 @@ mod tests {
 
     #[test]
     fn step2_an_unclaimed_unflagged_linked_membership_is_removed() {
-        let (p, after) = reconcile(&[a()], true, &snapshot(vec![member(A, false), member(R, false)]));
+        let (p, after) = reconcile(&[a()], Remove, &user_state(vec![member(A, false), member(R, false)]));
         assert_eq!(org_keys(&p.remove_memberships), ["r"]);
         assert!(p.add_memberships.is_empty());
         assert_eq!(member_ids(&after), [A].into());
@@ -575,8 +577,8 @@ mod tests {
 
     #[test]
     fn step3_a_flagged_membership_is_kept_while_unclaimed() {
-        let before = snapshot(vec![member(A, false), member(R, true)]);
-        let (p, after) = reconcile(&[a()], true, &before);
+        let before = user_state(vec![member(A, false), member(R, true)]);
+        let (p, after) = reconcile(&[a()], Remove, &before);
         assert!(p.is_empty(), "{p:?}");
         assert_eq!(member_ids(&after), [A, R].into());
         assert!(flag_of(&after, R));
@@ -584,8 +586,8 @@ mod tests {
 
     #[test]
     fn step4_claiming_a_flagged_organization_clears_its_flag() {
-        let before = snapshot(vec![member(A, false), member(R, true)]);
-        let (p, after) = reconcile(&[a(), r()], true, &before);
+        let before = user_state(vec![member(A, false), member(R, true)]);
+        let (p, after) = reconcile(&[a(), r()], Remove, &before);
         assert_eq!(org_keys(&p.unflag_memberships), ["r"]);
         assert!(p.add_memberships.is_empty() && p.remove_memberships.is_empty());
         assert_eq!(member_ids(&after), [A, R].into());
@@ -595,8 +597,8 @@ mod tests {
     #[test]
     fn step5_a_local_membership_is_untouched() {
         let local = CurrentMembership { source: MembershipSource::Admin, ..member(W, false) };
-        let before = snapshot(vec![member(A, false), member(R, false), local.clone()]);
-        let (p, after) = reconcile(&[a(), r()], true, &before);
+        let before = user_state(vec![member(A, false), member(R, false), local.clone()]);
+        let (p, after) = reconcile(&[a(), r()], Remove, &before);
         assert!(p.is_empty(), "{p:?}");
         assert_eq!(member_ids(&after), [A, R, W].into());
         assert!(after.memberships.contains(&local));
@@ -604,48 +606,48 @@ mod tests {
 
     #[test]
     fn step6_once_its_flag_is_cleared_an_unclaimed_membership_is_removed() {
-        let before = snapshot(vec![member(A, false), member(R, false), member(W, false)]);
-        let (p, after) = reconcile(&[a()], true, &before);
+        let before = user_state(vec![member(A, false), member(R, false), member(W, false)]);
+        let (p, after) = reconcile(&[a()], Remove, &before);
         assert_eq!(org_keys(&p.remove_memberships), ["r"]);
         assert_eq!(member_ids(&after), [A, W].into());
     }
 
     #[test]
     fn the_acceptance_steps_chain_from_one_login_to_the_next() {
-        let s0 = snapshot(vec![]);
-        let (_, s1) = reconcile(&[a()], true, &s0);
+        let s0 = user_state(vec![]);
+        let (_, s1) = reconcile(&[a()], Remove, &s0);
         // An admin adds R, protected until seen, and a local membership of W.
         let mut s2 = s1.clone();
         s2.memberships.push(CurrentMembership { source: MembershipSource::Admin, ..member(R, true) });
-        let (_, s3) = reconcile(&[a()], true, &s2);
+        let (_, s3) = reconcile(&[a()], Remove, &s2);
         assert_eq!(member_ids(&s3), [A, R].into());
-        let (_, mut s4) = reconcile(&[a(), r()], true, &s3);
+        let (_, mut s4) = reconcile(&[a(), r()], Remove, &s3);
         assert!(!flag_of(&s4, R));
         s4.memberships.push(CurrentMembership { source: MembershipSource::Admin, ..member(W, false) });
-        let (_, s5) = reconcile(&[a(), r()], true, &s4);
+        let (_, s5) = reconcile(&[a(), r()], Remove, &s4);
         assert_eq!(member_ids(&s5), [A, R, W].into());
-        let (_, s6) = reconcile(&[a()], true, &s5);
+        let (_, s6) = reconcile(&[a()], Remove, &s5);
         assert_eq!(member_ids(&s6), [A, W].into());
     }
 
     #[test]
     fn an_entry_with_an_id_matches_by_id_even_under_another_alias() {
-        let (p, _) = reconcile(&[claim("a-renamed", 1)], true, &snapshot(vec![]));
+        let (p, _) = reconcile(&[claim("a-renamed", 1)], Remove, &user_state(vec![]));
         assert_eq!(org_keys(&p.add_memberships), ["a"]);
         assert!(p.unknown_claims.is_empty() && p.learn_keycloak_ids.is_empty());
     }
 
     #[test]
     fn an_entry_without_an_id_matches_by_alias() {
-        let (p, _) = reconcile(&[alias_claim("a"), alias_claim("i")], true, &snapshot(vec![]));
+        let (p, _) = reconcile(&[alias_claim("a"), alias_claim("i")], Remove, &user_state(vec![]));
         assert_eq!(org_keys(&p.add_memberships), ["a", "i"]);
     }
 
     #[test]
     fn an_id_bearing_entry_matching_an_alias_only_organization_teaches_it_the_id() {
-        let mut before = snapshot(vec![]);
+        let mut before = user_state(vec![]);
         before.organizations.push(org(5, "learner", None, Some("l")));
-        let (p, after) = reconcile(&[claim("l", 50)], true, &before);
+        let (p, after) = reconcile(&[claim("l", 50)], Remove, &before);
         assert_eq!(org_keys(&p.add_memberships), ["learner"]);
         assert_eq!(
             p.learn_keycloak_ids,
@@ -657,8 +659,8 @@ mod tests {
 
     #[test]
     fn an_alias_whose_organization_holds_another_id_does_not_match_and_is_reported() {
-        let before = snapshot(vec![member(R, false)]);
-        let (p, after) = reconcile(&[claim("r", 99)], true, &before);
+        let before = user_state(vec![member(R, false)]);
+        let (p, after) = reconcile(&[claim("r", 99)], Remove, &before);
         assert_eq!(
             p.alias_mismatches,
             [AliasMismatch {
@@ -677,7 +679,7 @@ mod tests {
     #[test]
     fn unknown_entries_are_ignored_and_counted() {
         let claimed = [claim("x", 77), alias_claim("nobody"), a()];
-        let (p, _) = reconcile(&claimed, true, &snapshot(vec![]));
+        let (p, _) = reconcile(&claimed, Remove, &user_state(vec![]));
         assert_eq!(org_keys(&p.add_memberships), ["a"]);
         assert_eq!(p.unknown_count(), 2);
         assert_eq!(p.unknown_claims, [claim("x", 77), alias_claim("nobody")]);
@@ -685,17 +687,17 @@ mod tests {
 
     #[test]
     fn an_absent_authoritative_claim_removes_every_unflagged_linked_membership() {
-        let before = snapshot(vec![member(A, false), member(I, false), member(R, true), member(W, false)]);
-        let (p, after) = reconcile(&[], true, &before);
+        let before = user_state(vec![member(A, false), member(I, false), member(R, true), member(W, false)]);
+        let (p, after) = reconcile(&[], Remove, &before);
         assert_eq!(org_keys(&p.remove_memberships), ["a", "i"]);
         assert_eq!(member_ids(&after), [R, W].into());
     }
 
     #[test]
     fn without_authority_nothing_is_removed_but_additions_and_unflagging_happen() {
-        let before = snapshot(vec![member(A, false), member(R, true)]);
-        assert!(plan(&[], false, &before, TODAY).is_empty());
-        let (p, after) = reconcile(&[r(), claim("i", 2)], false, &before);
+        let before = user_state(vec![member(A, false), member(R, true)]);
+        assert!(plan(&[], Keep, &before, TODAY).is_empty());
+        let (p, after) = reconcile(&[r(), claim("i", 2)], Keep, &before);
         assert!(p.remove_memberships.is_empty());
         assert_eq!(org_keys(&p.add_memberships), ["i"]);
         assert_eq!(org_keys(&p.unflag_memberships), ["r"]);
@@ -704,14 +706,14 @@ mod tests {
 
     #[test]
     fn only_valid_sso_contracts_are_attached() {
-        let mut before = snapshot(vec![]);
+        let mut before = user_state(vec![]);
         before.contracts = vec![
             contract(10, "a-auto", A, MembershipType::Auto),
             KnownContract { active: false, ..contract(11, "a-managed-off", A, MembershipType::Managed) },
             contract(12, "a-code", A, MembershipType::Code),
             contract(13, "i-auto", I, MembershipType::Auto),
         ];
-        let (p, after) = reconcile(&[a()], true, &before);
+        let (p, after) = reconcile(&[a()], Remove, &before);
         assert_eq!(contract_keys(&p.attach_contracts), ["a-auto"]);
         assert_eq!(after.attachments, [attached(10, AttachmentSource::Sso)]);
         assert_eq!(after.contracts[0].seats_used, 1);
@@ -719,7 +721,7 @@ mod tests {
 
     #[test]
     fn contracts_outside_their_dates_are_not_attached_and_bounds_are_inclusive() {
-        let mut before = snapshot(vec![member(A, false)]);
+        let mut before = user_state(vec![member(A, false)]);
         let day = time::Duration::days(1);
         before.contracts = vec![
             KnownContract {
@@ -736,13 +738,13 @@ mod tests {
                 ..contract(12, "a-today", A, MembershipType::Managed)
             },
         ];
-        let (p, _) = reconcile(&[a()], true, &before);
+        let (p, _) = reconcile(&[a()], Remove, &before);
         assert_eq!(contract_keys(&p.attach_contracts), ["a-today"]);
     }
 
     #[test]
     fn a_full_contract_is_skipped_and_reported() {
-        let mut before = snapshot(vec![member(A, false)]);
+        let mut before = user_state(vec![member(A, false)]);
         before.contracts = vec![
             KnownContract {
                 max_learners: Some(2),
@@ -760,14 +762,14 @@ mod tests {
                 ..contract(12, "a-unlimited", A, MembershipType::Auto)
             },
         ];
-        let (p, _) = reconcile(&[a()], true, &before);
+        let (p, _) = reconcile(&[a()], Remove, &before);
         assert_eq!(contract_keys(&p.attach_contracts), ["a-room", "a-unlimited"]);
         assert_eq!(contract_keys(&p.skipped_full), ["a-full"]);
     }
 
     #[test]
     fn removal_detaches_sso_and_admin_attachments_of_sso_contracts_and_keeps_code_attachments() {
-        let mut before = snapshot(vec![member(A, false), member(R, false)]);
+        let mut before = user_state(vec![member(A, false), member(R, false)]);
         before.contracts = vec![
             KnownContract { seats_used: 1, ..contract(30, "r-auto", R, MembershipType::Auto) },
             KnownContract { seats_used: 1, ..contract(31, "r-managed", R, MembershipType::Managed) },
@@ -782,7 +784,7 @@ mod tests {
             attached(33, AttachmentSource::Code),
             attached(34, AttachmentSource::Sso),
         ];
-        let (p, after) = reconcile(&[a()], true, &before);
+        let (p, after) = reconcile(&[a()], Remove, &before);
         assert_eq!(contract_keys(&p.detach_contracts), ["r-auto", "r-ended", "r-managed"]);
         assert_eq!(
             after.attachments,
@@ -793,15 +795,15 @@ mod tests {
 
     #[test]
     fn contracts_of_a_removed_organization_are_not_attached() {
-        let mut before = snapshot(vec![member(R, false)]);
+        let mut before = user_state(vec![member(R, false)]);
         before.contracts = vec![contract(30, "r-auto", R, MembershipType::Auto)];
-        let (p, _) = reconcile(&[], true, &before);
+        let (p, _) = reconcile(&[], Remove, &before);
         assert!(p.attach_contracts.is_empty());
     }
 
     #[test]
     fn a_new_auto_contract_is_back_filled_for_existing_members_of_any_source() {
-        let mut before = snapshot(vec![
+        let mut before = user_state(vec![
             member(A, false),
             CurrentMembership { source: MembershipSource::Admin, ..member(W, true) },
         ]);
@@ -811,7 +813,7 @@ mod tests {
             contract(40, "w-new", W, MembershipType::Managed),
         ];
         before.attachments = vec![attached(10, AttachmentSource::Sso)];
-        let (p, _) = reconcile(&[a()], true, &before);
+        let (p, _) = reconcile(&[a()], Remove, &before);
         assert_eq!(contract_keys(&p.attach_contracts), ["a-new", "w-new"]);
         assert!(p.add_memberships.is_empty() && p.remove_memberships.is_empty());
         assert!(p.unflag_memberships.is_empty(), "W is local: its flag stays");
@@ -820,43 +822,18 @@ mod tests {
     #[test]
     fn removal_authority_follows_the_configured_mode_and_exact_scope_values() {
         let full = vec!["organization:*".to_owned()];
-        assert!(removal_is_authoritative(Removal::Scope, "openid organization:* email", &full));
-        assert!(!removal_is_authoritative(Removal::Scope, "openid organization", &full));
-        assert!(!removal_is_authoritative(Removal::Scope, "organization:acme", &full));
-        assert!(!removal_is_authoritative(Removal::Scope, "", &full));
-        assert!(removal_is_authoritative(Removal::Always, "", &full));
-        assert!(!removal_is_authoritative(Removal::Never, "organization:*", &full));
-        assert!(!removal_is_authoritative(Removal::Scope, "organization:*", &[]));
-    }
-
-    #[test]
-    fn validity_is_active_and_within_inclusive_bounds() {
-        let (yesterday, tomorrow) = (date!(2026 - 06 - 14), date!(2026 - 06 - 16));
-        assert!(contract_valid_today(true, None, None, TODAY));
-        assert!(!contract_valid_today(false, None, None, TODAY));
-        assert!(contract_valid_today(true, Some(TODAY), Some(TODAY), TODAY));
-        assert!(contract_valid_today(true, Some(yesterday), Some(tomorrow), TODAY));
-        assert!(!contract_valid_today(true, Some(tomorrow), None, TODAY));
-        assert!(!contract_valid_today(true, None, Some(yesterday), TODAY));
-        assert!(contract_is_full(Some(2), 2));
-        assert!(!contract_is_full(Some(2), 1) && !contract_is_full(Some(0), 5) && !contract_is_full(None, 5));
-    }
-
-    #[test]
-    fn wire_names_round_trip() {
-        for t in [MembershipType::Auto, MembershipType::Managed, MembershipType::Code] {
-            assert_eq!(t.as_str().parse::<MembershipType>(), Ok(t));
-            assert_eq!(serde_json::to_value(t).unwrap(), t.as_str());
-        }
-        assert_eq!("sso".parse::<AttachmentSource>(), Ok(AttachmentSource::Sso));
-        assert_eq!("claim".parse::<MembershipSource>(), Ok(MembershipSource::Claim));
-        let err = "SSO".parse::<AttachmentSource>().unwrap_err();
-        assert_eq!(err.to_string(), "unknown AttachmentSource \"SSO\"");
+        assert_eq!(unclaimed_memberships(Removal::Scope, "openid organization:* email", &full), Remove);
+        assert_eq!(unclaimed_memberships(Removal::Scope, "openid organization", &full), Keep);
+        assert_eq!(unclaimed_memberships(Removal::Scope, "organization:acme", &full), Keep);
+        assert_eq!(unclaimed_memberships(Removal::Scope, "", &full), Keep);
+        assert_eq!(unclaimed_memberships(Removal::Always, "", &full), Remove);
+        assert_eq!(unclaimed_memberships(Removal::Never, "organization:*", &full), Keep);
+        assert_eq!(unclaimed_memberships(Removal::Scope, "organization:*", &[]), Keep);
     }
 
     #[test]
     fn a_plan_serializes_for_the_dry_run_answer() {
-        let (p, _) = reconcile(&[a(), alias_claim("nobody")], true, &snapshot(vec![]));
+        let (p, _) = reconcile(&[a(), alias_claim("nobody")], Remove, &user_state(vec![]));
         let json = serde_json::to_value(&p).unwrap();
         assert_eq!(json["add_memberships"], serde_json::json!([{"id": A, "key": "a"}]));
         assert_eq!(json["unknown_claims"], serde_json::json!([{"alias": "nobody", "id": null}]));
@@ -902,8 +879,8 @@ mod tests {
         })
     }
 
-    fn build(seeds: Vec<OrgSeed>) -> UserSnapshot {
-        let mut s = UserSnapshot::default();
+    fn build(seeds: Vec<OrgSeed>) -> UserState {
+        let mut s = UserState::default();
         for (i, (kind, membership, contracts)) in seeds.into_iter().enumerate() {
             let id = i as i64;
             // Ids and aliases are unique per organization, as the store's constraints make them.
@@ -948,9 +925,10 @@ mod tests {
         s
     }
 
-    fn case() -> impl Strategy<Value = (Vec<ClaimedOrg>, bool, UserSnapshot)> {
-        (seed_claims(), any::<bool>(), proptest::collection::vec(seed_org(), 0..6))
-            .prop_map(|(claimed, authoritative, orgs)| (claimed, authoritative, build(orgs)))
+    fn case() -> impl Strategy<Value = (Vec<ClaimedOrg>, UnclaimedMemberships, UserState)> {
+        let unclaimed = prop_oneof![Just(Remove), Just(Keep)];
+        (seed_claims(), unclaimed, proptest::collection::vec(seed_org(), 0..6))
+            .prop_map(|(claimed, unclaimed, orgs)| (claimed, unclaimed, build(orgs)))
     }
 
     proptest! {
@@ -1006,7 +984,7 @@ mod tests {
 
         #[test]
         fn without_authority_nothing_is_removed_or_detached((claimed, _auth, before) in case()) {
-            let p = plan(&claimed, false, &before, TODAY);
+            let p = plan(&claimed, Keep, &before, TODAY);
             prop_assert!(p.remove_memberships.is_empty() && p.detach_contracts.is_empty());
         }
 
@@ -1021,7 +999,7 @@ mod tests {
             for a in &p.attach_contracts {
                 let c = before.contracts.iter().find(|c| c.id == a.id).unwrap();
                 prop_assert!(members.contains(&c.organization_id) && c.membership_type.is_sso());
-                prop_assert!(contract_valid_today(c.active, c.starts_on, c.ends_on, TODAY));
+                prop_assert!(valid_on(c.active, c.starts_on, c.ends_on, TODAY));
             }
         }
     }

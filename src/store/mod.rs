@@ -115,7 +115,7 @@ pub mod jwks;
 pub mod memberships;
 pub mod model;
 pub mod organizations;
-pub mod reconcile;
+pub mod user_rows;
 pub mod users;
 
 #[cfg(test)]

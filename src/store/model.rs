@@ -8,16 +8,18 @@
 //! The `New*` types are the writable fields of a row: the admin API deserialises a create body
 //! into them (unknown fields are rejected), and an update takes the same type holding the full
 //! desired state after a JSON merge patch has been applied to the current row.
-
-use std::fmt;
-use std::str::FromStr;
+//!
+//! The B2B words the rows use (membership types, sources, "valid on a day", "full") are
+//! [`crate::b2b`]'s; the enums are re-exported here because the store's calls take them.
 
 use serde::{Deserialize, Serialize};
 use time::{Date, OffsetDateTime};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-time::serde::format_description!(pub iso_date, Date, "[year]-[month]-[day]");
+use crate::b2b::{self, text_enum};
+
+pub use crate::b2b::{AttachmentSource, MembershipSource, MembershipType, iso_date};
 
 /// Whether `key` is a valid organization or contract key: `[a-z0-9_-]{1,64}`.
 /// The database checks the same rule; callers check first to answer 422 with the field named.
@@ -95,25 +97,6 @@ impl From<&Organization> for NewOrganization {
     }
 }
 
-/// How users come to hold a contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum MembershipType {
-    /// Every member of the organization, attached on login.
-    Auto,
-    /// Like `auto`, for organizations whose membership is managed in Keycloak.
-    Managed,
-    /// Only through an enrollment code (or an admin).
-    Code,
-}
-
-impl MembershipType {
-    /// Attached by reconciliation (SSO) rather than by codes.
-    pub fn is_sso(self) -> bool {
-        matches!(self, Self::Auto | Self::Managed)
-    }
-}
-
 /// A contract: what an organization's users are entitled to, for how long and for how many.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Contract {
@@ -149,9 +132,9 @@ pub struct Contract {
 }
 
 impl Contract {
-    /// Active and `starts_on <= today <= ends_on` (open ends unbounded).
+    /// Active and `starts_on <= today <= ends_on` ([`b2b::valid_on`]).
     pub fn is_valid_on(&self, today: Date) -> bool {
-        valid_on(self.active, self.starts_on, self.ends_on, today)
+        b2b::valid_on(self.active, self.starts_on, self.ends_on, today)
     }
 
     /// Has a seat limit (`max_learners` set and not 0).
@@ -159,16 +142,10 @@ impl Contract {
         self.max_learners.is_some_and(|m| m > 0)
     }
 
-    /// Every seat is taken (never true for an unlimited contract).
+    /// Every seat is taken (never true for an unlimited contract; [`b2b::is_full`]).
     pub fn is_full(&self) -> bool {
-        crate::reconcile::plan::contract_is_full(self.max_learners, self.seats_used)
+        b2b::is_full(self.max_learners, self.seats_used)
     }
-}
-
-/// Active and `starts_on <= today <= ends_on` (UTC dates; a missing bound is unbounded) —
-/// the one definition of "valid today" (docs/contract.md §1), used by the plan, codes and headers.
-pub fn valid_on(active: bool, starts_on: Option<Date>, ends_on: Option<Date>, today: Date) -> bool {
-    active && starts_on.is_none_or(|s| s <= today) && ends_on.is_none_or(|e| today <= e)
 }
 
 /// The writable fields of a contract. `organization` is the organization's key.
@@ -246,18 +223,6 @@ pub struct Profile {
     pub name: Option<String>,
 }
 
-/// Why a user is a member of an organization.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum MembershipSource {
-    /// Added by reconciliation from the token's organization claim.
-    Claim,
-    /// Added by redeeming an enrollment code.
-    Code,
-    /// Added by an admin.
-    Admin,
-}
-
 /// A user's membership in an organization, with the organization's identity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Membership {
@@ -285,18 +250,6 @@ impl Membership {
     }
 }
 
-/// Why a user holds a contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum AttachmentSource {
-    /// Attached by reconciliation (an `auto` or `managed` contract of a member organization).
-    Sso,
-    /// Attached by redeeming an enrollment code.
-    Code,
-    /// Attached by an admin.
-    Admin,
-}
-
 /// A user's contract, with what the headers and the entitlement token need from it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Attachment {
@@ -322,9 +275,9 @@ pub struct Attachment {
 }
 
 impl Attachment {
-    /// The contract is active and `starts_on <= today <= ends_on`.
+    /// The contract is active and `starts_on <= today <= ends_on` ([`b2b::valid_on`]).
     pub fn is_valid_on(&self, today: Date) -> bool {
-        valid_on(self.active, self.starts_on, self.ends_on, today)
+        b2b::valid_on(self.active, self.starts_on, self.ends_on, today)
     }
 }
 
@@ -515,34 +468,6 @@ pub struct Job {
     pub updated_at: OffsetDateTime,
 }
 
-/// Text forms of the enums, as stored in the database and sent on the wire.
-macro_rules! text_enum {
-    ($ty:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
-        impl $ty {
-            pub fn as_str(self) -> &'static str {
-                match self { $(Self::$variant => $text),+ }
-            }
-        }
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-        impl FromStr for $ty {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, String> {
-                match s {
-                    $($text => Ok(Self::$variant),)+
-                    other => Err(format!(concat!("unknown ", stringify!($ty), " {:?}"), other)),
-                }
-            }
-        }
-    };
-}
-
-text_enum!(MembershipType { Auto => "auto", Managed => "managed", Code => "code" });
-text_enum!(MembershipSource { Claim => "claim", Code => "code", Admin => "admin" });
-text_enum!(AttachmentSource { Sso => "sso", Code => "code", Admin => "admin" });
 text_enum!(Redemption { OneTime => "one-time", Unlimited => "unlimited" });
 text_enum!(JobStatus { Queued => "queued", Running => "running", Done => "done", Failed => "failed" });
 
@@ -639,17 +564,6 @@ mod tests {
         let patched: NewContract = serde_json::from_value(json).unwrap();
         assert_eq!(patched.ends_on, None);
         assert_eq!(patched.membership_type, MembershipType::Auto);
-    }
-
-    #[test]
-    fn a_contract_is_valid_between_its_dates_inclusive() {
-        let on = |s, e, today| valid_on(true, s, e, today);
-        let d = date!(2026 - 06 - 15);
-        assert!(on(None, None, d));
-        assert!(on(Some(d), Some(d), d));
-        assert!(!on(Some(d.next_day().unwrap()), None, d));
-        assert!(!on(None, Some(d.previous_day().unwrap()), d));
-        assert!(!valid_on(false, None, None, d));
     }
 
     #[test]

@@ -121,7 +121,7 @@ contract_tests!(
     first_logins_of_one_new_user_racing_create_one_row,
     the_jwks_cache_keeps_the_last_good_key_set_per_issuer,
     memberships_carry_flags_and_their_organizations_link,
-    reconcile_state_loads_memberships_claimed_organizations_and_sso_contracts,
+    user_rows_load_memberships_claimed_organizations_and_sso_contracts,
     audit_events_filter_by_subject_organization_and_contract_newest_first,
     erasing_a_user_frees_their_seats_and_keeps_the_audit_trail,
     members_of_an_organization_and_of_a_contract_page_in_subject_order,
@@ -594,7 +594,7 @@ async fn memberships_carry_flags_and_their_organizations_link(store: Store) {
     assert!(memberships::list_for_user(&mut conn, "ann").await.unwrap().is_empty());
 }
 
-async fn reconcile_state_loads_memberships_claimed_organizations_and_sso_contracts(store: Store) {
+async fn user_rows_load_memberships_claimed_organizations_and_sso_contracts(store: Store) {
     let acme_id = Uuid::new_v4();
     let acme = add_org(
         &store,
@@ -623,7 +623,7 @@ async fn reconcile_state_loads_memberships_claimed_organizations_and_sso_contrac
     attachments::attach(&mut tx, "ann", acme_auto.id, AttachmentSource::Sso).await.unwrap();
 
     let before = store.queries();
-    let state = reconcile::load(
+    let rows = user_rows::load(
         &mut tx,
         "ann",
         &[acme_id, Uuid::new_v4()],
@@ -636,16 +636,16 @@ async fn reconcile_state_loads_memberships_claimed_organizations_and_sso_contrac
 
     let keys = |it: Vec<&str>| it.into_iter().map(String::from).collect::<Vec<_>>();
     assert_eq!(
-        state.memberships.iter().map(|m| m.organization.as_str()).collect::<Vec<_>>(),
+        rows.memberships.iter().map(|m| m.organization.as_str()).collect::<Vec<_>>(),
         keys(vec!["acme", "local"])
     );
     assert_eq!(
-        state.attachments.iter().map(|a| a.contract.as_str()).collect::<Vec<_>>(),
+        rows.attachments.iter().map(|a| a.contract.as_str()).collect::<Vec<_>>(),
         keys(vec!["acme-auto"])
     );
-    assert_eq!(state.claimed.iter().map(|o| o.id).collect::<Vec<_>>(), [acme.id, initech.id]);
+    assert_eq!(rows.claimed.iter().map(|o| o.id).collect::<Vec<_>>(), [acme.id, initech.id]);
     assert_eq!(
-        state.sso_contracts.iter().map(|c| c.id).collect::<Vec<_>>(),
+        rows.sso_contracts.iter().map(|c| c.id).collect::<Vec<_>>(),
         [acme_auto.id, initech_managed.id, local_auto.id],
         "auto/managed contracts of member and claimed organizations, by id"
     );
@@ -1001,7 +1001,7 @@ fn store_futures_are_send(store: Store, mut conn: Conn, mut tx: Tx) {
     send(store.begin_user("s", None));
     send(store.conn());
     send(audit::query(&mut conn, &AuditQuery::default()));
-    send(reconcile::load(&mut conn, "s", &[], &[]));
+    send(user_rows::load(&mut conn, "s", &[], &[]));
     send(attachments::attach(&mut tx, "s", 1, AttachmentSource::Sso));
     send(users::erase(&mut tx, "s"));
     send(jobs::claim(&mut conn, "k", now(), now()));

@@ -21,7 +21,8 @@ use identity_sidecar::auth::org_claim::ClaimedOrgs;
 use identity_sidecar::auth::validate::Principal;
 use identity_sidecar::entitlements::Signer;
 use identity_sidecar::entitlements::{Logins, RenderContext, login_key};
-use identity_sidecar::reconcile::apply::current_snapshot;
+use identity_sidecar::reconcile::apply::current_facts;
+use identity_sidecar::reconcile::plan::UnclaimedMemberships;
 use identity_sidecar::store::{
     Attachment, AttachmentSource, AuditEvent, AuditQuery, Contract, Membership, MembershipSource,
     MembershipType, NewContract, NewOrganization, Organization, Store, Tx, attachments, audit, contracts,
@@ -535,7 +536,7 @@ async fn a_cached_login_drops_a_contract_the_day_after_it_ends(db: Db) {
     assert_eq!(w.request(&token).await.contracts, ["a-auto", "a-ends"]);
     assert_eq!(w.request(&token).await.contracts, ["a-auto", "a-ends"], "cached");
 
-    let snapshot = current_snapshot(&w.store, u).await.unwrap();
+    let facts = current_facts(&w.store, u).await.unwrap();
     let now = OffsetDateTime::now_utc().unix_timestamp() as u64;
     let principal = Principal {
         sub: u.into(),
@@ -550,7 +551,13 @@ async fn a_cached_login_drops_a_contract_the_day_after_it_ends(db: Db) {
         userinfo: serde_json::Map::new(),
     };
     let logins = Logins::new(10, Duration::from_secs(300));
-    let entry = logins.put(login_key(&principal, true), u, snapshot, principal.exp, logins.generation());
+    let entry = logins.put(
+        login_key(&principal, UnclaimedMemberships::Remove),
+        u,
+        facts,
+        principal.exp,
+        logins.generation(),
+    );
     let signer = Signer::ephemeral().unwrap();
     let ctx = RenderContext { signer: &signer, issuer: "identity-sidecar", audience: "apps", ttl_secs: 300 };
 

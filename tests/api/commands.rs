@@ -250,6 +250,35 @@ async fn health_exits_1_not_2_when_the_configuration_is_bad() {
     assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
 }
 
+/// A value only its reader can judge (a rule prefix, an algorithm) is refused by every command
+/// that reads the configuration, as `serve` refuses it: `check-config` and `migrate` exit 2
+/// before touching anything, `health` exits 1, each naming the key.
+#[tokio::test]
+async fn every_command_refuses_a_bad_rule_prefix_or_algorithm_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("never.db");
+    let config = dir.path().join("sidecar.toml");
+    let path = config.display().to_string();
+    for (algorithms, prefix, says) in [
+        (r#"["RS256"]"#, "/a/../admin", r#"auth.rules[0].prefix "/a/../admin""#),
+        (r#"["RS256", "HS256"]"#, "/admin", r#"oidc.algorithms: "HS256""#),
+    ] {
+        let toml = format!(
+            "[oidc]\nissuer = \"https://sso.example.com/realms/acme\"\naudiences = [\"app\"]\n\
+             algorithms = {algorithms}\n[database]\nurl = \"sqlite://{}?mode=rwc\"\n\
+             [[auth.rules]]\nprefix = \"{prefix}\"\nrequire = true\n",
+            db.display()
+        );
+        std::fs::write(&config, toml).unwrap();
+        for (command, status) in [("check-config", 2), ("migrate", 2), ("health", 1)] {
+            let out = run(&["--config", &path, command], b"").await;
+            assert_eq!(out.status.code(), Some(status), "{command}: {}", stderr(&out));
+            assert!(stderr(&out).contains(says), "{command}: {}", stderr(&out));
+        }
+        assert!(!exists(&db), "migrate stopped before opening the database");
+    }
+}
+
 /// `identity-sidecar migrate` with `database.url` = `url` (and a minimal OIDC config).
 async fn migrate(url: &str) -> Output {
     let mut command = tokio::process::Command::new(BIN);

@@ -14,11 +14,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use identity_sidecar::b2b::{EntitledContract, EntitledOrganization, Facts, HeldContract};
 use identity_sidecar::entitlements::Logins;
 use identity_sidecar::entitlements::redis::{Invalidation, Lookup, RedisTier};
-use identity_sidecar::entitlements::{EntitledContract, EntitledOrganization};
 use identity_sidecar::metrics::Metrics;
-use identity_sidecar::reconcile::apply::{HeldContract, Snapshot};
 use identity_sidecar::store::model::{MembershipType, NewContract, NewOrganization};
 use identity_sidecar::store::{contracts, organizations};
 use serde_json::json;
@@ -434,8 +433,8 @@ async fn an_invalidation_published_on_one_process_empties_the_others_memory_with
     let exp = identity_sidecar::auth::gate::unix_now() + 300;
     let (u1, u2) = (unique("u"), unique("u"));
     let g = logins.generation();
-    logins.put([1; 32], &u1, Snapshot::default(), exp, g);
-    logins.put([2; 32], &u2, Snapshot::default(), exp, g);
+    logins.put([1; 32], &u1, Facts::default(), exp, g);
+    logins.put([2; 32], &u2, Facts::default(), exp, g);
 
     publisher.publish(&Invalidation::User(u1.clone())).await;
     eventually(Duration::from_secs(1), "u1's login is dropped", || async { logins.get(&[1; 32]).is_none() })
@@ -463,7 +462,7 @@ async fn a_redis_entry_written_before_an_invalidation_is_never_served_after_it()
     let admin = redis.handle();
     let sub = unique("u");
     let key: [u8; 32] = *uuid::Uuid::new_v4().as_bytes().repeat(2).first_chunk().unwrap();
-    let snapshot = Snapshot {
+    let snapshot = Facts {
         organizations: vec![EntitledOrganization {
             key: "acme".into(),
             name: "Acme".into(),

@@ -1,8 +1,9 @@
-//! Everything reconciliation (docs/contract.md §4) reads about one user, in four statements: the user's
-//! memberships (with each organization's Keycloak link), their attachments, the organizations
-//! the claim could refer to, and the `auto`/`managed` contracts of all those organizations.
-//! Run it inside the per-user transaction ([`super::Store::begin_user`]) so the plan is made
-//! from the state it will be applied to.
+//! Every row a reconciliation (docs/contract.md §4) reads about one user, in four statements: the
+//! user's memberships (with each organization's Keycloak link), their attachments, the
+//! organizations the claim could refer to, and the `auto`/`managed` contracts of all those
+//! organizations. Run it inside the per-user transaction ([`super::Store::begin_user`]) so the
+//! plan is made from the rows it will be applied to. The rows stay the store's own types; the
+//! reconciliation maps them into its plan's input.
 
 use std::collections::BTreeSet;
 
@@ -11,9 +12,9 @@ use uuid::Uuid;
 use super::model::{Attachment, Contract, Membership, Organization};
 use super::{Conn, StoreError, attachments, contracts, memberships, organizations};
 
-/// The stored side of a reconciliation.
+/// The rows one user's reconciliation reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReconcileState {
+pub struct UserRows {
     /// Current memberships, organization key order.
     pub memberships: Vec<Membership>,
     /// Current attachments, contract key order.
@@ -26,13 +27,13 @@ pub struct ReconcileState {
     pub sso_contracts: Vec<Contract>,
 }
 
-/// Loads the [`ReconcileState`] of `sub` for a claim naming `claimed_ids` and `claimed_aliases`.
+/// Loads the [`UserRows`] of `sub` for a claim naming `claimed_ids` and `claimed_aliases`.
 pub async fn load(
     conn: &mut Conn,
     sub: &str,
     claimed_ids: &[Uuid],
     claimed_aliases: &[String],
-) -> Result<ReconcileState, StoreError> {
+) -> Result<UserRows, StoreError> {
     let memberships = memberships::list_for_user(conn, sub).await?;
     let attachments = attachments::list_for_user(conn, sub).await?;
     let claimed = organizations::matching_claim(conn, claimed_ids, claimed_aliases).await?;
@@ -40,5 +41,5 @@ pub async fn load(
         memberships.iter().map(|m| m.organization_id).chain(claimed.iter().map(|o| o.id)).collect();
     let org_ids: Vec<i64> = org_ids.into_iter().collect();
     let sso_contracts = contracts::sso_contracts_of(conn, &org_ids).await?;
-    Ok(ReconcileState { memberships, attachments, claimed, sso_contracts })
+    Ok(UserRows { memberships, attachments, claimed, sso_contracts })
 }

@@ -1,8 +1,8 @@
-//! Admin reconciliation:
+//! The `/reconcile` routes of the admin API:
 //! - `POST /reconcile/users/{sub}` reconciles one user now against a stated organization set
 //!   (body `{"organizations": …}` in any claim shape) or, without a body, against the user's
 //!   organizations in Keycloak. Removal is authoritative either way: the set is the user's
-//!   complete membership (see [`crate::keycloak::reconcile`]). `?dry_run=true` answers the plan
+//!   complete membership (see [`crate::keycloak::stated`]). `?dry_run=true` answers the plan
 //!   and writes nothing.
 //! - `POST /reconcile` queues a `reconcile.all` job (every known user against Keycloak) and
 //!   answers 202 with its id; `GET /admin/v1/jobs/{id}` follows it.
@@ -27,16 +27,17 @@ use super::sync::keycloak;
 use crate::auth::org_claim::parse_org_claim;
 use crate::error::ApiError;
 use crate::keycloak::jobs::{RECONCILE_ALL, ReconcileAllPayload};
-use crate::keycloak::reconcile::{Reconciled, Source, reconcile_from_keycloak, reconcile_stated};
+use crate::keycloak::stated::{Reconciled, Source, StatedSet, reconcile_from_keycloak, reconcile_stated};
+use crate::reconcile::apply::Mode;
 use crate::state::AppState;
 use crate::store::model::{AttachOutcome, AttachmentSource, NewAuditEvent};
 use crate::store::{attachments, audit, contracts, jobs, organizations};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::default()
-        .routes(routes!(reconcile_all))
-        .routes(routes!(reconcile_user))
-        .routes(routes!(reconcile_contract))
+        .routes(routes!(queue_all))
+        .routes(routes!(one_user))
+        .routes(routes!(one_contract))
 }
 
 /// The body of `POST /reconcile/users/{sub}`: the user's complete organization set, in any
@@ -69,29 +70,21 @@ struct Stated {
         (status = 502, description = "A Keycloak admin API call failed (no body)."),
     )
 )]
-async fn reconcile_user(
+async fn one_user(
     State(state): State<AppState>,
     admin: Admin,
     Path(sub): Path<String>,
     mut params: Params,
     OptionalJson(body): OptionalJson<Option<Stated>>,
 ) -> Result<Json<Reconciled>, ApiError> {
-    let dry_run = params.boolean("dry_run")?.unwrap_or(false);
+    let mode = if params.boolean("dry_run")?.unwrap_or(false) { Mode::DryRun } else { Mode::Apply };
     params.finish()?;
     let actor = admin.actor();
     let reconciled = match body {
         Some(stated) => {
             let claimed = parse_org_claim(Some(&stated.organizations));
-            reconcile_stated(
-                &state.store,
-                &sub,
-                &claimed.orgs,
-                claimed.ignored,
-                Source::Body,
-                &actor,
-                dry_run,
-            )
-            .await?
+            let stated = StatedSet { claimed: &claimed.orgs, ignored: claimed.ignored, source: Source::Body };
+            reconcile_stated(&state.store, &sub, &stated, &actor, mode).await?
         }
         None => {
             let Some(keycloak) = state.keycloak.as_deref() else {
@@ -104,7 +97,7 @@ async fn reconcile_user(
                     errors: vec![],
                 });
             };
-            match reconcile_from_keycloak(&state.store, keycloak, &sub, &actor, dry_run).await {
+            match reconcile_from_keycloak(&state.store, keycloak, &sub, &actor, mode).await {
                 Err(crate::keycloak::Error::Keycloak(e)) if e.status() == Some(404) => {
                     return Err(ApiError::NotFound(format!("Keycloak has no user `{sub}`.")));
                 }
@@ -112,7 +105,7 @@ async fn reconcile_user(
             }
         }
     };
-    if reconciled.changed && !dry_run {
+    if reconciled.changed && mode == Mode::Apply {
         state.entitlements.invalidate_user(&sub).await;
     }
     Ok(Json(reconciled))
@@ -138,7 +131,7 @@ struct Queued {
         (status = 503, description = "`keycloak_admin` is not configured."),
     )
 )]
-async fn reconcile_all(
+async fn queue_all(
     State(state): State<AppState>,
     admin: Admin,
     params: Params,
@@ -192,7 +185,7 @@ const MEMBERS_PER_PAGE: u32 = 500;
         (status = 404, description = "No contract has this key."),
     )
 )]
-async fn reconcile_contract(
+async fn one_contract(
     State(state): State<AppState>,
     admin: Admin,
     Path(key): Path<String>,

@@ -1,13 +1,14 @@
-//! Admin reconciliation of one user (`POST /admin/v1/reconcile/users/{sub}`,
-//! `reconcile --sub`, and each user of a `reconcile.all` job): the same reconciliation as a
-//! login (docs/contract.md §4, [`crate::reconcile::apply::reconcile_user`]), fed with an organization set
-//! an admin states or that Keycloak's admin API reports, instead of a token's claim.
+//! Reconciling one user against a stated organization set
+//! (`POST /admin/v1/reconcile/users/{sub}`, `reconcile --sub`, and each user of a
+//! `reconcile.all` job): the same reconciliation as a login (docs/contract.md §4,
+//! [`Reconciliation`]), fed with an organization set an admin states or that Keycloak's admin
+//! API reports, instead of a token's claim.
 //!
-//! Removal is always authoritative here: the set is the user's complete membership (the admin
-//! states it in full; Keycloak's list of a user's organizations is complete by construction),
-//! so a linked organization missing from it loses the user, unless the membership is flagged
-//! `keep_until_seen`. No profile is recorded (there is no token to read it from) and the
-//! login time stays as it was.
+//! Removal is always authoritative here ([`UnclaimedMemberships::Remove`]): the set is the
+//! user's complete membership (the admin states it in full; Keycloak's list of a user's
+//! organizations is complete by construction), so a linked organization missing from it loses
+//! the user, unless the membership is flagged `keep_until_seen`. No profile is recorded (there
+//! is no token to read it from) and the login time stays as it was.
 
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -16,8 +17,8 @@ use uuid::Uuid;
 use super::Error;
 use super::client::{KcOrganization, KeycloakAdmin};
 use crate::auth::org_claim::ClaimedOrg;
-use crate::reconcile::apply::{Actor, Outcome, reconcile_user};
-use crate::reconcile::plan::{ContractRef, OrgRef};
+use crate::reconcile::apply::{Actor, Mode, Outcome, Reconciliation};
+use crate::reconcile::plan::{ContractRef, OrgRef, UnclaimedMemberships};
 use crate::store::{Store, StoreError};
 
 /// Where the organization set of an admin reconciliation came from.
@@ -82,7 +83,7 @@ pub struct UnknownOrganization {
 }
 
 impl Reconciled {
-    fn new(sub: &str, source: Source, dry_run: bool, ignored: usize, outcome: &Outcome) -> Reconciled {
+    fn new(sub: &str, source: Source, mode: Mode, ignored: usize, outcome: &Outcome) -> Reconciled {
         let keys = |orgs: &[OrgRef]| orgs.iter().map(|o| o.key.clone()).collect::<Vec<_>>();
         let contract_keys = |c: &mut dyn Iterator<Item = &ContractRef>| {
             let mut keys: Vec<String> = c.map(|c| c.key.clone()).collect();
@@ -97,7 +98,7 @@ impl Reconciled {
         learned.sort();
         Reconciled {
             sub: sub.to_owned(),
-            dry_run,
+            dry_run: mode == Mode::DryRun,
             source,
             changed: outcome.changed,
             organizations: OrganizationChanges {
@@ -135,20 +136,36 @@ pub fn claimed_from_keycloak(orgs: &[KcOrganization]) -> Vec<ClaimedOrg> {
     claimed
 }
 
-/// Reconciles `sub` against the stated set `claimed` (authoritative; see the module docs).
-/// With `dry_run`, plans and writes nothing. The caller invalidates the user's cached logins
+/// A stated organization set: the user's complete membership and where it came from.
+#[derive(Debug, Clone, Copy)]
+pub struct StatedSet<'a> {
+    /// The organizations, as claim entries.
+    pub claimed: &'a [ClaimedOrg],
+    /// Malformed entries of the set that were dropped (reported back, a body only).
+    pub ignored: usize,
+    pub source: Source,
+}
+
+/// Reconciles `sub` against the stated set (authoritative; see the module docs). A
+/// [`Mode::DryRun`] plans and writes nothing. The caller invalidates the user's cached logins
 /// when [`Reconciled::changed`] and not a dry run.
 pub async fn reconcile_stated(
     store: &Store,
     sub: &str,
-    claimed: &[ClaimedOrg],
-    ignored: usize,
-    source: Source,
+    stated: &StatedSet<'_>,
     actor: &Actor,
-    dry_run: bool,
+    mode: Mode,
 ) -> Result<Reconciled, StoreError> {
-    let today = OffsetDateTime::now_utc().date();
-    let (outcome, _) = reconcile_user(store, sub, None, claimed, true, today, actor, dry_run).await?;
+    let reconciliation = Reconciliation {
+        sub,
+        profile: None,
+        claimed: stated.claimed,
+        unclaimed: UnclaimedMemberships::Remove,
+        today: OffsetDateTime::now_utc().date(),
+        actor,
+        mode,
+    };
+    let (outcome, _) = reconciliation.run(store).await?;
     for m in &outcome.plan.alias_mismatches {
         tracing::warn!(
             alias = %m.alias,
@@ -157,7 +174,7 @@ pub async fn reconcile_stated(
             "the alias belongs to an organization linked to another Keycloak id; not matched"
         );
     }
-    Ok(Reconciled::new(sub, source, dry_run, ignored, &outcome))
+    Ok(Reconciled::new(sub, stated.source, mode, stated.ignored, &outcome))
 }
 
 /// Reads the user's organizations from Keycloak and reconciles against them.
@@ -166,11 +183,12 @@ pub async fn reconcile_from_keycloak(
     keycloak: &KeycloakAdmin,
     sub: &str,
     actor: &Actor,
-    dry_run: bool,
+    mode: Mode,
 ) -> Result<Reconciled, Error> {
     let orgs = keycloak.user_organizations(sub).await?;
     let claimed = claimed_from_keycloak(&orgs);
-    Ok(reconcile_stated(store, sub, &claimed, 0, Source::Keycloak, actor, dry_run).await?)
+    let stated = StatedSet { claimed: &claimed, ignored: 0, source: Source::Keycloak };
+    Ok(reconcile_stated(store, sub, &stated, actor, mode).await?)
 }
 
 #[cfg(test)]
@@ -198,11 +216,12 @@ mod tests {
             full_at_apply: vec![contract(11, "a-raced")],
             changed: true,
         };
-        let r = Reconciled::new("u1", Source::Body, false, 2, &outcome);
+        let r = Reconciled::new("u1", Source::Body, Mode::Apply, 2, &outcome);
         assert_eq!(r.organizations.added, ["acme"]);
         assert_eq!(r.contracts.attached, ["a-open"]);
         assert_eq!(r.contracts.skipped_full, ["a-full", "a-raced"]);
         assert_eq!(r.ignored_entries, 2);
+        assert!(!r.dry_run);
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["source"], "body");
         assert_eq!(json["organizations"]["removed"], serde_json::json!([]));

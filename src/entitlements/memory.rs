@@ -53,8 +53,10 @@ pub fn login_key(p: &Principal, unclaimed: UnclaimedMemberships) -> LoginKey {
 
 /// A reconciled login.
 pub struct LoginEntry {
+    /// Whose login it is (a user invalidation drops every login of that `sub`).
     pub sub: String,
-    pub snapshot: Arc<Facts>,
+    /// The user's B2B facts as reconciled.
+    pub facts: Arc<Facts>,
     /// Latest token expiry seen for this login; the entry never outlives it.
     token_exp: u64,
     /// The last rendered B2B facts (incl. the signed token), reused while still right.
@@ -99,7 +101,7 @@ impl Logins {
             cache: moka::sync::Cache::builder()
                 .max_capacity(budget.capacity())
                 .weigher(move |_: &LoginKey, entry: &Arc<LoginEntry>| {
-                    budget.weight(weight(&entry.sub, &entry.snapshot))
+                    budget.weight(weight(&entry.sub, &entry.facts))
                 })
                 .expire_after(EntryExpiry { max_age })
                 .support_invalidation_closures()
@@ -123,13 +125,13 @@ impl Logins {
         &self,
         key: LoginKey,
         sub: &str,
-        snapshot: Facts,
+        facts: Facts,
         token_exp: u64,
         generation: u64,
     ) -> Arc<LoginEntry> {
         let entry = Arc::new(LoginEntry {
             sub: sub.to_owned(),
-            snapshot: Arc::new(snapshot),
+            facts: Arc::new(facts),
             token_exp,
             rendered: Mutex::new(None),
         });
@@ -184,14 +186,14 @@ impl LoginEntry {
         {
             return r.b2b.clone();
         }
-        let b2b = Arc::new(render(&self.snapshot, principal, ctx, now, today));
+        let b2b = Arc::new(render(&self.facts, principal, ctx, now, today));
         let jws_exp = exp_for(now, ctx.ttl_secs, principal.exp);
         *slot = Some(Rendered { b2b: b2b.clone(), day: today, jws_exp, token_exp: principal.exp });
         b2b
     }
 }
 
-/// Estimated bytes of a user's stored facts.
+/// Estimated bytes of a user's B2B facts.
 fn facts_weight(s: &Facts) -> usize {
     let orgs: usize = s
         .organizations
@@ -208,9 +210,9 @@ fn facts_weight(s: &Facts) -> usize {
     size_of::<Facts>() + orgs + contracts
 }
 
-/// Estimated bytes of a cached login entry: its key and `sub`, the facts, and the B2B
-/// facts rendered from them later (the keys again, and the signed entitlement token: the
-/// facts and the profile as JSON, base64-encoded, plus header and signature).
+/// Estimated bytes of a cached login entry: its key and `sub`, the user's [`Facts`], and the
+/// B2B header set rendered from them later (the keys again, and the signed entitlement token:
+/// the facts and the profile as JSON, base64-encoded, plus header and signature).
 pub fn weight(sub: &str, s: &Facts) -> usize {
     let facts = facts_weight(s);
     let keys: usize = s.organizations.iter().map(|o| size_of::<String>() + 2 * string(&o.key)).sum::<usize>()
@@ -238,10 +240,10 @@ mod tests {
                     manager: false,
                 })
                 .collect();
-            let snapshot = Facts { organizations, contracts: Vec::new() };
+            let facts = Facts { organizations, contracts: Vec::new() };
             let mut key = [0u8; 32];
             key[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            logins.put(key, &format!("user-{i}"), snapshot, exp, logins.generation());
+            logins.put(key, &format!("user-{i}"), facts, exp, logins.generation());
         }
         assert!(logins.weighted_size() <= budget.max_bytes, "{} bytes", logins.weighted_size());
         assert!(logins.len() < 1000, "nothing was evicted");

@@ -15,7 +15,7 @@
 //! 4. **last known or 503**: when the store fails, `reconcile.on_store_error` says: `degrade`
 //!    serves the last known facts marked `stale`, `reject` answers [`Unavailable`] (503).
 //!
-//! Every answer is rendered for the day of the request ([`render`]): the header values and the
+//! Every answer is rendered for the day of the request ([`mod@render`]): the header values and the
 //! entitlement token, signed by [`Signer`] (whose public keys both ports serve as a JWKS).
 //!
 //! An invalidation is published through Redis first and applied to memory second (see
@@ -206,8 +206,8 @@ impl Entitlements {
                     // Reconciled by another replica: its deadline stays, so the login is still
                     // reconciled again `max_age_secs` after that replica did it.
                     let until = p.exp.min(login.expires_at);
-                    let entry = self.logins.put(key, &p.sub, login.snapshot, until, generation);
-                    self.last_known.insert(p.sub.clone(), entry.snapshot.clone());
+                    let entry = self.logins.put(key, &p.sub, login.facts, until, generation);
+                    self.last_known.insert(p.sub.clone(), entry.facts.clone());
                     return Ok((entry.b2b(p, &self.render_context(), now, today), Status::Authenticated));
                 }
                 redis::Lookup::Miss(current) => epochs = Some(current),
@@ -229,14 +229,14 @@ impl Entitlements {
         .run(&self.store)
         .await;
         match result {
-            Ok((outcome, snapshot)) => {
+            Ok((outcome, facts)) => {
                 self.count_reconciliation(&outcome);
-                self.last_known.insert(p.sub.clone(), Arc::new(snapshot.clone()));
+                self.last_known.insert(p.sub.clone(), Arc::new(facts.clone()));
                 if let (Some(redis), Some(epochs)) = (&self.redis, epochs) {
                     let until = p.exp.min(now.saturating_add(self.policy.max_age_secs));
-                    redis.store(&key, &p.sub, &snapshot, epochs, until).await;
+                    redis.store(&key, &p.sub, &facts, epochs, until).await;
                 }
-                let entry = self.logins.put(key, &p.sub, snapshot, p.exp, generation);
+                let entry = self.logins.put(key, &p.sub, facts, p.exp, generation);
                 Ok((entry.b2b(p, &self.render_context(), now, today), Status::Authenticated))
             }
             Err(e) => {

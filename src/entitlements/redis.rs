@@ -268,7 +268,7 @@ pub struct Epochs {
 /// A login found in Redis.
 #[derive(Debug, Clone)]
 pub struct SharedLogin {
-    pub snapshot: Facts,
+    pub facts: Facts,
     /// Unix time after which the login must be reconciled again.
     pub expires_at: u64,
 }
@@ -291,6 +291,8 @@ struct Stored {
     expires_at: u64,
     epoch: Option<String>,
     user_epoch: Option<String>,
+    /// The user's facts. The field keeps its wire name, so replicas of different versions
+    /// read each other's entries.
     snapshot: Facts,
 }
 
@@ -389,7 +391,7 @@ impl RedisTier {
                     && s.expires_at > crate::auth::gate::unix_now() =>
             {
                 self.count_lookup("hit");
-                Lookup::Hit(SharedLogin { snapshot: s.snapshot, expires_at: s.expires_at })
+                Lookup::Hit(SharedLogin { facts: s.snapshot, expires_at: s.expires_at })
             }
             _ => {
                 self.count_lookup("miss");
@@ -422,7 +424,7 @@ impl RedisTier {
 
     /// Shares a reconciliation's result until `expires_at` (unix), recorded with the epochs
     /// its lookup returned. Best effort.
-    pub async fn store(&self, key: &LoginKey, sub: &str, snapshot: &Facts, epochs: Epochs, expires_at: u64) {
+    pub async fn store(&self, key: &LoginKey, sub: &str, facts: &Facts, epochs: Epochs, expires_at: u64) {
         let ttl = expires_at.saturating_sub(crate::auth::gate::unix_now()).min(MAX_ENTRY_TTL_SECS);
         if ttl == 0 {
             return;
@@ -432,7 +434,7 @@ impl RedisTier {
             expires_at,
             epoch: epochs.all,
             user_epoch: epochs.user,
-            snapshot: snapshot.clone(),
+            snapshot: facts.clone(),
         };
         let Ok(json) = serde_json::to_vec(&stored) else { return };
         let name = login_key(key);

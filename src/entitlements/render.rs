@@ -18,8 +18,8 @@ pub struct RenderContext<'a> {
 }
 
 /// Renders the B2B facts and signs the entitlement token.
-pub fn render(snapshot: &Facts, p: &Principal, ctx: &RenderContext<'_>, now: u64, today: Date) -> B2b {
-    let contracts: Vec<_> = snapshot.valid_contracts(today).cloned().collect();
+pub fn render(facts: &Facts, p: &Principal, ctx: &RenderContext<'_>, now: u64, today: Date) -> B2b {
+    let contracts: Vec<_> = facts.valid_contracts(today).cloned().collect();
     let claims = EntitlementClaims {
         iss: ctx.issuer.to_owned(),
         aud: ctx.audience.to_owned(),
@@ -29,7 +29,7 @@ pub fn render(snapshot: &Facts, p: &Principal, ctx: &RenderContext<'_>, now: u64
         email: p.email.clone(),
         preferred_username: p.preferred_username.clone(),
         name: p.name.clone(),
-        organizations: snapshot.organizations.clone(),
+        organizations: facts.organizations.clone(),
         contracts: contracts.clone(),
     };
     let entitlements = match ctx.signer.sign(&claims) {
@@ -40,8 +40,8 @@ pub fn render(snapshot: &Facts, p: &Principal, ctx: &RenderContext<'_>, now: u64
         }
     };
     B2b {
-        organizations: snapshot.organizations.iter().map(|o| o.key.clone()).collect(),
-        managed_organizations: snapshot
+        organizations: facts.organizations.iter().map(|o| o.key.clone()).collect(),
+        managed_organizations: facts
             .organizations
             .iter()
             .filter(|o| o.manager)

@@ -494,7 +494,7 @@ async fn a_redis_entry_written_before_an_invalidation_is_never_served_after_it()
         replica.store(&key, &sub, &snapshot, epochs, until).await;
         match replica.lookup(&key, &sub).await {
             Lookup::Hit(login) => {
-                assert_eq!(login.snapshot, snapshot);
+                assert_eq!(login.facts, snapshot);
                 assert_eq!(login.expires_at, until);
             }
             other => panic!("expected a hit, got {other:?}"),

@@ -23,7 +23,7 @@ use super::*;
 #[path = "../../tests/api/helpers/databases.rs"]
 mod databases;
 
-use databases::{Db, TestDatabase, on_both_databases};
+use databases::{Db, on_both_databases};
 
 /// Enough connections for the 20-way seat race to really run 20 transactions at once.
 const TEST_POOL_SIZE: u32 = 24;
@@ -34,17 +34,10 @@ where
     F: FnOnce(Store) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let dir = tempfile::tempdir().expect("temp dir");
-    // Dropped after the store, also when `body` panics (the drop forces connections closed).
-    let postgres = match db {
-        Db::Sqlite => None,
-        Db::Postgres => Some(TestDatabase::create().await),
-    };
-    let url = match &postgres {
-        Some(database) => database.url.clone(),
-        None => format!("sqlite://{}?mode=rwc", dir.path().join("store.db").display()),
-    };
-    let store = Store::connect(&url, TEST_POOL_SIZE).await.expect("open the test database");
+    // Dropped after the store, also when `body` panics (a PostgreSQL drop forces connections
+    // closed).
+    let database = db.fresh().await;
+    let store = Store::connect(&database.url, TEST_POOL_SIZE).await.expect("open the test database");
     store.migrate().await.expect("migrate");
     body(store.clone()).await;
     store.close().await;

@@ -374,15 +374,8 @@ async fn an_already_member_answer_counts_as_success(db: Db) {
 
 async fn queued_jobs_survive_a_restart(db: Db) {
     let kc = FakeKeycloak::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let pg = match db {
-        Db::Sqlite => None,
-        Db::Postgres => Some(TestDatabase::create().await),
-    };
-    let url = match &pg {
-        Some(pg) => pg.url.clone(),
-        None => format!("sqlite://{}?mode=rwc", dir.path().join("jobs.db").display()),
-    };
+    let database = db.fresh().await;
+    let url = database.url.clone();
     let acme = kc.add_org("acme", "Acme", "");
     kc.fail_next_add_member(usize::MAX);
     let first = TestApp::spawn_with(env_for(&kc, Some(&url))).await;

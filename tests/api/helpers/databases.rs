@@ -1,6 +1,7 @@
 //! The one way a test gets a database: [`Db`] names the backend, [`TestDatabase`] is a fresh
 //! PostgreSQL database for one test (dropped when the guard goes away, also when the test
-//! panics), and [`on_both_databases!`] declares a case once per backend.
+//! panics), [`Db::fresh`] an empty database of either kind by URL, and [`on_both_databases!`]
+//! declares a case once per backend.
 //!
 //! Two test crates use this file: the integration binary (`tests/api/helpers`) and the store's
 //! contract tests inside the library (`src/store/tests.rs` includes it with `#[path]`), so both
@@ -22,6 +23,32 @@ pub const POSTGRES_URL_VAR: &str = "SIDECAR_TEST_POSTGRES_URL";
 pub enum Db {
     Sqlite,
     Postgres,
+}
+
+/// An empty database of one kind, and the guard that keeps it.
+pub struct FreshDatabase {
+    /// Its URL: a SQLite file (created on first connect) or a PostgreSQL database.
+    pub url: String,
+    /// The PostgreSQL database, dropped with this; `None` on SQLite.
+    pub postgres: Option<TestDatabase>,
+    /// The SQLite file's directory, removed with this.
+    _dir: tempfile::TempDir,
+}
+
+impl Db {
+    /// A fresh, empty database of this kind, for a case that needs its URL before any app.
+    pub async fn fresh(self) -> FreshDatabase {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let postgres = match self {
+            Db::Sqlite => None,
+            Db::Postgres => Some(TestDatabase::create().await),
+        };
+        let url = match &postgres {
+            Some(database) => database.url.clone(),
+            None => format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display()),
+        };
+        FreshDatabase { url, postgres, _dir: dir }
+    }
 }
 
 /// The server URL without a database name.

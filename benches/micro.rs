@@ -2,18 +2,14 @@
 //! (`pre_parse`, `KeySet::select`, `verify_signature`, `check_claims`), the organization
 //! claim, the reconciliation plan and header rendering.
 //!
-//! `cargo bench --bench micro` (add `-- validate` to run one group). Keys are generated at
-//! start with aws-lc-rs; nothing is read from disk.
+//! `cargo bench --bench micro` (add `-- validate` to run one group). Keys and tokens come from
+//! the integration tests' fake issuer (`tests/api/helpers/keys.rs`, included below), so the
+//! benchmarks validate the same Keycloak-shaped tokens the tests do; keys are generated at
+//! start, nothing is read from disk.
 
 use std::hint::black_box;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
 
-use aws_lc_rs::encoding::AsDer;
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeySize};
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair};
-use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use criterion::{Criterion, criterion_group, criterion_main};
 use identity_sidecar::auth::jwks::KeySet;
 use identity_sidecar::auth::org_claim::parse_org_claim;
@@ -25,10 +21,15 @@ use identity_sidecar::headers::{B2b, Status, render};
 use identity_sidecar::reconcile::plan::{
     CurrentAttachment, CurrentMembership, KnownContract, KnownOrg, UnclaimedMemberships, UserState, plan,
 };
-use jsonwebtoken::jwk::Jwk;
-use jsonwebtoken::{Algorithm, EncodingKey};
+use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 use uuid::Uuid;
+
+#[allow(dead_code, reason = "the tests use more of the fake issuer than the benchmarks do")]
+#[path = "../tests/api/helpers/keys.rs"]
+mod keys;
+
+use keys::{KeyKind, KeyMaterial};
 
 /// Fixed ids, so every run plans the same work.
 fn org_id(i: u128) -> Uuid {
@@ -36,85 +37,53 @@ fn org_id(i: u128) -> Uuid {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
-}
-
-fn pem(label: &str, der: &[u8]) -> String {
-    let b64 = STANDARD.encode(der);
-    let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
-    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
+    keys::now() as u64
 }
 
 /// One signing key and the kid it is published under.
 struct Signer {
     kid: &'static str,
     alg: Algorithm,
-    key: EncodingKey,
+    key: Arc<KeyMaterial>,
 }
 
+/// One key per algorithm family the sidecar accepts (the RSA key signs RS256 and PS256).
 fn signers() -> Vec<Signer> {
-    let rsa = RsaKeyPair::generate(KeySize::Rsa2048).unwrap();
-    let rsa_pem = pem("PRIVATE KEY", rsa.as_der().unwrap().as_ref());
-    let rsa_key = || EncodingKey::from_rsa_pem(rsa_pem.as_bytes()).unwrap();
-    let ec = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new()).unwrap();
-    let ed = Ed25519KeyPair::generate_pkcs8v1(&SystemRandom::new()).unwrap();
+    let rsa = keys::rsa_slot(keys::RSA_SLOT_FIRST_REALM);
     vec![
-        Signer { kid: "rsa-rs256", alg: Algorithm::RS256, key: rsa_key() },
-        Signer { kid: "rsa-ps256", alg: Algorithm::PS256, key: rsa_key() },
-        Signer { kid: "ec-p256", alg: Algorithm::ES256, key: EncodingKey::from_ec_der(ec.as_ref()) },
-        Signer { kid: "ed25519", alg: Algorithm::EdDSA, key: EncodingKey::from_ed_der(ed.as_ref()) },
+        Signer { kid: "rsa-rs256", alg: Algorithm::RS256, key: rsa.clone() },
+        Signer { kid: "rsa-ps256", alg: Algorithm::PS256, key: rsa },
+        Signer { kid: "ec-p256", alg: Algorithm::ES256, key: KeyMaterial::generate(KeyKind::Es256) },
+        Signer { kid: "ed25519", alg: Algorithm::EdDSA, key: KeyMaterial::generate(KeyKind::EdDSA) },
     ]
 }
 
 /// The issuer's JWKS: each signer's public key with its kid and alg (the RSA key twice).
 fn jwks(signers: &[Signer]) -> Vec<u8> {
-    let keys: Vec<Value> = signers
-        .iter()
-        .map(|s| {
-            let mut jwk = serde_json::to_value(Jwk::from_encoding_key(&s.key, s.alg).unwrap()).unwrap();
-            let o = jwk.as_object_mut().unwrap();
-            o.remove("key_ops");
-            o.insert("kid".into(), json!(s.kid));
-            o.insert("use".into(), json!("sig"));
-            o.insert("alg".into(), json!(s.alg));
-            jwk
-        })
-        .collect();
+    let keys: Vec<Value> = signers.iter().map(|s| s.key.jwk(s.kid, s.alg)).collect();
     serde_json::to_vec(&json!({ "keys": keys })).unwrap()
 }
 
-/// A Keycloak 26 access token's claims, with five organizations (ids and attributes).
+/// A Keycloak 26 access token's claims (the fake issuer's), for audience `app`, with five
+/// organizations (ids and attributes) and a few more roles.
 fn claims() -> Value {
-    let now = now();
     let orgs: serde_json::Map<String, Value> = (0..5)
         .map(|i| (format!("org-{i}"), json!({"id": org_id(i).to_string(), "region": ["eu"]})))
         .collect();
-    json!({
-        "exp": now + 3600, "iat": now, "auth_time": now,
-        "jti": "onrtac:6d0c1a55-2d8b-4bb8-a0ad-7c1f8e0b3d6e",
-        "iss": "https://sso.example.com/realms/acme",
-        "aud": ["app", "account"], "azp": "app", "typ": "Bearer",
-        "sub": "0b6f8a4e-3c1d-4f2a-9e7b-5d4c3b2a1f00",
-        "sid": "7e9d8c6b-5a4f-4e3d-8c2b-1a0f9e8d7c6b", "acr": "1",
-        "allowed-origins": ["https://app.example.com"],
-        "realm_access": {"roles": ["default-roles-acme", "offline_access", "uma_authorization", "learner"]},
-        "resource_access": {"app": {"roles": ["viewer"]}, "account": {"roles": ["manage-account", "view-profile"]}},
-        "scope": "openid email profile organization:*",
-        "email_verified": true, "name": "Zoë Example", "preferred_username": "zoe",
-        "given_name": "Zoë", "family_name": "Example", "email": "zoe@example.com",
-        "organization": orgs,
-    })
+    let mut claims = keys::access_token_claims("https://sso.example.com/realms/acme", 3600);
+    claims.insert("aud".into(), json!(["app", "account"]));
+    claims.insert("sub".into(), json!("0b6f8a4e-3c1d-4f2a-9e7b-5d4c3b2a1f00"));
+    claims.insert(
+        "resource_access".into(),
+        json!({"app": {"roles": ["viewer"]}, "account": {"roles": ["manage-account", "view-profile"]}}),
+    );
+    claims.insert("organization".into(), Value::Object(orgs));
+    Value::Object(claims)
 }
 
 fn sign(signer: &Signer, claims: &Value) -> String {
     let header = json!({"alg": signer.alg, "typ": "JWT", "kid": signer.kid});
-    let input = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(header.to_string()),
-        URL_SAFE_NO_PAD.encode(claims.to_string())
-    );
-    let signature = jsonwebtoken::crypto::sign(input.as_bytes(), &signer.key, signer.alg).unwrap();
-    format!("{input}.{signature}")
+    keys::jws(&header, claims, &signer.key.encoding, signer.alg)
 }
 
 fn policy() -> Policy {

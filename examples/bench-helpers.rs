@@ -30,7 +30,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use axum::Router;
@@ -39,8 +39,6 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -48,9 +46,16 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use jsonwebtoken::jwk::Jwk;
-use jsonwebtoken::{Algorithm, EncodingKey};
+use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
+
+// The fake issuer of the integration tests and the micro benchmarks: keys, JWK, JWS signing and
+// the claims of a Keycloak access token, so the bench mints the tokens the tests validate.
+#[allow(dead_code, reason = "the tests use more of the fake issuer than the bench does")]
+#[path = "../tests/api/helpers/keys.rs"]
+mod keys;
+
+use keys::KeyMaterial;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -260,40 +265,26 @@ async fn forward(State(state): State<Passthrough>, request: Request) -> Response
 // ---------------------------------------------------------------------------------------------
 // Keys and tokens
 
+/// The realm key of a bench run: an RSA key shared by `jwks` and `mint` through a PEM file.
 struct RsaKey {
     kid: String,
-    encoding: EncodingKey,
-    public: Jwk,
+    material: KeyMaterial,
 }
 
 impl RsaKey {
     fn load(pem: &Path, kid: &str) -> anyhow::Result<RsaKey> {
-        let bytes = std::fs::read(pem).with_context(|| format!("cannot read {}", pem.display()))?;
-        let encoding = EncodingKey::from_rsa_pem(&bytes).context("not an RSA private key (PEM)")?;
-        let public = Jwk::from_encoding_key(&encoding, Algorithm::RS256)?;
-        Ok(RsaKey { kid: kid.to_owned(), encoding, public })
+        let text = std::fs::read_to_string(pem).with_context(|| format!("cannot read {}", pem.display()))?;
+        let material = KeyMaterial::rsa_from_pkcs8_pem(&text).map_err(anyhow::Error::msg)?;
+        Ok(RsaKey { kid: kid.to_owned(), material })
     }
 
     fn jwks(&self) -> Value {
-        let mut jwk = serde_json::to_value(&self.public).expect("a JWK serialises");
-        let object = jwk.as_object_mut().expect("a JWK is an object");
-        object.remove("key_ops");
-        object.insert("kid".into(), json!(self.kid));
-        object.insert("use".into(), json!("sig"));
-        object.insert("alg".into(), json!("RS256"));
-        json!({ "keys": [jwk] })
+        json!({ "keys": [self.material.jwk(&self.kid, Algorithm::RS256)] })
     }
 
     fn sign(&self, claims: &Value) -> String {
         let header = json!({"alg": "RS256", "typ": "JWT", "kid": self.kid});
-        let input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
-        let signature = jsonwebtoken::crypto::sign(input.as_bytes(), &self.encoding, Algorithm::RS256)
-            .expect("RS256 signs");
-        format!("{input}.{signature}")
+        keys::jws(&header, claims, &self.material.encoding, Algorithm::RS256)
     }
 }
 
@@ -320,8 +311,9 @@ fn mint(flags: &Flags) -> anyhow::Result<()> {
         matches!(kind.as_str(), "cached" | "signature" | "users" | "wrong-issuer"),
         "--kind must be cached, signature, users or wrong-issuer"
     );
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let ttl = i64::try_from(ttl).context("--ttl")?;
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    // The fake issuer's access token (the tests' and the benchmarks'), made a bench user's.
     let claims = move |i: usize| -> Value {
         let (sub, sid, user) = match kind.as_str() {
             "users" => {
@@ -331,30 +323,25 @@ fn mint(flags: &Flags) -> anyhow::Result<()> {
             _ => ("bench-cached".into(), "bench-cached-session".into(), "cached".into()),
         };
         let iss = if kind == "wrong-issuer" { format!("{issuer}-other") } else { issuer.clone() };
-        json!({
-            "exp": now + ttl,
-            "iat": now,
-            "auth_time": now,
-            "jti": format!("onrtac:{}", uuid::Uuid::new_v4()),
-            "iss": iss,
-            "aud": [audience, "account"],
-            "sub": sub,
-            "typ": "Bearer",
-            "azp": audience,
-            "sid": sid,
-            "acr": "1",
-            "allowed-origins": ["http://localhost:3000"],
-            "realm_access": {"roles": ["default-roles-bench", "offline_access", "uma_authorization"]},
-            "resource_access": {"account": {"roles": ["manage-account", "manage-account-links", "view-profile"]}},
-            "scope": "openid email profile organization:*",
-            "email_verified": true,
-            "name": "Bench User",
-            "preferred_username": user,
-            "given_name": "Bench",
-            "family_name": "User",
-            "email": format!("{user}@bench.example"),
-            "organization": [org],
-        })
+        let mut claims = keys::access_token_claims(&iss, ttl);
+        for (name, value) in [
+            ("aud", json!([audience, "account"])),
+            ("sub", json!(sub)),
+            ("azp", json!(audience)),
+            ("sid", json!(sid)),
+            (
+                "realm_access",
+                json!({"roles": ["default-roles-bench", "offline_access", "uma_authorization"]}),
+            ),
+            ("name", json!("Bench User")),
+            ("preferred_username", json!(user)),
+            ("given_name", json!("Bench")),
+            ("email", json!(format!("{user}@bench.example"))),
+            ("organization", json!([org])),
+        ] {
+            claims.insert(name.into(), value);
+        }
+        Value::Object(claims)
     };
     // RS256 signing is ~1 ms per token: spread it over the cores.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(count.max(1));

@@ -1,19 +1,17 @@
 //! Contract tests of the store: every test body below runs twice, on SQLite (a file in a fresh
-//! temporary directory) and on PostgreSQL (a fresh database with a random name, created through
-//! the maintenance database and dropped afterwards, also when the test fails).
+//! temporary directory) and on PostgreSQL (a fresh database with a random name, dropped
+//! afterwards, also when the test fails), as `store::tests::on_sqlite::<name>` and
+//! `store::tests::on_postgres::<name>`.
 //!
-//! PostgreSQL is required: when it cannot be reached the `postgres::*` tests fail with a message
-//! saying how to provide it; they never skip. `SIDECAR_TEST_POSTGRES_URL` points them at a
-//! server (a maintenance-database URL whose user may `CREATE DATABASE`); the default is
-//! `postgres://postgres@127.0.0.1:5432/postgres`.
+//! The databases and the macro are the integration tests' own (`tests/api/helpers/databases.rs`),
+//! so PostgreSQL is required here as there: when it cannot be reached the `on_postgres` tests
+//! fail with a message saying how to provide it; they never skip. `SIDECAR_TEST_POSTGRES_URL`
+//! points them at another server.
 
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::FutureExt;
-use sqlx::Connection;
 use time::macros::date;
 use tokio::sync::Barrier;
 use uuid::Uuid;
@@ -21,17 +19,14 @@ use uuid::Uuid;
 use super::codec::truncate;
 use super::*;
 
-const POSTGRES_URL_VAR: &str = "SIDECAR_TEST_POSTGRES_URL";
-const POSTGRES_DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+#[allow(dead_code, reason = "the integration tests use more of it (closing a database, its URL)")]
+#[path = "../../tests/api/helpers/databases.rs"]
+mod databases;
+
+use databases::{Db, on_both_databases};
 
 /// Enough connections for the 20-way seat race to really run 20 transactions at once.
 const TEST_POOL_SIZE: u32 = 24;
-
-#[derive(Clone, Copy)]
-enum Db {
-    Sqlite,
-    Postgres,
-}
 
 /// Runs `body` against a migrated store on a fresh database of the given kind.
 async fn with_store<F, Fut>(db: Db, body: F)
@@ -39,76 +34,16 @@ where
     F: FnOnce(Store) -> Fut,
     Fut: Future<Output = ()>,
 {
-    match db {
-        Db::Sqlite => {
-            let dir = tempfile::tempdir().expect("temp dir");
-            let url = format!("sqlite://{}?mode=rwc", dir.path().join("store.db").display());
-            let store = Store::connect(&url, TEST_POOL_SIZE).await.expect("open SQLite");
-            store.migrate().await.expect("migrate SQLite");
-            body(store.clone()).await;
-            store.close().await;
-        }
-        Db::Postgres => {
-            let admin_url = std::env::var(POSTGRES_URL_VAR).unwrap_or_else(|_| POSTGRES_DEFAULT_URL.into());
-            let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
-                let server = admin_url.rsplit_once('@').map_or(admin_url.as_str(), |(_, h)| h);
-                panic!(
-                    "PostgreSQL is required by the store contract tests and is not reachable \
-                     at {server}: {e}. Start it (pg_ctlcluster 15 main start) or set \
-                     {POSTGRES_URL_VAR} to a maintenance-database URL whose user may CREATE DATABASE."
-                )
-            });
-            let name = format!("sidecar_store_{}", Uuid::new_v4().simple());
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                .execute(&mut admin)
-                .await
-                .expect("CREATE DATABASE (does the test user have CREATEDB?)");
-            let (base, _) = admin_url.rsplit_once('/').expect("the PostgreSQL URL ends with /<database>");
-            let store = Store::connect(&format!("{base}/{name}"), TEST_POOL_SIZE)
-                .await
-                .expect("connect to the test database");
-            let outcome = AssertUnwindSafe(async {
-                store.migrate().await.expect("migrate PostgreSQL");
-                body(store.clone()).await;
-            })
-            .catch_unwind()
-            .await;
-            store.close().await;
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-                .execute(&mut admin)
-                .await
-                .expect("DROP DATABASE");
-            if let Err(panic) = outcome {
-                std::panic::resume_unwind(panic);
-            }
-        }
-    }
+    // Dropped after the store, also when `body` panics (a PostgreSQL drop forces connections
+    // closed).
+    let database = db.fresh().await;
+    let store = Store::connect(&database.url, TEST_POOL_SIZE).await.expect("open the test database");
+    store.migrate().await.expect("migrate");
+    body(store.clone()).await;
+    store.close().await;
 }
 
-/// Declares each named test body once per backend: `store::tests::sqlite::<name>` and
-/// `store::tests::postgres::<name>`.
-macro_rules! contract_tests {
-    ($($name:ident),+ $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::with_store(super::Db::Sqlite, super::$name).await;
-                }
-            )+
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::with_store(super::Db::Postgres, super::$name).await;
-                }
-            )+
-        }
-    };
-}
-
-contract_tests!(
+on_both_databases!(with with_store:
     migrations_apply_and_a_second_run_changes_nothing,
     organizations_round_trip_and_are_found_by_keycloak_id_and_alias,
     a_taken_key_alias_or_keycloak_id_is_a_conflict_naming_it,

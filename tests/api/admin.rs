@@ -9,40 +9,31 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::pg::TestDatabase;
-use crate::helpers::{
-    ADMIN_TOKEN, Db, FakeKeycloak, TestApp, base_env, metric, set, use_database, with_admin_token,
-};
+use crate::helpers::{ADMIN_TOKEN, Db, Fixture, TestApp, metric, on_both_databases, set};
 
-/// A running sidecar with a static admin token, on the chosen database.
-struct Admin {
-    app: TestApp,
-    kc: FakeKeycloak,
-    /// Dropped last: the app's connections go first.
-    _db: Option<TestDatabase>,
+/// The fixture, with this file's admin API calls.
+struct Admin(Fixture);
+
+impl std::ops::Deref for Admin {
+    type Target = Fixture;
+
+    fn deref(&self) -> &Fixture {
+        &self.0
+    }
 }
 
 async fn start(db: Db) -> Admin {
-    start_with(db, |_| {}).await
+    Admin(Fixture::start(db).await)
 }
 
 async fn start_with(db: Db, configure: impl FnOnce(&mut Vec<(String, String)>)) -> Admin {
-    let kc = FakeKeycloak::start().await;
-    let mut env = base_env(&kc);
-    with_admin_token(&mut env);
-    let database = use_database(db, &mut env).await;
-    configure(&mut env);
-    let app = TestApp::spawn_with(env).await;
-    Admin { app, kc, _db: database }
+    Admin(Fixture::start_with(db, |_, env| configure(env)).await)
 }
 
 impl Admin {
     /// A request to `/admin/v1{path}` with the static admin token.
     fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.app
-            .http
-            .request(method, self.app.admin_url(&format!("/admin/v1{path}")))
-            .bearer_auth(ADMIN_TOKEN)
+        self.admin(method, path)
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
@@ -141,8 +132,6 @@ fn fields(body: &Value) -> Vec<&str> {
 fn keys(items: &Value) -> Vec<&str> {
     items.as_array().unwrap().iter().map(|i| i["key"].as_str().unwrap()).collect()
 }
-
-use crate::helpers::on_both_databases;
 
 on_both_databases!(
     organizations_are_created_read_merge_patched_listed_and_deleted,

@@ -32,8 +32,7 @@ use serde_json::{Value, json};
 use time::{Date, OffsetDateTime};
 use uuid::Uuid;
 
-use crate::helpers::pg::TestDatabase;
-use crate::helpers::{Db, FakeKeycloak, TestApp, base_env, metric, set};
+use crate::helpers::{Db, Fixture, metric, on_both_databases, set};
 
 /// Keycloak's "all my organizations" scope: the claim is complete, absence means removal.
 const FULL: &str = "openid email profile organization:*";
@@ -42,16 +41,23 @@ const PARTIAL: &str = "openid email profile organization";
 
 /// One running sidecar on a fresh database, with the four organizations seeded.
 struct World {
-    app: TestApp,
-    kc: FakeKeycloak,
     /// A second pool on the app's database, for seeding and reading rows.
     store: Store,
     alpha: Organization,
     india: Organization,
     romeo: Organization,
     whiskey: Organization,
-    /// Declared last so it drops last: the database outlives the app's connections.
-    pg: Option<TestDatabase>,
+    /// The app, its Keycloak and its database; declared last so it drops last: the database
+    /// outlives the pool above.
+    fixture: Fixture,
+}
+
+impl std::ops::Deref for World {
+    type Target = Fixture;
+
+    fn deref(&self) -> &Fixture {
+        &self.fixture
+    }
 }
 
 /// What a forward-auth answer told the app, with every representation cross-checked.
@@ -103,20 +109,13 @@ impl World {
     }
 
     async fn with_env(db: Db, extra: &[(&str, &str)]) -> World {
-        let kc = FakeKeycloak::start().await;
-        let mut env = base_env(&kc);
-        for (key, value) in extra {
-            set(&mut env, key, *value);
-        }
-        let pg = match db {
-            Db::Sqlite => None,
-            Db::Postgres => Some(TestDatabase::create().await),
-        };
-        if let Some(pg) = &pg {
-            set(&mut env, "SIDECAR__DATABASE__URL", pg.url.clone());
-        }
-        let app = TestApp::spawn_with(env).await;
-        let store = app.store().await;
+        let fixture = Fixture::start_with(db, |_, env| {
+            for (key, value) in extra {
+                set(env, key, *value);
+            }
+        })
+        .await;
+        let store = fixture.app.store().await;
         let mut conn = store.conn().await.unwrap();
         let mut org = async |key: &str, linked: bool| {
             let new = NewOrganization {
@@ -133,7 +132,7 @@ impl World {
         let romeo = org("romeo", true).await;
         let whiskey = org("whiskey", false).await;
         drop(conn);
-        World { app, kc, store, alpha, india, romeo, whiskey, pg }
+        World { store, alpha, india, romeo, whiskey, fixture }
     }
 
     // --- seeding, through the store ---
@@ -244,7 +243,7 @@ impl World {
     // --- faults ---
 
     async fn break_store(&self) -> Fault {
-        match &self.pg {
+        match &self.db {
             None => Fault::SqliteWriteLock(self.store.begin().await.unwrap()),
             Some(db) => {
                 db.close().await;
@@ -254,7 +253,7 @@ impl World {
     }
 
     async fn mend_store(&self, fault: Fault) {
-        match (fault, &self.pg) {
+        match (fault, &self.db) {
             (Fault::SqliteWriteLock(tx), _) => tx.rollback().await.unwrap(),
             (Fault::PostgresClosed, Some(db)) => db.reopen().await,
             (Fault::PostgresClosed, None) => unreachable!("only a PostgreSQL world closes its database"),
@@ -869,8 +868,6 @@ async fn concurrent_logins_of_one_user_write_each_row_once(db: Db) {
 }
 
 // ------------------------------------------------------------------------------------------
-
-use crate::helpers::on_both_databases;
 
 on_both_databases!(
     logins_follow_the_issue_table_step_by_step,

@@ -20,10 +20,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::helpers::binary::Binary;
-use crate::helpers::pg::TestDatabase;
-use crate::helpers::{
-    ADMIN_TOKEN, Db, FakeKeycloak, TestApp, base_env, metric, set, use_database, with_admin_token,
-};
+use crate::helpers::{ADMIN_TOKEN, Db, FakeKeycloak, Fixture, TestApp, metric, on_both_databases, set};
 
 const INVALID: &str = "Invalid or expired enrollment code.";
 const NO_CONTRACT: &str = "No contracts found for this code.";
@@ -32,12 +29,15 @@ const FULL: &str = "Contract is full.";
 /// A Keycloak organization id for the linked organization of the tests.
 const ACME_KC_ID: &str = "0b7f3c2a-5d1e-4f6a-9b8c-7d6e5f4a3b21";
 
-/// A running sidecar with a static admin token, on the chosen database.
-struct World {
-    app: TestApp,
-    kc: FakeKeycloak,
-    /// Dropped last: the app's connections go first.
-    _db: Option<TestDatabase>,
+/// The fixture, with this file's admin and redemption calls.
+struct World(Fixture);
+
+impl std::ops::Deref for World {
+    type Target = Fixture;
+
+    fn deref(&self) -> &Fixture {
+        &self.0
+    }
 }
 
 /// An answer: status, JSON body (null when empty) and headers.
@@ -62,27 +62,14 @@ impl Answer {
 }
 
 async fn start(db: Db) -> World {
-    start_with(db, |_| {}).await
+    World(Fixture::start(db).await)
 }
 
 async fn start_with(db: Db, configure: impl FnOnce(&mut Vec<(String, String)>)) -> World {
-    let kc = FakeKeycloak::start().await;
-    let mut env = base_env(&kc);
-    with_admin_token(&mut env);
-    let database = use_database(db, &mut env).await;
-    configure(&mut env);
-    let app = TestApp::spawn_with(env).await;
-    World { app, kc, _db: database }
+    World(Fixture::start_with(db, |_, env| configure(env)).await)
 }
 
 impl World {
-    fn admin(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.app
-            .http
-            .request(method, self.app.admin_url(&format!("/admin/v1{path}")))
-            .bearer_auth(ADMIN_TOKEN)
-    }
-
     async fn get(&self, path: &str) -> Answer {
         Answer::from(self.admin(Method::GET, path).send().await.unwrap()).await
     }
@@ -200,8 +187,6 @@ fn parse_time(v: &Value) -> OffsetDateTime {
 
 /// A code in the right format that was never issued.
 const NEVER_ISSUED: &str = "ZZZZZ-ZZZZZ-ZZZZZ-ZZZZZ-ZZZZZ";
-
-use crate::helpers::on_both_databases;
 
 on_both_databases!(
     unknown_unusable_and_spent_codes_are_invalid_unless_the_valid_contract_is_full,

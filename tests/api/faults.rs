@@ -21,7 +21,7 @@ use sqlx::Connection as _;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use crate::helpers::pg::TestDatabase;
+use crate::helpers::TestDatabase;
 use crate::helpers::{
     FakeKeycloak, HangingServer, MEMORY_TURN, Mode, ResettingServer, TestApp, base_env, closed_port, metric,
     rss, set,

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::helpers::keys::{self, KeyMaterial};
 use crate::helpers::tokens::{peek_claims, peek_header};
 use crate::helpers::upstream::{HOP_RESPONSE_HEADERS, big_body, sha256_hex};
 use crate::helpers::{Echo, EchoUpstream, FakeKeycloak, HangingServer, KeyKind, Mode, closed_port};
@@ -131,6 +132,30 @@ async fn minted_tokens_verify_against_the_served_jwks_for_every_key_kind_and_alg
     // One RSA key can also sign with an algorithm other than the one it is published with.
     let ps = kc.token().alg(Algorithm::PS256).sign();
     verify(&ps, &jwks, Algorithm::PS256, &kc.issuer()).expect("RS256-published key signs PS256");
+}
+
+/// The bench helpers (`examples/bench-helpers.rs`) and the micro benchmarks mint with this same
+/// issuer code; the bench's realm key comes from a PKCS#8 PEM file, as `openssl genpkey` writes.
+#[test]
+fn a_realm_key_read_from_pem_publishes_a_jwk_that_verifies_what_it_signs() {
+    use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeySize};
+
+    let pkcs8 = RsaKeyPair::generate(KeySize::Rsa2048).unwrap().as_der().unwrap();
+    let pem = keys::pem("PRIVATE KEY", pkcs8.as_ref());
+    let key = KeyMaterial::rsa_from_pkcs8_pem(&pem).expect("a PKCS#8 RSA key loads");
+    let issuer = "http://127.0.0.1:1/realms/bench";
+    let mut claims = keys::access_token_claims(issuer, 300);
+    claims.insert("sub".into(), json!("bench-user"));
+    let header = json!({"alg": "RS256", "typ": "JWT", "kid": "bench-rs256"});
+    let token = keys::jws(&header, &Value::Object(claims), &key.encoding, Algorithm::RS256);
+    let jwk: Jwk = serde_json::from_value(key.jwk("bench-rs256", Algorithm::RS256)).unwrap();
+    let verified = verify_with(&token, &jwk, Algorithm::RS256, issuer).expect("verifies with its JWK");
+    assert_eq!((verified["sub"].as_str(), verified["typ"].as_str()), (Some("bench-user"), Some("Bearer")));
+
+    let ec = KeyMaterial::generate(KeyKind::Es256);
+    let not_rsa = keys::pem("PUBLIC KEY", &ec.spki_der);
+    assert!(KeyMaterial::rsa_from_pkcs8_pem(&not_rsa).is_err(), "a public key is not a realm key");
+    assert!(KeyMaterial::rsa_from_pkcs8_pem("not pem").is_err());
 }
 
 #[tokio::test]

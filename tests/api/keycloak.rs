@@ -14,34 +14,32 @@ use uuid::Uuid;
 use identity_sidecar::store::model::{Job, JobStatus};
 use identity_sidecar::store::{Store, jobs};
 
-use crate::helpers::pg::TestDatabase;
-use crate::helpers::{ADMIN_TOKEN, Db, FakeKeycloak, TestApp, base_env, metric, set, with_admin_token};
+use crate::helpers::{
+    ADMIN_TOKEN, Db, FakeKeycloak, Fixture, TestApp, TestDatabase, base_env, metric, on_both_databases, set,
+    with_admin_token, with_keycloak_admin,
+};
 
-/// Config pairs of a sidecar with a static admin token and the fake realm's admin client;
-/// retries are fast and organizations are listed 10 per page (Keycloak's default page size).
+/// Config pairs of a sidecar with a static admin token and the fake realm's admin client, on
+/// `database_url` (a SQLite file of the app's own when `None`).
 fn env_for(kc: &FakeKeycloak, database_url: Option<&str>) -> Vec<(String, String)> {
     let mut env = base_env(kc);
     with_admin_token(&mut env);
-    let (client_id, secret) = kc.admin_client();
-    set(&mut env, "SIDECAR__KEYCLOAK_ADMIN__URL", kc.base_url());
-    set(&mut env, "SIDECAR__KEYCLOAK_ADMIN__REALM", kc.realm());
-    set(&mut env, "SIDECAR__KEYCLOAK_ADMIN__CLIENT_ID", client_id);
-    set(&mut env, "SIDECAR__KEYCLOAK_ADMIN__CLIENT_SECRET", secret);
-    set(&mut env, "SIDECAR__KEYCLOAK_ADMIN__TIMEOUT_SECS", "3");
-    set(&mut env, "SIDECAR__KEYCLOAK_ADMIN__RETRY_BASE_MS", "20");
-    set(&mut env, "SIDECAR__KEYCLOAK_ADMIN__PAGE_SIZE", "10");
+    with_keycloak_admin(kc, &mut env);
     if let Some(url) = database_url {
         set(&mut env, "SIDECAR__DATABASE__URL", url);
     }
     env
 }
 
-/// A sidecar wired to a fake Keycloak, on the chosen database.
-struct Sidecar {
-    app: TestApp,
-    kc: FakeKeycloak,
-    /// Dropped last: the app's connections go first.
-    _db: Option<TestDatabase>,
+/// The fixture wired to the fake realm's admin API, with this file's admin calls.
+struct Sidecar(Fixture);
+
+impl std::ops::Deref for Sidecar {
+    type Target = Fixture;
+
+    fn deref(&self) -> &Fixture {
+        &self.0
+    }
 }
 
 async fn start(db: Db) -> Sidecar {
@@ -49,15 +47,13 @@ async fn start(db: Db) -> Sidecar {
 }
 
 async fn start_with(db: Db, configure: impl FnOnce(&mut Vec<(String, String)>)) -> Sidecar {
-    let kc = FakeKeycloak::start().await;
-    let database = match db {
-        Db::Sqlite => None,
-        Db::Postgres => Some(TestDatabase::create().await),
-    };
-    let mut env = env_for(&kc, database.as_ref().map(|d| d.url.as_str()));
-    configure(&mut env);
-    let app = TestApp::spawn_with(env).await;
-    Sidecar { app, kc, _db: database }
+    Sidecar(
+        Fixture::start_with(db, |kc, env| {
+            with_keycloak_admin(kc, env);
+            configure(env);
+        })
+        .await,
+    )
 }
 
 /// `(status, JSON body or null)` of an admin API call with the static token.
@@ -149,8 +145,6 @@ async fn enqueue_add_member(store: &Store, org: Uuid, sub: &str) -> i64 {
         .id
 }
 
-use crate::helpers::on_both_databases;
-
 on_both_databases!(
     sync_imports_every_organization_page_by_page_and_then_skips_them,
     a_renamed_organization_is_updated_and_keeps_its_key,
@@ -204,11 +198,11 @@ async fn an_expiring_admin_token_is_replaced_and_a_revoked_one_is_fetched_again(
 
 #[tokio::test]
 async fn keycloak_failures_name_the_call_and_status_but_never_the_secret() {
-    let kc = FakeKeycloak::start().await;
-    let mut env = env_for(&kc, None);
-    set(&mut env, "SIDECAR__KEYCLOAK_ADMIN__CLIENT_SECRET", "wrong-secret-value");
-    let app = TestApp::spawn_with(env).await;
-    let (status, body) = call(&app, Method::POST, "/sync/organizations", None).await;
+    let s = start_with(Db::Sqlite, |env| {
+        set(env, "SIDECAR__KEYCLOAK_ADMIN__CLIENT_SECRET", "wrong-secret-value");
+    })
+    .await;
+    let (status, body) = s.post("/sync/organizations", None).await;
     assert_eq!(status, 502, "{body}");
     let detail = body["detail"].as_str().unwrap();
     assert!(detail.contains("token request") && detail.contains("401"), "{detail}");
@@ -217,21 +211,20 @@ async fn keycloak_failures_name_the_call_and_status_but_never_the_secret() {
 
 #[tokio::test]
 async fn features_needing_keycloak_say_it_is_not_configured() {
-    let kc = FakeKeycloak::start().await;
-    let mut env = env_for(&kc, None);
-    env.retain(|(k, _)| !k.starts_with("SIDECAR__KEYCLOAK_ADMIN__"));
-    let app = TestApp::spawn_with(env).await;
+    // The plain fixture: no `keycloak_admin` section.
+    let fixture = Fixture::start(Db::Sqlite).await;
+    let app = &fixture.app;
     for path in ["/sync/organizations", "/reconcile"] {
-        let (status, body) = call(&app, Method::POST, path, None).await;
+        let (status, body) = call(app, Method::POST, path, None).await;
         assert_eq!(status, 503, "{path}: {body}");
         assert!(body["detail"].as_str().unwrap().contains("keycloak_admin is not configured"), "{body}");
     }
-    let (status, body) = call(&app, Method::POST, "/reconcile/users/u1", None).await;
+    let (status, body) = call(app, Method::POST, "/reconcile/users/u1", None).await;
     assert_eq!(status, 400, "{body}");
     assert!(body["detail"].as_str().unwrap().contains("keycloak_admin is not configured"), "{body}");
     // A stated set needs no Keycloak.
     let (status, body) =
-        call(&app, Method::POST, "/reconcile/users/u1", Some(json!({"organizations": []}))).await;
+        call(app, Method::POST, "/reconcile/users/u1", Some(json!({"organizations": []}))).await;
     assert_eq!(status, 200, "{body}");
 }
 
@@ -381,15 +374,8 @@ async fn an_already_member_answer_counts_as_success(db: Db) {
 
 async fn queued_jobs_survive_a_restart(db: Db) {
     let kc = FakeKeycloak::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let pg = match db {
-        Db::Sqlite => None,
-        Db::Postgres => Some(TestDatabase::create().await),
-    };
-    let url = match &pg {
-        Some(pg) => pg.url.clone(),
-        None => format!("sqlite://{}?mode=rwc", dir.path().join("jobs.db").display()),
-    };
+    let database = db.fresh().await;
+    let url = database.url.clone();
     let acme = kc.add_org("acme", "Acme", "");
     kc.fail_next_add_member(usize::MAX);
     let first = TestApp::spawn_with(env_for(&kc, Some(&url))).await;

@@ -4,8 +4,10 @@
 //! `harness_selftest` proves those helpers behave before any sidecar test relies on them.
 
 mod admin;
+mod apisix;
 mod b2b;
 mod caddy;
+mod chart;
 mod codes;
 mod commands;
 mod connections;

@@ -23,7 +23,7 @@ use identity_sidecar::store::{contracts, organizations};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::pg::TestDatabase;
+use crate::helpers::TestDatabase;
 use crate::helpers::{FakeKeycloak, HangingServer, TestApp, base_env, closed_port, metric, set};
 
 const QUERIES: &str = "identity_sidecar_store_queries_total";

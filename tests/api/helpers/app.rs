@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use identity_sidecar::{App, AppHandle, Config};
 
+use super::databases::{Db, TestDatabase};
 use super::keycloak::FakeKeycloak;
 
 /// A running sidecar and a client for it.
@@ -18,13 +19,6 @@ pub struct TestApp {
     pub dir: tempfile::TempDir,
     /// The app's database URL (a SQLite file in `dir`, or a PostgreSQL test database).
     pub database_url: String,
-}
-
-/// Which database a test app runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Db {
-    Sqlite,
-    Postgres,
 }
 
 /// Config pairs every test app starts from: the fake Keycloak as issuer, audience `app`,
@@ -59,11 +53,11 @@ pub fn with_admin_token(env: &mut Vec<(String, String)>) {
 
 /// Points the config at `db`: the default SQLite file, or a fresh PostgreSQL database whose
 /// guard the caller keeps for the test's lifetime.
-pub async fn use_database(db: Db, env: &mut Vec<(String, String)>) -> Option<super::pg::TestDatabase> {
+pub async fn use_database(db: Db, env: &mut Vec<(String, String)>) -> Option<TestDatabase> {
     match db {
         Db::Sqlite => None,
         Db::Postgres => {
-            let database = super::pg::TestDatabase::create().await;
+            let database = TestDatabase::create().await;
             set(env, "SIDECAR__DATABASE__URL", database.url.clone());
             Some(database)
         }

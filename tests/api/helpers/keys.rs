@@ -1,4 +1,10 @@
-//! Signing-key material for the fake Keycloak and the attack tokens.
+//! The fake issuer's keys and signatures: signing-key material, its JWK, the JWS signing step
+//! and the claims of a Keycloak access token.
+//!
+//! One file for every fake issuer of the project except the demo's (product code): the fake
+//! Keycloak and the attack tokens of the integration tests, the micro benchmarks
+//! (`benches/micro.rs`) and the token minting of `scripts/bench` (`examples/bench-helpers.rs`)
+//! include it with `#[path]`, so it names nothing of the test helpers, only crates.
 //!
 //! Keys are generated at runtime with aws-lc-rs, never checked in. EC and Ed25519 keys take
 //! microseconds, so every caller gets a fresh one. A 2048-bit RSA key takes tens of
@@ -8,6 +14,7 @@
 //! tests share a handful of generated keys).
 
 use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
@@ -21,6 +28,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Map, Value, json};
+use uuid::Uuid;
 
 /// The kind of a signing key. One kind can sign with several algorithms: an RSA key signs
 /// RS256/384/512 and PS256/384/512.
@@ -102,6 +110,83 @@ impl KeyMaterial {
     pub fn self_signed_cert_der(&self) -> Vec<u8> {
         x509::self_signed(self)
     }
+}
+
+impl KeyMaterial {
+    /// An RSA key read from a PKCS#8 PEM file's text (`openssl genpkey -algorithm RSA`), for
+    /// tools that share one key between processes.
+    pub fn rsa_from_pkcs8_pem(text: &str) -> Result<KeyMaterial, String> {
+        let block = ::pem::parse(text).map_err(|e| format!("not PEM: {e}"))?;
+        if block.tag() != "PRIVATE KEY" {
+            return Err(format!("expected a PKCS#8 PRIVATE KEY, found {}", block.tag()));
+        }
+        let pair = RsaKeyPair::from_pkcs8(block.contents()).map_err(|e| format!("not an RSA key: {e}"))?;
+        let encoding = EncodingKey::from_rsa_pem(text.as_bytes()).map_err(|e| format!("RSA PEM: {e}"))?;
+        let spki_der = pair.public_key().as_der().map_err(|e| format!("RSA SPKI: {e}"))?.as_ref().to_vec();
+        Ok(finish(KeyKind::Rs256, encoding, Algorithm::RS256, spki_der))
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs() as i64
+}
+
+/// base64url without padding, as JWS uses it.
+pub fn b64url(bytes: impl AsRef<[u8]>) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// `header.payload` — the JWS signing input.
+pub fn signing_input(header: &Value, claims: &Value) -> String {
+    format!(
+        "{}.{}",
+        b64url(serde_json::to_vec(header).expect("header JSON")),
+        b64url(serde_json::to_vec(claims).expect("claims JSON"))
+    )
+}
+
+/// Sign `header`/`claims` with `key` and `alg`, whatever the header says.
+///
+/// Assembled by hand and signed with `jsonwebtoken::crypto::sign`, the routine
+/// `jsonwebtoken::encode` uses, because tests need header members `encode` cannot write
+/// (`crit`, custom `typ`, no `kid`, a lying `alg`).
+pub fn jws(header: &Value, claims: &Value, key: &EncodingKey, alg: Algorithm) -> String {
+    let input = signing_input(header, claims);
+    let signature = jsonwebtoken::crypto::sign(input.as_bytes(), key, alg).expect("signing");
+    format!("{input}.{signature}")
+}
+
+/// The claims of a Keycloak 26 access token from `issuer`, valid for `ttl_secs` from now: a
+/// fresh `sub`, `sid` and `jti`, audience `account`, client `app`, the realm's default roles
+/// and scope `organization:*`. Callers override what their case is about.
+pub fn access_token_claims(issuer: &str, ttl_secs: i64) -> Map<String, Value> {
+    let now = now();
+    let claims = json!({
+        "exp": now + ttl_secs,
+        "iat": now,
+        "auth_time": now,
+        "jti": format!("onrtac:{}", Uuid::new_v4()),
+        "iss": issuer,
+        "aud": "account",
+        "sub": Uuid::new_v4().to_string(),
+        "typ": "Bearer",
+        "azp": "app",
+        "sid": Uuid::new_v4().to_string(),
+        "acr": "1",
+        "allowed-origins": ["http://localhost:3000"],
+        "realm_access": {"roles": ["default-roles-test", "offline_access", "uma_authorization"]},
+        "resource_access": {"account": {"roles": ["manage-account", "manage-account-links", "view-profile"]}},
+        "scope": "openid email profile organization:*",
+        "email_verified": true,
+        "name": "Test User",
+        "preferred_username": "testuser",
+        "given_name": "Test",
+        "family_name": "User",
+        "email": "testuser@example.com",
+    });
+    let Value::Object(claims) = claims else { unreachable!("a JSON object literal") };
+    claims
 }
 
 /// RSA key `slot` from the process-wide pool, generated on first use.

@@ -1,62 +1,42 @@
-//! Test infrastructure shared by every integration test: a fake Keycloak, token minting
-//! (well-formed and hostile), an echo upstream and misbehaving servers.
+//! Test infrastructure shared by every integration test: the app fixture ([`Fixture`]), the
+//! databases ([`databases`]), a fake Keycloak, token minting (well-formed and hostile), an echo
+//! upstream and misbehaving servers.
 //!
 //! Everything listens on `127.0.0.1:0` and belongs to the test's own tokio runtime, so tests
 //! run in parallel without sharing state. A server stops when the last handle to it is dropped
 //! (or on `stop()`): its listener closes and every open connection is cut, which is what
 //! "Keycloak went away" looks like to the sidecar's pooled HTTP client.
 //!
-//! # Intended use (for the `TestApp` helper the lead adds next to these)
+//! # Use
 //!
 //! ```ignore
-//! use crate::helpers::{EchoUpstream, FakeKeycloak, KeyKind, Mode};
+//! use crate::helpers::{Db, Echo, EchoUpstream, Fixture, KeyKind, Mode, TestApp, base_env, on_both_databases, set};
 //! use serde_json::json;
 //!
-//! #[tokio::test]
-//! async fn a_valid_token_reaches_the_upstream_with_identity_headers() {
-//!     let kc = FakeKeycloak::start().await;          // realm "test", one RS256 key
-//!     let upstream = EchoUpstream::start().await;
-//!
-//!     // TestApp (lead's helper) builds identity_sidecar::Config from env-style pairs:
-//!     // Config::load(None, vec![
-//!     //     ("SIDECAR__OIDC__ISSUER".into(), kc.issuer()),
-//!     //     ("SIDECAR__OIDC__AUDIENCES".into(), r#"["app"]"#.into()),
-//!     //     ("SIDECAR__UPSTREAM__URL".into(), upstream.url()),
-//!     //     ("SIDECAR__SERVER__LISTEN".into(), "127.0.0.1:0".into()),
-//!     //     ("SIDECAR__SERVER__ADMIN_LISTEN".into(), "127.0.0.1:0".into()),
-//!     //     ("SIDECAR__KEYCLOAK_ADMIN__URL".into(), kc.base_url()),
-//!     //     ("SIDECAR__KEYCLOAK_ADMIN__REALM".into(), kc.realm().into()),
-//!     //     ("SIDECAR__KEYCLOAK_ADMIN__CLIENT_ID".into(), kc.admin_client().0),
-//!     //     ("SIDECAR__KEYCLOAK_ADMIN__CLIENT_SECRET".into(), kc.admin_client().1),
-//!     // ])
-//!     // then App::build(config).await?, app.public_addr(), app.spawn() → handle.shutdown().
-//!     let app = TestApp::spawn(&kc, &upstream).await;
-//!
-//!     let token = kc.token().sub("u1").email("a@x.org").organization(json!(["acme"])).sign();
-//!     let res = app.get("/hello?x=1").bearer_auth(&token).send().await.unwrap();
+//! // Most files: the fixture — the real App on 127.0.0.1:0, a fresh fake Keycloak (realm
+//! // "test", one RS256 key) as its issuer, the static admin token, and the database named.
+//! async fn a_valid_token_passes_forward_auth(db: Db) {
+//!     let f = Fixture::start_with(db, |_kc, env| set(env, "SIDECAR__SERVER__TRUSTED_PROXIES", "[]")).await;
+//!     let token = f.kc.token().sub("u1").email("a@x.org").organization(json!(["acme"])).sign();
+//!     assert_eq!(f.app.auth_status(&token).await, 200);
+//!     let res = f.admin(reqwest::Method::GET, "/organizations").send().await.unwrap();
 //!     assert_eq!(res.status(), 200);
-//!     let echo = Echo::from_response(res).await;     // what the upstream really received
-//!     assert_eq!(echo.path, "/hello");
-//!     assert_eq!(echo.header("x-identity-subject"), Some("u1"));
-//!
-//!     // Hostile tokens come ready-made:
-//!     let claims = kc.token().sub("u1").claims();
-//!     for bad in [kc.attacks().alg_none(&claims), kc.attacks().hs256_with_public_key(&claims)] {
-//!         assert_eq!(app.get("/").bearer_auth(&bad).send().await.unwrap().status(), 401);
-//!     }
-//!
-//!     // Key rotation and Keycloak outages:
-//!     let new_kid = kc.rotate(KeyKind::Es256);        // new default signer, old key still published
-//!     let _t = kc.token().sign();                     // signed by new_kid → sidecar refetches once
-//!     kc.set_mode(Mode::Fail);                        // discovery + JWKS answer 500
-//!     let before = kc.jwks_fetches();
-//!     // ... the last good key set keeps serving; kc.jwks_fetches() - before shows refetches.
-//!
-//!     // Keycloak admin API (sync, code pushes):
-//!     let acme = kc.add_org("acme", "Acme Inc", "Rockets");
-//!     kc.fail_next_add_member(2);                     // the durable job must retry
-//!     // ... redeem a code ... then: assert!(kc.members(acme).contains(&"u1".to_string()));
 //! }
+//! on_both_databases!(a_valid_token_passes_forward_auth);   // on_sqlite:: and on_postgres::
+//!
+//! // Proxy mode: an echo upstream reports what it really received.
+//! let upstream = EchoUpstream::start().await;
+//! let mut env = base_env(&kc);
+//! set(&mut env, "SIDECAR__UPSTREAM__URL", upstream.url());
+//! let app = TestApp::spawn_with(env).await;
+//! let echo = Echo::from_response(app.get("/hello").bearer_auth(&token).send().await.unwrap()).await;
+//! assert_eq!(echo.header("x-identity-subject"), Some("u1"));
+//!
+//! // Hostile tokens, key rotation and Keycloak outages:
+//! let claims = kc.token().sub("u1").claims();
+//! let bad = [kc.attacks().alg_none(&claims), kc.attacks().hs256_with_public_key(&claims)];
+//! let new_kid = kc.rotate(KeyKind::Es256);        // new default signer, old key still published
+//! kc.set_mode(Mode::Fail);                        // discovery + JWKS answer 500
 //! ```
 //!
 //! Failure injection elsewhere: [`closed_port`] (connection refused), [`HangingServer`]
@@ -68,17 +48,23 @@
 
 pub mod app;
 pub mod binary;
+pub mod databases;
+pub mod fixture;
 pub mod gateway;
 pub mod keycloak;
 pub mod keys;
-pub mod pg;
 pub mod python;
 pub mod tokens;
 pub mod upstream;
 
 // The short paths tests import; some are only named by tests the lead is still writing.
 #[allow(unused_imports, reason = "re-exports for tests not written yet")]
-pub use app::{ADMIN_TOKEN, Db, TestApp, base_env, metric, set, use_database, with_admin_token};
+pub use app::{ADMIN_TOKEN, TestApp, base_env, metric, set, use_database, with_admin_token};
+pub(crate) use databases::on_both_databases;
+#[allow(unused_imports, reason = "re-exports for tests not written yet")]
+pub use databases::{Db, TestDatabase};
+#[allow(unused_imports, reason = "re-exports for tests not written yet")]
+pub use fixture::{Fixture, with_keycloak_admin};
 #[allow(unused_imports, reason = "re-exports for tests not written yet")]
 pub use keycloak::{FakeKeycloak, Kid, Mode};
 #[allow(unused_imports, reason = "re-exports for tests not written yet")]
@@ -174,27 +160,3 @@ pub fn serve_on(listener: TcpListener, router: Router) -> ServerTask {
     });
     ServerTask(task.abort_handle())
 }
-
-/// Runs each `async fn case(db: Db)` on both databases, as `<module>::on_sqlite::case` and
-/// `<module>::on_postgres::case`.
-macro_rules! on_both_databases {
-    ($($case:ident),* $(,)?) => {
-        mod on_sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case($crate::helpers::Db::Sqlite).await;
-                }
-            )*
-        }
-        mod on_postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case($crate::helpers::Db::Postgres).await;
-                }
-            )*
-        }
-    };
-}
-pub(crate) use on_both_databases;

@@ -1,33 +1,20 @@
 //! Access tokens as the fake Keycloak issues them, and hostile ones.
 //!
 //! [`TokenBuilder`] starts from the claims of a real Keycloak 26 access token (so a test only
-//! states what it is about) and signs with the realm's default key. Tokens are assembled by
-//! hand — base64url(header) `.` base64url(claims) — and signed with `jsonwebtoken::crypto::sign`,
-//! the routine `jsonwebtoken::encode` uses, because tests need header members `encode` cannot
-//! write (`crit`, custom `typ`, no `kid`, a lying `alg`). [`Attacks`] builds the tokens the
-//! sidecar must reject, each named after the attack.
+//! states what it is about) and signs with the realm's default key; both the claims and the
+//! signing step are the shared fake issuer's ([`super::keys`], also used by the benchmarks).
+//! [`Attacks`] builds the tokens the sidecar must reject, each named after the attack.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Map, Value, json};
-use uuid::Uuid;
 
 use super::keycloak::{Inner, Signer};
-use super::keys::KeyKind;
-
-/// Seconds since the Unix epoch.
-pub fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs() as i64
-}
-
-/// base64url without padding, as JWS uses it.
-pub fn b64url(bytes: impl AsRef<[u8]>) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
-}
+use super::keys::{KeyKind, access_token_claims, jws, signing_input};
+pub use super::keys::{b64url, now};
 
 /// Decode the claims of a compact JWS without checking anything (for assertions).
 pub fn peek_claims(token: &str) -> Value {
@@ -40,22 +27,6 @@ pub fn peek_claims(token: &str) -> Value {
 pub fn peek_header(token: &str) -> Value {
     let header = token.split('.').next().expect("a compact JWS has a header");
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).expect("base64url header")).expect("JSON header")
-}
-
-/// `header.payload` — the JWS signing input.
-fn signing_input(header: &Value, claims: &Value) -> String {
-    format!(
-        "{}.{}",
-        b64url(serde_json::to_vec(header).expect("header JSON")),
-        b64url(serde_json::to_vec(claims).expect("claims JSON"))
-    )
-}
-
-/// Sign `header`/`claims` with `key` and `alg`, whatever the header says.
-fn jws(header: &Value, claims: &Value, key: &EncodingKey, alg: Algorithm) -> String {
-    let input = signing_input(header, claims);
-    let signature = jsonwebtoken::crypto::sign(input.as_bytes(), key, alg).expect("signing");
-    format!("{input}.{signature}")
 }
 
 /// Which `kid` the header carries.
@@ -83,31 +54,7 @@ pub struct TokenBuilder {
 
 impl TokenBuilder {
     pub(crate) fn new(kc: Arc<Inner>) -> TokenBuilder {
-        let now = now();
-        let claims = json!({
-            "exp": now + 300,
-            "iat": now,
-            "auth_time": now,
-            "jti": format!("onrtac:{}", Uuid::new_v4()),
-            "iss": kc.issuer(),
-            "aud": "account",
-            "sub": Uuid::new_v4().to_string(),
-            "typ": "Bearer",
-            "azp": "app",
-            "sid": Uuid::new_v4().to_string(),
-            "acr": "1",
-            "allowed-origins": ["http://localhost:3000"],
-            "realm_access": {"roles": ["default-roles-test", "offline_access", "uma_authorization"]},
-            "resource_access": {"account": {"roles": ["manage-account", "manage-account-links", "view-profile"]}},
-            "scope": "openid email profile organization:*",
-            "email_verified": true,
-            "name": "Test User",
-            "preferred_username": "testuser",
-            "given_name": "Test",
-            "family_name": "User",
-            "email": "testuser@example.com",
-        });
-        let Value::Object(claims) = claims else { unreachable!() };
+        let claims = access_token_claims(&kc.issuer(), 300);
         TokenBuilder {
             kc,
             claims,

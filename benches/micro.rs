@@ -100,7 +100,7 @@ fn policy() -> Policy {
     }
 }
 
-/// The whole pure validation path, as `auth::gate` runs it on a token-cache miss.
+/// The whole pure validation path, as `auth::authenticator` runs it on a token-cache miss.
 fn validate(token: &str, keys: &KeySet, policy: &Policy, now: u64) -> Principal {
     let unverified = pre_parse(token, policy).unwrap();
     let key = keys.select(unverified.kid.as_deref(), unverified.alg).unwrap();

@@ -16,10 +16,12 @@ use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::auth::Auth;
+use crate::auth::authenticator::{Authenticator, token_cache};
 use crate::auth::discovery::Discovery;
-use crate::auth::gate::{Authenticator, token_cache};
 use crate::auth::jwks::Jwks;
 use crate::config::Config;
+use crate::keycloak::jobs::{Jobs, Worker};
 use crate::metrics::Metrics;
 use crate::state::{AppState, Inner};
 
@@ -60,13 +62,14 @@ impl App {
             Duration::from_secs(config.oidc.jwks_min_refresh_secs),
             metrics.clone(),
         ));
-        let auth = Authenticator {
+        let authenticator = Authenticator {
             policy,
             jwks: jwks.clone(),
             tokens: token_cache(cache_budget(&config)),
             sources: config.oidc.token_sources.clone(),
             metrics: metrics.clone(),
         };
+        let auth = Auth { authenticator, rules, trusted_proxies: config.server.trusted_proxies.clone() };
         let public = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot bind server.listen {}", config.server.listen))?;
@@ -95,18 +98,15 @@ impl App {
         let code_failures =
             crate::codes::FailureLimiter::new(config.codes.max_failures_per_minute, config.cache.max_entries);
         let state = AppState::new(Inner {
-            code_failures,
-            store,
-            entitlements: Arc::new(entitlements),
-            upstream,
-            rules,
-            trusted_proxies: config.server.trusted_proxies.clone(),
             config: Arc::new(config),
             auth,
-            jwks,
-            metrics,
+            entitlements: Arc::new(entitlements),
+            store,
+            upstream,
             keycloak,
-            jobs_notify: Arc::new(tokio::sync::Notify::new()),
+            jobs: Jobs::default(),
+            metrics,
+            code_failures,
         });
         Ok(App { state, public, admin })
     }
@@ -133,12 +133,30 @@ impl App {
         for (listener, router) in [(self.public, public), (self.admin, admin)] {
             tasks.spawn(crate::server::serve(listener, router, limits, shutdown.clone()).map(Ok));
         }
-        tasks.spawn(refresh_keys(self.state.clone(), shutdown.clone()));
+        let state = &self.state;
+        // Background statements are counted apart from requests' (see `Store::with_own_counter`).
+        let background = state.store.with_own_counter();
+        let keys = KeyRefresh {
+            jwks: state.auth.authenticator.jwks.clone(),
+            store: background.clone(),
+            issuer: state.config.oidc.issuer.clone(),
+            every: Duration::from_secs(state.config.oidc.jwks_refresh_secs.max(1)),
+        };
+        tasks.spawn(keys.run(shutdown.clone()));
         if let Some(subscriber) = self.state.entitlements.invalidation_subscriber(shutdown.clone()) {
             tasks.spawn(subscriber);
         }
+        let worker = Worker {
+            store: background,
+            keycloak: state.keycloak.clone(),
+            entitlements: state.entitlements.clone(),
+            metrics: state.metrics.clone(),
+            jobs: state.jobs.clone(),
+            timeout_secs: state.config.keycloak_admin.timeout_secs,
+            retry_base: Duration::from_millis(state.config.keycloak_admin.retry_base_ms),
+        };
         for kind in crate::keycloak::jobs::KINDS {
-            tasks.spawn(crate::keycloak::jobs::run(self.state.clone(), kind, shutdown.clone()));
+            tasks.spawn(crate::keycloak::jobs::run(worker.clone(), kind, shutdown.clone()));
         }
         tracing::info!(%public_addr, %admin_addr, "identity-sidecar serving");
         AppHandle { shutdown, tasks, public_addr, admin_addr, grace }
@@ -198,43 +216,52 @@ async fn load_persisted_keys(store: &crate::store::Store, jwks: &Jwks, issuer: &
     }
 }
 
-/// Persists a freshly fetched JWKS (best effort: the store being down must not stop keys).
-async fn persist_keys(store: &crate::store::Store, state: &AppState, body: &[u8]) {
-    let Ok(text) = std::str::from_utf8(body) else { return };
-    let saved = async {
-        let mut conn = store.conn().await?;
-        crate::store::jwks::save(&mut conn, &state.config.oidc.issuer, text, time::OffsetDateTime::now_utc())
-            .await
-    }
-    .await;
-    if let Err(e) = saved {
-        tracing::warn!(error = %e, "cannot persist the JWKS");
-    }
+/// The issuer's keys, kept fresh in the background: what the refresher needs of the app.
+struct KeyRefresh {
+    jwks: Arc<Jwks>,
+    /// Where the last good key set is kept for a restart during a Keycloak outage.
+    store: crate::store::Store,
+    /// `oidc.issuer`: the key set's row in the store.
+    issuer: String,
+    /// `oidc.jwks_refresh_secs`.
+    every: Duration,
 }
 
-/// Loads keys at start (retrying with backoff while none are loaded), then refreshes them
-/// every `oidc.jwks_refresh_secs`.
-async fn refresh_keys(state: AppState, stop: CancellationToken) -> anyhow::Result<()> {
-    let every = Duration::from_secs(state.config.oidc.jwks_refresh_secs.max(1));
-    let mut backoff = Duration::from_millis(200);
-    // Background statements are counted apart from requests' (see `Store::with_own_counter`).
-    let store = state.store.with_own_counter();
-    loop {
-        let wait = match state.jwks.refresh().await {
-            Ok(body) => {
-                persist_keys(&store, &state, &body).await;
-                backoff = Duration::from_millis(200);
-                every
+impl KeyRefresh {
+    /// Loads keys at start (retrying with backoff while none are loaded), then refreshes them
+    /// every `oidc.jwks_refresh_secs`.
+    async fn run(self, stop: CancellationToken) -> anyhow::Result<()> {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let wait = match self.jwks.refresh().await {
+                Ok(body) => {
+                    self.persist(&body).await;
+                    backoff = Duration::from_millis(200);
+                    self.every
+                }
+                Err(_) if !self.jwks.is_loaded() => {
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    backoff
+                }
+                Err(_) => self.every.min(Duration::from_secs(30)),
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(wait) => {}
             }
-            Err(_) if !state.jwks.is_loaded() => {
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-                backoff
-            }
-            Err(_) => every.min(Duration::from_secs(30)),
-        };
-        tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+
+    /// Persists a freshly fetched JWKS (best effort: the store being down must not stop keys).
+    async fn persist(&self, body: &[u8]) {
+        let Ok(text) = std::str::from_utf8(body) else { return };
+        let saved = async {
+            let mut conn = self.store.conn().await?;
+            crate::store::jwks::save(&mut conn, &self.issuer, text, time::OffsetDateTime::now_utc()).await
+        }
+        .await;
+        if let Err(e) = saved {
+            tracing::warn!(error = %e, "cannot persist the JWKS");
         }
     }
 }

@@ -63,7 +63,7 @@ struct Issuer {
 
 impl Issuer {
     fn token(&self, user: &str, organizations: Value, roles: &[&str], ttl_secs: u64) -> String {
-        let now = crate::auth::gate::unix_now();
+        let now = crate::auth::authenticator::unix_now();
         let claims = json!({
             "iss": self.url,
             "sub": format!("demo-{user}"),

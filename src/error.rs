@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::auth::gate::Failure;
+use crate::auth::authenticator::Failure;
 use crate::auth::validate::Reject;
 
 /// One field-level problem in a request body or query string.

@@ -9,7 +9,7 @@
 //!
 //! Only the budget and the generic pieces live here, so this module depends on nothing of the
 //! crate: each cache weighs its own values beside them (a principal in
-//! [`crate::auth::gate`], a login in [`crate::entitlements::memory`]).
+//! [`crate::auth::authenticator`], a login in [`crate::entitlements::memory`]).
 
 use std::mem::size_of;
 

@@ -18,7 +18,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
-use crate::auth::gate::extract_token;
+use crate::auth::authenticator::extract_token;
 use crate::config::{StaticToken, TokenSource};
 use crate::error::ApiError;
 use crate::reconcile::apply::Actor;
@@ -71,7 +71,7 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Admin, Ap
     if let Some(name) = static_token_name(token, &admin.token_sha256) {
         return Ok(Admin { actor: format!("admin:{name}") });
     }
-    let principal = state.auth.principal(token).await.map_err(ApiError::from)?;
+    let principal = state.auth.authenticator.principal(token).await.map_err(ApiError::from)?;
     if !admin.required_roles.iter().any(|role| principal.roles.contains(role)) {
         return Err(ApiError::Forbidden("The token does not carry an admin role.".into()));
     }

@@ -138,7 +138,7 @@ async fn healthz() -> &'static str {
     )
 )]
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.jwks.is_loaded() {
+    if state.auth.authenticator.jwks.is_loaded() {
         "ready".into_response()
     } else {
         ApiError::Unavailable { retry_after_secs: 1, detail: "No signing keys loaded yet.".into() }

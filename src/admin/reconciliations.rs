@@ -148,7 +148,7 @@ async fn queue_all(
     };
     audit::insert(&mut tx, &event).await?;
     tx.commit().await?;
-    state.kick_jobs();
+    state.jobs.kick();
     let location = format!("/admin/v1/jobs/{}", job.id);
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(Queued { job_id: job.id }))
         .into_response())

@@ -78,7 +78,8 @@ struct EntryExpiry {
 
 impl Expiry<LoginKey, Arc<LoginEntry>> for EntryExpiry {
     fn expire_after_create(&self, _: &LoginKey, v: &Arc<LoginEntry>, _: Instant) -> Option<Duration> {
-        let until_exp = Duration::from_secs(v.token_exp.saturating_sub(crate::auth::gate::unix_now()));
+        let until_exp =
+            Duration::from_secs(v.token_exp.saturating_sub(crate::auth::authenticator::unix_now()));
         Some(self.max_age.min(until_exp))
     }
 }
@@ -230,7 +231,7 @@ mod tests {
     fn the_login_cache_stays_within_its_byte_budget() {
         let budget = CacheBudget { max_entries: 200_000, max_bytes: 1024 * 1024 };
         let logins = Logins::bounded(budget, Duration::from_secs(300));
-        let exp = crate::auth::gate::unix_now() + 3600;
+        let exp = crate::auth::authenticator::unix_now() + 3600;
         for i in 0..1000usize {
             let organizations = (0..20)
                 .map(|o| EntitledOrganization {

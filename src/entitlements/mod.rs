@@ -42,7 +42,7 @@ pub use redis::{EntryKeys, Invalidation, RedisTier};
 pub use render::{RenderContext, render};
 pub use signer::{KeyError, SignError, Signer};
 
-use crate::auth::gate::unix_now;
+use crate::auth::authenticator::unix_now;
 use crate::auth::validate::Principal;
 use crate::b2b::Facts;
 use crate::config::{Config, OnStoreError, ReconcileConfig};

@@ -388,7 +388,7 @@ impl RedisTier {
                 if s.sub == sub
                     && s.epoch == epochs.all
                     && s.user_epoch == epochs.user
-                    && s.expires_at > crate::auth::gate::unix_now() =>
+                    && s.expires_at > crate::auth::authenticator::unix_now() =>
             {
                 self.count_lookup("hit");
                 Lookup::Hit(SharedLogin { facts: s.snapshot, expires_at: s.expires_at })
@@ -425,7 +425,7 @@ impl RedisTier {
     /// Shares a reconciliation's result until `expires_at` (unix), recorded with the epochs
     /// its lookup returned. Best effort.
     pub async fn store(&self, key: &LoginKey, sub: &str, facts: &Facts, epochs: Epochs, expires_at: u64) {
-        let ttl = expires_at.saturating_sub(crate::auth::gate::unix_now()).min(MAX_ENTRY_TTL_SECS);
+        let ttl = expires_at.saturating_sub(crate::auth::authenticator::unix_now()).min(MAX_ENTRY_TTL_SECS);
         if ttl == 0 {
             return;
         }

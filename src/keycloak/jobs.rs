@@ -27,16 +27,18 @@
 //! # Waking up
 //!
 //! A worker polls every [`POLL_INTERVAL`] when idle, sooner when a retry it scheduled falls
-//! due, and at once when [`AppState::kick_jobs`] is called after an enqueue (on this replica;
+//! due, and at once when [`Jobs::kick`] is called after an enqueue (on this replica;
 //! other replicas find the job at their next poll). On shutdown it finishes the job in hand —
 //! a reconciliation stops between two users and saves its place — and returns; queued jobs
 //! wait in the store for the next start.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -44,8 +46,9 @@ use uuid::Uuid;
 use super::Error;
 use super::client::{AddMember, KeycloakAdmin};
 use super::stated::reconcile_from_keycloak;
+use crate::entitlements::Entitlements;
+use crate::metrics::Metrics;
 use crate::reconcile::apply::{Actor, Mode};
-use crate::state::AppState;
 use crate::store::model::Job;
 use crate::store::{Store, StoreError, jobs, users};
 
@@ -130,22 +133,55 @@ pub fn lease_for(timeout_secs: u64) -> Duration {
     Duration::from_secs(timeout_secs.saturating_mul(4).saturating_add(30))
 }
 
+/// Wakes this process's job workers: a handle every writer that enqueues a job holds, cheap
+/// to clone.
+#[derive(Clone, Default)]
+pub struct Jobs(Arc<Notify>);
+
+impl Jobs {
+    /// Tells this process's job workers to look for due jobs now rather than at their next
+    /// poll. Call it after committing a transaction that enqueued a job (other replicas find
+    /// the job at their next poll, within a second).
+    pub fn kick(&self) {
+        self.0.notify_waiters();
+    }
+}
+
+/// What a job worker works with: the parts of the application it needs, not all of it.
+#[derive(Clone)]
+pub struct Worker {
+    /// Where jobs wait; its statements are counted apart from requests'
+    /// (`Store::with_own_counter`).
+    pub store: Store,
+    /// `None`: `keycloak_admin` is not configured, and jobs wait in the queue.
+    pub keycloak: Option<Arc<KeycloakAdmin>>,
+    /// Told which users' cached logins a `reconcile.all` job changed.
+    pub entitlements: Arc<Entitlements>,
+    /// Queue depth and job results.
+    pub metrics: Arc<Metrics>,
+    /// The kicks that wake this worker before its next poll.
+    pub jobs: Jobs,
+    /// `keycloak_admin.timeout_secs`: bounds one call, and so a job's lease.
+    pub timeout_secs: u64,
+    /// `keycloak_admin.retry_base_ms`: the first retry's delay, doubled per attempt.
+    pub retry_base: Duration,
+}
+
 /// A worker for jobs of `kind` until `stop`. Never fails: problems are logged and retried.
-pub async fn run(state: AppState, kind: &'static str, stop: CancellationToken) -> anyhow::Result<()> {
-    // Background statements are counted apart from requests' (see `Store::with_own_counter`).
-    let store = state.store.with_own_counter();
+pub async fn run(worker: Worker, kind: &'static str, stop: CancellationToken) -> anyhow::Result<()> {
+    let state = &worker;
     let mut warned_unconfigured = false;
     // The earliest retry this worker scheduled: it wakes up for it rather than at the next poll.
     let mut retry_due: Option<Instant> = None;
     loop {
         // Registered before looking, so a kick while this worker looks is not lost.
-        let kicked = state.jobs_notify.notified();
+        let kicked = state.jobs.0.notified();
         tokio::pin!(kicked);
         kicked.as_mut().enable();
         if stop.is_cancelled() {
             return Ok(());
         }
-        let depth = refresh_depth(&state, &store, kind).await;
+        let depth = refresh_depth(state, kind).await;
         match &state.keycloak {
             None => {
                 if depth > 0 && !warned_unconfigured {
@@ -153,9 +189,9 @@ pub async fn run(state: AppState, kind: &'static str, stop: CancellationToken) -
                     warned_unconfigured = true;
                 }
             }
-            Some(keycloak) => match claim(&state, &store, kind).await {
+            Some(keycloak) => match claim(state, kind).await {
                 Ok(Some(job)) => {
-                    if let Some(due) = run_one(&state, &store, keycloak, job, &stop).await {
+                    if let Some(due) = run_one(state, keycloak, job, &stop).await {
                         retry_due = Some(retry_due.map_or(due, |d| d.min(due)));
                     }
                     continue;
@@ -179,9 +215,9 @@ pub async fn run(state: AppState, kind: &'static str, stop: CancellationToken) -
 }
 
 /// Sets the queue-depth gauge of `kind`; returns the depth (0 when the store cannot say).
-async fn refresh_depth(state: &AppState, store: &Store, kind: &'static str) -> i64 {
+async fn refresh_depth(state: &Worker, kind: &'static str) -> i64 {
     let depth = async {
-        let mut conn = store.conn().await?;
+        let mut conn = state.store.conn().await?;
         jobs::pending(&mut conn, kind).await
     }
     .await;
@@ -194,17 +230,16 @@ async fn refresh_depth(state: &AppState, store: &Store, kind: &'static str) -> i
     }
 }
 
-async fn claim(state: &AppState, store: &Store, kind: &str) -> Result<Option<Job>, StoreError> {
+async fn claim(state: &Worker, kind: &str) -> Result<Option<Job>, StoreError> {
     let now = OffsetDateTime::now_utc();
-    let lease = lease_for(state.config.keycloak_admin.timeout_secs);
-    let mut conn = store.conn().await?;
+    let lease = lease_for(state.timeout_secs);
+    let mut conn = state.store.conn().await?;
     jobs::claim(&mut conn, kind, now, now + lease).await
 }
 
 /// Runs one claimed job and records the result; returns when it is due again after a retry.
 async fn run_one(
-    state: &AppState,
-    store: &Store,
+    state: &Worker,
     keycloak: &KeycloakAdmin,
     job: Job,
     stop: &CancellationToken,
@@ -212,7 +247,7 @@ async fn run_one(
     let kind: &'static str = KINDS.into_iter().find(|k| *k == job.kind).unwrap_or("unknown");
     let attempt = match kind {
         ADD_MEMBER => add_member(keycloak, &job).await,
-        RECONCILE_ALL => reconcile_all(state, store, keycloak, &job, stop).await,
+        RECONCILE_ALL => reconcile_all(state, keycloak, &job, stop).await,
         _ => Attempt::Fail(format!("unknown job kind {:?}", job.kind)),
     };
     let count = |result: &'static str| {
@@ -220,7 +255,7 @@ async fn run_one(
     };
     let mut due = None;
     let recorded = async {
-        let mut conn = store.conn().await?;
+        let mut conn = state.store.conn().await?;
         match &attempt {
             Attempt::Done => {
                 jobs::complete(&mut conn, job.id).await?;
@@ -228,8 +263,7 @@ async fn run_one(
                 tracing::info!(job = job.id, kind, attempts = job.attempts, "job done");
             }
             Attempt::Retry(error) => {
-                let base = Duration::from_millis(state.config.keycloak_admin.retry_base_ms);
-                let delay = backoff(job.attempts, base, rand::random_range(0.5..=1.0));
+                let delay = backoff(job.attempts, state.retry_base, rand::random_range(0.5..=1.0));
                 let at = OffsetDateTime::now_utc() + delay;
                 jobs::retry(&mut conn, job.id, error, at).await?;
                 due = Some(Instant::now() + delay);
@@ -281,8 +315,7 @@ async fn add_member(keycloak: &KeycloakAdmin, job: &Job) -> Attempt {
 }
 
 async fn reconcile_all(
-    state: &AppState,
-    store: &Store,
+    state: &Worker,
     keycloak: &KeycloakAdmin,
     job: &Job,
     stop: &CancellationToken,
@@ -294,7 +327,8 @@ async fn reconcile_all(
     let actor = Actor(payload.actor);
     let mut progress: ReconcileProgress =
         job.progress.clone().and_then(|p| serde_json::from_value(p).ok()).unwrap_or_default();
-    let lease = lease_for(state.config.keycloak_admin.timeout_secs);
+    let store = &state.store;
+    let lease = lease_for(state.timeout_secs);
     let save = |progress: &ReconcileProgress| {
         let value = serde_json::to_value(progress).expect("progress serialises");
         async move {

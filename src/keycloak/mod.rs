@@ -10,9 +10,9 @@
 //! The sync and reconciliation operations take the store and the client, not the HTTP state,
 //! so that the admin API and the `sync-orgs` / `reconcile --sub` commands ([`command`]) run
 //! the same code; the caller invalidates cached logins afterwards (it knows whether there is
-//! an app to tell). The job worker ([`jobs`]) runs inside the app and still takes the whole
-//! app state ([`crate::state::AppState`]): its store, client, wake-up signal, metrics and the
-//! invalidation of cached logins.
+//! an app to tell). The job worker ([`jobs`]) runs inside the app and takes the parts it needs
+//! ([`jobs::Worker`]): the store, the client, its wake-up signal, metrics and the
+//! entitlements component, to invalidate the cached logins a reconciliation changed.
 
 pub mod client;
 pub mod command;

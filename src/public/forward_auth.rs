@@ -115,7 +115,7 @@ pub async fn forward_auth(
 ) -> Response {
     // Read from the request itself: a `HeaderMap` extractor would copy every header.
     let headers = request.headers();
-    let trusted = state.is_trusted(peer.ip());
+    let trusted = state.auth.is_trusted(peer.ip());
     let rules_configured = !state.config.auth.rules.is_empty();
     match read_forwarded(headers, request.method(), trusted, rules_configured) {
         Err(reason) => ApiError::Forbidden(reason.into()).into_response(),

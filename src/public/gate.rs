@@ -7,7 +7,7 @@
 //!    "no rule";
 //! 2. **preflight**: a CORS preflight ([`is_preflight`]) passes as anonymous without looking
 //!    for a token;
-//! 3. **authenticate**: token → principal ([`crate::auth::gate`]), or anonymous; a token that
+//! 3. **authenticate**: token → principal ([`crate::auth::authenticator`]), or anonymous; a token that
 //!    cannot be accepted is a 401 (503 while no keys were ever loaded);
 //! 4. **facts**: the caller's B2B memberships and contracts;
 //! 5. **authorize**: `[[auth.rules]]` against roles, organizations and contracts (401/403);
@@ -24,7 +24,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 
-use crate::auth::gate::Caller;
+use crate::auth::authenticator::Caller;
 use crate::auth::rules::{Decision, Holdings};
 use crate::auth::validate::Principal;
 use crate::config::TokenSource;
@@ -57,7 +57,7 @@ impl FromRequestParts<AppState> for MaybeAuthenticated {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        match state.auth.authenticate(&parts.headers).await? {
+        match state.auth.authenticator.authenticate(&parts.headers).await? {
             Caller::Authenticated(principal) => Ok(MaybeAuthenticated(Some(principal))),
             Caller::Anonymous => Ok(MaybeAuthenticated(None)),
         }
@@ -85,7 +85,7 @@ pub async fn admit(
 ) -> Result<Admission, ApiError> {
     // Judged before anything else: a path the gate cannot read is refused, never matched
     // as "no rule".
-    let applicable = state.rules.judge(raw_path).map_err(|e| ApiError::BadRequest {
+    let applicable = state.auth.rules.judge(raw_path).map_err(|e| ApiError::BadRequest {
         detail: format!("The request path is not acceptable: {e}."),
         errors: vec![],
     })?;
@@ -95,7 +95,7 @@ pub async fn admit(
         // handling whatever the rules say.
         (Caller::Anonymous, None)
     } else {
-        state.auth.authenticate_with_source(headers).await?
+        state.auth.authenticator.authenticate_with_source(headers).await?
     };
     let (b2b, status) = match &caller {
         Caller::Authenticated(p) => state.entitlements.facts(p).await?,

@@ -29,7 +29,7 @@ use axum::response::Response;
 use hyper_util::rt::TokioIo;
 
 use super::gate::{METHOD_OVERRIDE_HEADERS, admit};
-use crate::auth::gate::{X_ACCESS_TOKEN, is_bearer};
+use crate::auth::authenticator::{X_ACCESS_TOKEN, is_bearer};
 use crate::config::TokenSource;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -190,7 +190,7 @@ async fn proxy(
         parts.headers.remove(header::AUTHORIZATION);
         parts.headers.remove("x-access-token");
     }
-    set_forwarded(&mut parts.headers, peer, state.is_trusted(peer.ip()));
+    set_forwarded(&mut parts.headers, peer, state.auth.is_trusted(peer.ip()));
     if let (true, Some(up)) = (websocket, upgrade_value) {
         parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, up);

@@ -87,7 +87,7 @@ pub async fn from_body(
 /// Step 2 of the order above: refuses a cross-site request from an origin not allowed.
 fn same_site(state: &AppState, peer: SocketAddr, request: &Request) -> Result<(), ApiError> {
     let allowed = &state.config.server.allowed_origins;
-    let trusted = state.is_trusted(peer.ip());
+    let trusted = state.auth.is_trusted(peer.ip());
     crate::cross_site::check(allowed, trusted, request.headers(), request.uri())
 }
 
@@ -158,7 +158,7 @@ async fn handle(state: &AppState, principal: &Principal, typed: String) -> Resul
             state.entitlements.invalidate_user(&principal.sub).await;
             if job.is_some() {
                 // The push to Keycloak starts now rather than at the worker's next poll.
-                state.kick_jobs();
+                state.jobs.kick();
             }
             state.metrics.count_redemption("created");
             Ok((StatusCode::CREATED, axum::Json(contract)).into_response())

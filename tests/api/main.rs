@@ -5,6 +5,7 @@
 
 mod admin;
 mod apisix;
+mod architecture;
 mod b2b;
 mod caddy;
 mod chart;

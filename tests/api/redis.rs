@@ -430,7 +430,7 @@ async fn an_invalidation_published_on_one_process_empties_the_others_memory_with
     };
     eventually(Duration::from_secs(2), "subscribed", || async { subscriber.is_subscribed() }).await;
 
-    let exp = identity_sidecar::auth::gate::unix_now() + 300;
+    let exp = identity_sidecar::auth::authenticator::unix_now() + 300;
     let (u1, u2) = (unique("u"), unique("u"));
     let g = logins.generation();
     logins.put([1; 32], &u1, Facts::default(), exp, g);
@@ -480,7 +480,7 @@ async fn a_redis_entry_written_before_an_invalidation_is_never_served_after_it()
             active: true,
         }],
     };
-    let until = identity_sidecar::auth::gate::unix_now() + 60;
+    let until = identity_sidecar::auth::authenticator::unix_now() + 60;
 
     // The invalidation lands while the reconciliation reads the database.
     let Lookup::Miss(epochs) = replica.lookup(&key, &sub).await else { panic!("a fresh key misses") };

@@ -217,8 +217,14 @@ async fn put_membership(
         None => {
             let keep_until_seen = flags.keep_until_seen.unwrap_or(true);
             let manager = flags.manager.unwrap_or(false);
-            memberships::add(&mut tx, &sub, org.id, MembershipSource::Admin, keep_until_seen, manager)
-                .await?;
+            memberships::add(
+                &mut tx,
+                &sub,
+                org.id,
+                MembershipSource::Admin,
+                memberships::Flags { keep_until_seen, manager },
+            )
+            .await?;
             let detail = json!({"keep_until_seen": keep_until_seen, "manager": manager, "source": "admin"});
             audit::insert(&mut tx, &event("membership.add", detail)).await?;
             StatusCode::CREATED

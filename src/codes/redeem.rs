@@ -133,8 +133,14 @@ pub async fn redeem(
         reason: Some("enrollment code".into()),
         detail: Some(detail),
     };
-    let new_membership =
-        memberships::add(&mut tx, sub, organization.id, MembershipSource::Code, true, false).await?;
+    let new_membership = memberships::add(
+        &mut tx,
+        sub,
+        organization.id,
+        MembershipSource::Code,
+        memberships::Flags { keep_until_seen: true, manager: false },
+    )
+    .await?;
     let mut job = None;
     if new_membership {
         if let Some(keycloak_id) = organization.keycloak_id {

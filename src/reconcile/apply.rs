@@ -174,7 +174,7 @@ async fn write_plan(
         audit::insert(tx, &e).await?;
     }
     for org in &plan.add_memberships {
-        if memberships::add(tx, sub, org.id, MembershipSource::Claim, false, false).await? {
+        if memberships::add(tx, sub, org.id, MembershipSource::Claim, memberships::Flags::default()).await? {
             audit::insert(tx, &event("membership.add", Some(&org.key), None, "claimed")).await?;
         }
     }

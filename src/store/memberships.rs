@@ -56,6 +56,14 @@ pub async fn get(conn: &mut Conn, sub: &str, organization_id: i64) -> Result<Opt
     })?)
 }
 
+/// The two flags of a membership (docs/contract.md §1): kept until a login claims it, and
+/// whether the member manages the organization. A struct so that a call names each flag.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flags {
+    pub keep_until_seen: bool,
+    pub manager: bool,
+}
+
 /// Adds a membership unless the user already has one (then nothing changes, flags included).
 /// Returns whether it was added.
 pub async fn add(
@@ -63,9 +71,9 @@ pub async fn add(
     sub: &str,
     organization_id: i64,
     source: MembershipSource,
-    keep_until_seen: bool,
-    manager: bool,
+    flags: Flags,
 ) -> Result<bool, StoreError> {
+    let Flags { keep_until_seen, manager } = flags;
     let at = At(now());
     let done = run!(conn, |c| {
         sqlx::query(
@@ -95,13 +103,12 @@ pub async fn upsert(
     sub: &str,
     organization_id: i64,
     source: MembershipSource,
-    keep_until_seen: bool,
-    manager: bool,
+    flags: Flags,
 ) -> Result<bool, StoreError> {
-    if add(conn, sub, organization_id, source, keep_until_seen, manager).await? {
+    if add(conn, sub, organization_id, source, flags).await? {
         return Ok(true);
     }
-    set_flags(conn, sub, organization_id, Some(keep_until_seen), Some(manager)).await?;
+    set_flags(conn, sub, organization_id, Some(flags.keep_until_seen), Some(flags.manager)).await?;
     Ok(false)
 }
 

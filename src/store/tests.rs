@@ -426,7 +426,9 @@ async fn transactions_of_one_user_run_one_after_the_other(store: Store) {
     assert!(!second.is_finished(), "the second transaction of the same user must wait for the first");
 
     let org = organizations::insert(&mut tx, &new_org("acme")).await.unwrap();
-    memberships::add(&mut tx, "ann", org.id, MembershipSource::Claim, false, false).await.unwrap();
+    memberships::add(&mut tx, "ann", org.id, MembershipSource::Claim, memberships::Flags::default())
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
 
     let (user, seen) = tokio::time::timeout(Duration::from_secs(10), second)
@@ -484,14 +486,32 @@ async fn memberships_carry_flags_and_their_organizations_link(store: Store) {
     let mut conn = store.conn().await.unwrap();
 
     assert!(
-        memberships::add(&mut conn, "ann", acme.id, MembershipSource::Claim, false, false).await.unwrap()
+        memberships::add(&mut conn, "ann", acme.id, MembershipSource::Claim, memberships::Flags::default())
+            .await
+            .unwrap()
     );
     assert!(
-        !memberships::add(&mut conn, "ann", acme.id, MembershipSource::Code, true, true).await.unwrap(),
+        !memberships::add(
+            &mut conn,
+            "ann",
+            acme.id,
+            MembershipSource::Code,
+            memberships::Flags { keep_until_seen: true, manager: true }
+        )
+        .await
+        .unwrap(),
         "an existing membership is left alone"
     );
     assert!(
-        memberships::upsert(&mut conn, "ann", local.id, MembershipSource::Admin, true, true).await.unwrap()
+        memberships::upsert(
+            &mut conn,
+            "ann",
+            local.id,
+            MembershipSource::Admin,
+            memberships::Flags { keep_until_seen: true, manager: true }
+        )
+        .await
+        .unwrap()
     );
 
     let list = memberships::list_for_user(&mut conn, "ann").await.unwrap();
@@ -510,7 +530,15 @@ async fn memberships_carry_flags_and_their_organizations_link(store: Store) {
 
     assert!(memberships::set_flags(&mut conn, "ann", acme.id, None, Some(true)).await.unwrap());
     assert!(
-        !memberships::upsert(&mut conn, "ann", acme.id, MembershipSource::Admin, true, true).await.unwrap()
+        !memberships::upsert(
+            &mut conn,
+            "ann",
+            acme.id,
+            MembershipSource::Admin,
+            memberships::Flags { keep_until_seen: true, manager: true }
+        )
+        .await
+        .unwrap()
     );
     let m = memberships::get(&mut conn, "ann", acme.id).await.unwrap().unwrap();
     assert_eq!(
@@ -553,8 +581,18 @@ async fn user_rows_load_memberships_claimed_organizations_and_sso_contracts(stor
     let local_auto = add_contract(&store, new_contract("local", "local-auto", MembershipType::Auto)).await;
 
     let (mut tx, _) = store.begin_user("ann", None).await.unwrap();
-    memberships::add(&mut tx, "ann", acme.id, MembershipSource::Claim, false, false).await.unwrap();
-    memberships::add(&mut tx, "ann", local.id, MembershipSource::Admin, true, false).await.unwrap();
+    memberships::add(&mut tx, "ann", acme.id, MembershipSource::Claim, memberships::Flags::default())
+        .await
+        .unwrap();
+    memberships::add(
+        &mut tx,
+        "ann",
+        local.id,
+        MembershipSource::Admin,
+        memberships::Flags { keep_until_seen: true, manager: false },
+    )
+    .await
+    .unwrap();
     attachments::attach(&mut tx, "ann", acme_auto.id, AttachmentSource::Sso).await.unwrap();
 
     let before = store.queries();
@@ -653,7 +691,15 @@ async fn erasing_a_user_frees_their_seats_and_keeps_the_audit_trail(store: Store
     }
     attach(&store, "ann", c2.id).await;
     let mut tx = store.begin().await.unwrap();
-    memberships::add(&mut tx, "ann", acme.id, MembershipSource::Code, true, false).await.unwrap();
+    memberships::add(
+        &mut tx,
+        "ann",
+        acme.id,
+        MembershipSource::Code,
+        memberships::Flags { keep_until_seen: true, manager: false },
+    )
+    .await
+    .unwrap();
     codes::insert(
         &mut tx,
         c1.id,
@@ -707,7 +753,15 @@ async fn members_of_an_organization_and_of_a_contract_page_in_subject_order(stor
     for sub in ["carol", "ann", "bob"] {
         let profile = Profile { email: Some(format!("{sub}@example.com")), ..Profile::default() };
         let (mut tx, _) = store.begin_user(sub, Some(&profile)).await.unwrap();
-        memberships::add(&mut tx, sub, acme.id, MembershipSource::Claim, false, sub == "ann").await.unwrap();
+        memberships::add(
+            &mut tx,
+            sub,
+            acme.id,
+            MembershipSource::Claim,
+            memberships::Flags { keep_until_seen: false, manager: sub == "ann" },
+        )
+        .await
+        .unwrap();
         attachments::attach(&mut tx, sub, c.id, AttachmentSource::Sso).await.unwrap();
         tx.commit().await.unwrap();
     }

@@ -152,7 +152,17 @@ impl World {
     async fn seed_membership(&self, sub: &str, org: &Organization, source: MembershipSource, keep: bool) {
         let mut conn = self.store.conn().await.unwrap();
         users::ensure(&mut conn, sub).await.unwrap();
-        assert!(memberships::add(&mut conn, sub, org.id, source, keep, false).await.unwrap());
+        assert!(
+            memberships::add(
+                &mut conn,
+                sub,
+                org.id,
+                source,
+                memberships::Flags { keep_until_seen: keep, manager: false }
+            )
+            .await
+            .unwrap()
+        );
     }
 
     async fn seed_attachment(&self, sub: &str, contract: &Contract, source: AttachmentSource) {

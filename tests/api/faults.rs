@@ -589,7 +589,17 @@ async fn one_user_logging_in_on_two_replicas_at_once_writes_each_row_once_and_ke
     let u = unique("racer");
     let mut conn = r.store.conn().await.unwrap();
     users::ensure(&mut conn, &u).await.unwrap();
-    assert!(memberships::add(&mut conn, &u, r.romeo.id, MembershipSource::Admin, true, false).await.unwrap());
+    assert!(
+        memberships::add(
+            &mut conn,
+            &u,
+            r.romeo.id,
+            MembershipSource::Admin,
+            memberships::Flags { keep_until_seen: true, manager: false }
+        )
+        .await
+        .unwrap()
+    );
     drop(conn);
 
     let tokens: Vec<String> = (0..100).map(|_| r.token(&u, json!(["alpha"]))).collect();

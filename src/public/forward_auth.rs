@@ -140,17 +140,8 @@ pub async fn forward_auth(
 
 #[cfg(test)]
 mod tests {
-    use axum::http::HeaderValue;
-
     use super::*;
-
-    fn headers(pairs: &[(&'static str, &'static [u8])]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (name, value) in pairs {
-            h.append(*name, HeaderValue::from_bytes(value).unwrap());
-        }
-        h
-    }
+    use crate::public::tests::headers;
 
     #[test]
     fn bytes_a_uri_may_not_hold_are_percent_encoded_never_dropped() {

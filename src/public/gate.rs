@@ -155,14 +155,7 @@ pub fn is_preflight(method: &Method, headers: &HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&'static str, &'static [u8])]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (name, value) in pairs {
-            h.append(*name, HeaderValue::from_bytes(value).unwrap());
-        }
-        h
-    }
+    use crate::public::tests::headers;
 
     const PREFLIGHT: [(&str, &[u8]); 2] =
         [("origin", b"https://app.example"), ("access-control-request-method", b"POST")];

@@ -100,3 +100,18 @@ pub async fn entitlement_jwks(State(state): State<AppState>) -> Response {
 async fn not_found() -> ApiError {
     ApiError::NotFound("No such path.".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::http::{HeaderMap, HeaderValue};
+
+    /// A header map from name and raw value pairs, repeated names kept (the unit tests of
+    /// forward-auth and the gate read hostile header sets).
+    pub fn headers(pairs: &[(&'static str, &'static [u8])]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.append(*name, HeaderValue::from_bytes(value).unwrap());
+        }
+        h
+    }
+}

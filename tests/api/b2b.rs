@@ -32,6 +32,7 @@ use serde_json::{Value, json};
 use time::{Date, OffsetDateTime};
 use uuid::Uuid;
 
+use crate::helpers::records::contract;
 use crate::helpers::{Db, Fixture, metric, on_both_databases, set};
 
 /// Keycloak's "all my organizations" scope: the claim is complete, absence means removal.
@@ -87,21 +88,6 @@ fn today() -> Date {
 }
 
 const DAY: time::Duration = time::Duration::days(1);
-
-/// An active, unbounded, unlimited contract of `organization`.
-fn contract(key: &str, organization: &str, membership_type: MembershipType) -> NewContract {
-    NewContract {
-        key: key.into(),
-        organization: organization.into(),
-        name: format!("Contract {key}"),
-        membership_type,
-        active: true,
-        starts_on: None,
-        ends_on: None,
-        max_learners: None,
-        price: None,
-    }
-}
 
 impl World {
     async fn new(db: Db) -> World {

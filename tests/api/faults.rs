@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::helpers::TestDatabase;
+use crate::helpers::records;
 use crate::helpers::{
     FakeKeycloak, HangingServer, MEMORY_TURN, Mode, ResettingServer, TestApp, base_env, closed_port, metric,
     rss, set,
@@ -54,17 +55,7 @@ fn contract(
     membership_type: MembershipType,
     seats: Option<i64>,
 ) -> NewContract {
-    NewContract {
-        key: key.into(),
-        organization: organization.into(),
-        name: format!("Contract {key}"),
-        membership_type,
-        active: true,
-        starts_on: None,
-        ends_on: None,
-        max_learners: seats,
-        price: None,
-    }
+    NewContract { max_learners: seats, ..records::contract(key, organization, membership_type) }
 }
 
 /// An organization linked to Keycloak by id and alias (`alias` = key).

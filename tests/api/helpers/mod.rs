@@ -54,6 +54,7 @@ pub mod gateway;
 pub mod keycloak;
 pub mod keys;
 pub mod python;
+pub mod records;
 pub mod tokens;
 pub mod upstream;
 

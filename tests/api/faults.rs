@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
@@ -207,6 +207,50 @@ struct LoginOutcome {
     took: Duration,
 }
 
+/// How many requests of each kind were sent and answered within one phase of
+/// [`store_outage_under_load`].
+#[derive(Default)]
+struct PhaseCounts {
+    new_healthy: AtomicUsize,
+    new_down: AtomicUsize,
+    cached_down: AtomicUsize,
+}
+
+/// A snapshot of [`PhaseCounts`].
+struct Seen {
+    new_healthy: usize,
+    new_down: usize,
+    cached_down: usize,
+}
+
+impl PhaseCounts {
+    fn count(&self, new_login: bool, sent: u8, answered: u8) {
+        let counter = match (new_login, sent, answered) {
+            (true, HEALTHY, HEALTHY) => &self.new_healthy,
+            (true, DOWN, DOWN) => &self.new_down,
+            (false, DOWN, DOWN) => &self.cached_down,
+            _ => return,
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Waits until `enough` holds, for at most 20 s (then the assertions say what is missing).
+    async fn wait(&self, enough: impl Fn(&Seen) -> bool) {
+        let give_up = Instant::now() + Duration::from_secs(20);
+        loop {
+            let seen = Seen {
+                new_healthy: self.new_healthy.load(Ordering::SeqCst),
+                new_down: self.new_down.load(Ordering::SeqCst),
+                cached_down: self.cached_down.load(Ordering::SeqCst),
+            };
+            if enough(&seen) || Instant::now() >= give_up {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 /// Every row a login can write, as (kind, identity): what must survive an outage.
 async fn rows(url: &str) -> BTreeSet<String> {
     let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
@@ -240,8 +284,8 @@ async fn seat_mismatches(url: &str) -> Vec<(String, i64, i64)> {
 
 /// Logins keep coming — new ones (fresh sids, some for known users, some for new users) and
 /// requests of already reconciled ones — while the app's PostgreSQL database refuses
-/// connections and has its open ones terminated (0.8 s into the load, for 1.5 s), then comes
-/// back. Checked here: cached logins are 200 `authenticated` throughout, every answer comes
+/// connections and has its open ones terminated (0.8 s into the load, for at least 1.5 s and
+/// until enough requests fell into the outage), then comes back. Checked here: cached logins are 200 `authenticated` throughout, every answer comes
 /// within 3 s, the next new login after recovery reconciles, no row written before the fault
 /// is lost and no seat counter drifts. The callers judge the new logins by `on_store_error`.
 async fn store_outage_under_load(on_store_error: &str) -> Vec<LoginOutcome> {
@@ -269,10 +313,15 @@ async fn store_outage_under_load(on_store_error: &str) -> Vec<LoginOutcome> {
     let cached = Arc::new(cached);
 
     let phase = Arc::new(AtomicU8::new(HEALTHY));
-    let deadline = Instant::now() + Duration::from_secs(6);
+    // Answers seen so far in each phase, by kind: the phases last until enough requests fell
+    // into them (never less than their nominal time), so a slow machine gives the checks
+    // below as many requests per phase as a fast one rather than fewer.
+    let seen = Arc::new(PhaseCounts::default());
+    let deadline = Instant::now() + Duration::from_secs(60);
     let mut clients = JoinSet::new();
     for client in 0..6 {
         let (app, kc, phase, cached) = (app.clone(), kc.clone(), phase.clone(), cached.clone());
+        let seen = seen.clone();
         clients.spawn(async move {
             let mut outcomes = Vec::new();
             for n in 0..2000 {
@@ -293,10 +342,12 @@ async fn store_outage_under_load(on_store_error: &str) -> Vec<LoginOutcome> {
                 let sent = phase.load(Ordering::SeqCst);
                 let started = Instant::now();
                 let res = forward_auth(&app, &token).await;
+                let answered = phase.load(Ordering::SeqCst);
+                seen.count(new_login, sent, answered);
                 outcomes.push(LoginOutcome {
                     new_login,
                     sent,
-                    answered: phase.load(Ordering::SeqCst),
+                    answered,
                     status: res.status().as_u16(),
                     identity_status: header(&res, "x-identity-status"),
                     retry_after: header(&res, "retry-after"),
@@ -309,11 +360,13 @@ async fn store_outage_under_load(on_store_error: &str) -> Vec<LoginOutcome> {
     }
 
     tokio::time::sleep(Duration::from_millis(800)).await;
+    seen.wait(|s| s.new_healthy >= 5).await;
     let before = rows(&db.url).await;
     phase.store(CLOSING, Ordering::SeqCst);
     db.close().await;
     phase.store(DOWN, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    seen.wait(|s| s.new_down >= 10 && s.cached_down >= 10).await;
     phase.store(REOPENING, Ordering::SeqCst);
     db.reopen().await;
     phase.store(BACK, Ordering::SeqCst);

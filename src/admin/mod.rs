@@ -168,22 +168,18 @@ async fn readyz(
     }
 }
 
-/// Prometheus metrics.
+/// Prometheus metrics, in the OpenMetrics text format the registry writes.
 #[utoipa::path(
     get,
     path = "/metrics",
     operation_id = "metrics",
     tag = "operations",
-    responses((status = 200, description = "The Prometheus text format.", body = String, content_type = "text/plain"))
+    responses((status = 200, description = "The OpenMetrics text format.", body = String, content_type = "application/openmetrics-text"))
 )]
 async fn metrics(State(state): State<AppState>) -> Response {
     let counted = state.metrics.store_queries.get();
     state.metrics.store_queries.inc_by(state.store.queries().saturating_sub(counted));
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        state.metrics.render(),
-    )
+    (StatusCode::OK, [(header::CONTENT_TYPE, crate::metrics::Metrics::CONTENT_TYPE)], state.metrics.render())
         .into_response()
 }
 

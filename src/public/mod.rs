@@ -6,7 +6,8 @@
 //!   request id + span        app::with_request_id
 //!     router (this file)     the route table below; a path under server.reserved_prefix is
 //!       │                    the sidecar's own, every other path is proxied (or 404)
-//!       counted              one layer per route: requests_total{mode, class} of the answer
+//!       counted              one layer per route: requests_total and request_duration_seconds
+//!       │                    {mode, class} of the answer, requests_in_flight{mode}
 //!         handler
 //!           forward_auth     /_sidecar/auth: read X-Forwarded-*, then gate::admit
 //!           proxy            any other path: gate::admit, then forward upstream
@@ -29,6 +30,7 @@ pub mod proxy;
 pub mod redeem;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -78,16 +80,22 @@ struct Counter {
     mode: Mode,
 }
 
-/// The request-metrics layer, around one route: counts the answer by `mode` and status class,
-/// whatever produced it (the handler, an extractor's rejection, the route's 405).
+/// The request-metrics layer, around one route: counts the answer by `mode` and status class
+/// and records its time to response headers, whatever produced it (the handler, an
+/// extractor's rejection, the route's 405), and counts the request in flight meanwhile.
 fn counted(state: &AppState, mode: Mode, route: MethodRouter<AppState>) -> MethodRouter<AppState> {
     let counter = Counter { metrics: state.metrics.clone(), mode };
     route.layer(middleware::from_fn_with_state(counter, count))
 }
 
 async fn count(State(counter): State<Counter>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let in_flight = counter.metrics.in_flight(counter.mode);
     let response = next.run(request).await;
-    counter.metrics.count_response(counter.mode, response.status().as_u16());
+    drop(in_flight);
+    let status = response.status().as_u16();
+    counter.metrics.count_response(counter.mode, status);
+    counter.metrics.observe_request(counter.mode, status, started.elapsed().as_secs_f64());
     response
 }
 

@@ -20,6 +20,7 @@ mod harness_selftest;
 mod helpers;
 mod hostile;
 mod keycloak;
+mod metrics;
 mod nginx;
 mod openapi;
 mod paths;

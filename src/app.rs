@@ -128,11 +128,22 @@ impl App {
         let mut tasks = JoinSet::new();
 
         let public = with_request_id(crate::public::router(self.state.clone()));
-        let admin = with_request_id(crate::admin::router(self.state.clone()));
+        let admin = with_request_id(crate::admin::router(self.state.clone(), shutdown.clone()));
         let limits = crate::server::Limits::from_config(&self.state.config.server);
-        for (listener, router) in [(self.public, public), (self.admin, admin)] {
-            tasks.spawn(crate::server::serve(listener, router, limits, shutdown.clone()).map(Ok));
-        }
+        // The admin port outlives the public one: while the public port drains, `/readyz`
+        // answers 503 (the token above is cancelled) so a load balancer stops sending work,
+        // and `/metrics` still shows the drain. It stops once the public port has drained.
+        let admin_stop = CancellationToken::new();
+        let public_served = crate::server::serve(self.public, public, limits, shutdown.clone());
+        tasks.spawn({
+            let admin_stop = admin_stop.clone();
+            async move {
+                public_served.await;
+                admin_stop.cancel();
+                Ok(())
+            }
+        });
+        tasks.spawn(crate::server::serve(self.admin, admin, limits, admin_stop).map(Ok));
         let state = &self.state;
         // Background statements are counted apart from requests' (see `Store::with_own_counter`).
         let background = state.store.with_own_counter();
@@ -275,13 +286,15 @@ impl AppHandle {
         self.admin_addr
     }
 
-    /// A token that, when cancelled, starts a graceful shutdown.
+    /// A token that, when cancelled, starts a graceful shutdown: `/readyz` answers 503 from
+    /// then on, the public port stops accepting and drains, background tasks stop.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
 
     /// Stops accepting, lets in-flight requests finish (up to `server.shutdown_grace_secs`),
-    /// stops background tasks.
+    /// stops background tasks. `/readyz` answers 503 during the drain; the admin port closes
+    /// after the public port.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         self.wait().await

@@ -12,6 +12,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 /// Label pairs; keys and values are static strings from fixed sets.
@@ -22,6 +23,11 @@ pub struct Metrics {
     registry: Registry,
     /// Requests by `mode` (proxy, forward_auth, me, …) and status `class` (2xx …).
     pub requests: Family<Labels, Counter>,
+    /// Time from a public request reaching its route to its response headers, by `mode` and
+    /// status `class` (a streamed body's transfer is not included).
+    pub request_duration: Family<Labels, Histogram, fn() -> Histogram>,
+    /// Public requests being handled now, by `mode`.
+    pub requests_in_flight: Family<Labels, Gauge>,
     /// Authentication outcomes by `reason` (ok, anonymous, or a reject code).
     pub auth_decisions: Family<Labels, Counter>,
     /// JWKS fetches by `result` (ok, error, throttled).
@@ -32,8 +38,10 @@ pub struct Metrics {
     pub cache: Family<Labels, Counter>,
     /// Upstream responses by status `class` (2xx …, or error kinds).
     pub upstream_responses: Family<Labels, Counter>,
-    /// Time to the upstream's response headers.
+    /// Time to the upstream's response headers (the v1 name, kept for existing alerts).
     pub upstream_latency: Histogram,
+    /// The same time under the name of the `…_duration_seconds` convention.
+    pub upstream_duration: Histogram,
     /// Reconciliations by `result` (ok, error) and whether they `changed` anything.
     pub reconciliations: Family<Labels, Counter>,
     /// Changes written by reconciliation, by `kind`.
@@ -69,9 +77,28 @@ pub struct Metrics {
 }
 
 /// Request modes counted in `requests`, and status classes.
-const MODES: [&str; 5] = ["forward_auth", "proxy", "me", "other", "admin"];
+const MODES: [&str; 7] = ["forward_auth", "proxy", "me", "redeem", "jwks", "other", "admin"];
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 const UPSTREAM_OUTCOMES: [&str; 8] = ["1xx", "2xx", "3xx", "4xx", "5xx", "timeout", "connect_error", "error"];
+
+/// Buckets of the latency histograms, in seconds: from a cached login (well under a
+/// millisecond) to a slow upstream.
+const LATENCY_BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+/// The sidecar's version (`CARGO_PKG_VERSION`) and the commit it was built from: the
+/// `IDENTITY_SIDECAR_COMMIT` environment variable at build time (the image's build argument),
+/// `unknown` when it was not set. Read at compile time so a binary always reports what it was
+/// built from; no build script shells out to git, so a build from a source tarball works.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const COMMIT: &str = match option_env!("IDENTITY_SIDECAR_COMMIT") {
+    Some(commit) if !commit.is_empty() => commit,
+    _ => "unknown",
+};
 
 /// Counters on every request's path, each taken from its family on first use and then kept,
 /// so a request neither allocates a label vector nor takes a family's lock to count. A series
@@ -86,7 +113,19 @@ struct Hot {
     auth_ok: OnceLock<Counter>,
     auth_anonymous: OnceLock<Counter>,
     requests: [[OnceLock<Counter>; CLASSES.len()]; MODES.len()],
+    durations: [[OnceLock<Histogram>; CLASSES.len()]; MODES.len()],
+    in_flight: [OnceLock<Gauge>; MODES.len()],
     upstream: [OnceLock<Counter>; UPSTREAM_OUTCOMES.len()],
+}
+
+/// A request counted in `requests_in_flight` until it is dropped: when its answer is out, or
+/// when the client went away and the request's future was dropped mid-way.
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 fn kept<'a>(
@@ -108,6 +147,25 @@ impl Metrics {
         let mut registry = Registry::with_prefix("identity_sidecar");
         let requests = Family::default();
         registry.register("requests", "Requests by mode and status class", requests.clone());
+        let request_duration = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time to a public request's response headers, by mode and status class",
+            request_duration.clone(),
+        );
+        let requests_in_flight = Family::default();
+        registry.register(
+            "requests_in_flight",
+            "Public requests being handled, by mode",
+            requests_in_flight.clone(),
+        );
+        registry.register(
+            "build",
+            "The version and commit of this binary",
+            Info::new(vec![("version", VERSION), ("commit", COMMIT)]),
+        );
         let auth_decisions = Family::default();
         registry.register("auth_decisions", "Authentication outcomes by reason", auth_decisions.clone());
         let jwks_fetches = Family::default();
@@ -122,13 +180,17 @@ impl Metrics {
             "Upstream responses by status class",
             upstream_responses.clone(),
         );
-        let upstream_latency = Histogram::new([
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-        ]);
+        let upstream_latency = latency_histogram();
         registry.register(
             "upstream_latency_seconds",
             "Time to upstream response headers",
             upstream_latency.clone(),
+        );
+        let upstream_duration = latency_histogram();
+        registry.register(
+            "upstream_duration_seconds",
+            "Time to upstream response headers",
+            upstream_duration.clone(),
         );
         let reconciliations = Family::default();
         registry.register("reconciliations", "Login reconciliations by result", reconciliations.clone());
@@ -215,10 +277,17 @@ impl Metrics {
             cache,
             upstream_responses,
             upstream_latency,
+            upstream_duration,
+            request_duration,
+            requests_in_flight,
         }
     }
 
-    /// The text exposition format.
+    /// The content type of [`render`](Self::render)'s output: the OpenMetrics text format
+    /// (it ends with `# EOF`), which Prometheus asks for first.
+    pub const CONTENT_TYPE: &'static str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+    /// The OpenMetrics text exposition format ([`CONTENT_TYPE`](Self::CONTENT_TYPE)).
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
@@ -238,6 +307,39 @@ impl Metrics {
     /// Counts an answered request in `requests` by `mode` and the class of its `status`.
     pub fn count_response(&self, mode: &'static str, status: u16) {
         self.count_request(mode, status_class(status));
+    }
+
+    /// Records a public request's time to its response headers in `request_duration_seconds`
+    /// by `mode` and the class of its `status`.
+    pub fn observe_request(&self, mode: &'static str, status: u16, seconds: f64) {
+        let class = status_class(status);
+        let labels = [("mode", mode), ("class", class)];
+        match (MODES.iter().position(|m| *m == mode), CLASSES.iter().position(|c| *c == class)) {
+            (Some(m), Some(c)) => self.hot.durations[m][c]
+                .get_or_init(|| self.request_duration.get_or_create(&labels.to_vec()).clone())
+                .observe(seconds),
+            _ => self.request_duration.get_or_create(&labels.to_vec()).observe(seconds),
+        }
+    }
+
+    /// Counts a public request of `mode` in `requests_in_flight` until the returned guard is
+    /// dropped.
+    pub fn in_flight(&self, mode: &'static str) -> InFlight {
+        let gauge = match MODES.iter().position(|m| *m == mode) {
+            Some(m) => self.hot.in_flight[m]
+                .get_or_init(|| self.requests_in_flight.get_or_create(&vec![("mode", mode)]).clone())
+                .clone(),
+            None => self.requests_in_flight.get_or_create(&vec![("mode", mode)]).clone(),
+        };
+        gauge.inc();
+        InFlight(gauge)
+    }
+
+    /// Records the time to the upstream's response headers, under both names
+    /// (`upstream_latency_seconds` of v1 and `upstream_duration_seconds`).
+    pub fn observe_upstream(&self, seconds: f64) {
+        self.upstream_latency.observe(seconds);
+        self.upstream_duration.observe(seconds);
     }
 
     /// Counts an enrollment-code redemption in `code_redemptions` by `result` (created,
@@ -353,6 +455,40 @@ mod tests {
         assert!(!text.contains("result=\"miss\""), "unused series appear: {text}");
         // A counter taken before is the family's own: get_or_create sees its counts.
         assert_eq!(m.requests.get_or_create(&vec![("mode", "proxy"), ("class", "2xx")]).get(), 4);
+    }
+
+    #[test]
+    fn request_durations_in_flight_requests_and_build_info_are_exported() {
+        let m = Metrics::new();
+        let guard = m.in_flight("proxy");
+        let custom = m.in_flight("custom");
+        assert!(
+            m.render().contains("identity_sidecar_requests_in_flight{mode=\"proxy\"} 1"),
+            "{}",
+            m.render()
+        );
+        drop(guard);
+        drop(custom);
+        m.observe_request("proxy", 200, 0.002);
+        m.observe_request("proxy", 503, 0.2);
+        m.observe_request("custom", 404, 0.01);
+        m.observe_upstream(0.003);
+        let text = m.render();
+        for line in [
+            "identity_sidecar_requests_in_flight{mode=\"proxy\"} 0",
+            "identity_sidecar_requests_in_flight{mode=\"custom\"} 0",
+            "identity_sidecar_request_duration_seconds_count{mode=\"proxy\",class=\"2xx\"} 1",
+            "identity_sidecar_request_duration_seconds_count{mode=\"proxy\",class=\"5xx\"} 1",
+            "identity_sidecar_request_duration_seconds_count{mode=\"custom\",class=\"4xx\"} 1",
+            "identity_sidecar_upstream_latency_seconds_count 1",
+            "identity_sidecar_upstream_duration_seconds_count 1",
+            "# TYPE identity_sidecar_build info",
+            "# EOF",
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
+        let build = format!("identity_sidecar_build_info{{version=\"{VERSION}\",commit=\"{COMMIT}\"}} 1");
+        assert!(text.contains(&build), "{build} missing in\n{text}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Logging setup: JSON (containers) or pretty (terminals), filtered by `log.level`
-//! (`RUST_LOG` wins when set, for one-off debugging).
+//! (`RUST_LOG` wins when set, for one-off debugging); what of a request may be logged
+//! ([`loggable_path`]) and the access-log line of a public request ([`access_log`]).
 
 use tracing_subscriber::EnvFilter;
 
@@ -34,6 +35,37 @@ pub fn loggable_path(path: &str) -> std::borrow::Cow<'_, str> {
         return format!("{}{mark}{{code}}{tail}", &path[..i]).into();
     }
     path.into()
+}
+
+/// One answered public request, as the access log records it: plain values, so this module
+/// needs no HTTP types.
+pub struct Access<'a> {
+    pub method: &'a str,
+    /// The request path without its query (queries can hold codes or tokens); passed through
+    /// [`loggable_path`] here.
+    pub path: &'a str,
+    pub status: u16,
+    pub duration: std::time::Duration,
+    /// The route's `mode` label (proxy, forward_auth, me, redeem, …).
+    pub mode: &'static str,
+    /// The `X-Request-Id` the request carried (the client's, or the one made for it).
+    pub request_id: &'a str,
+}
+
+/// Writes the access-log line of one public request at `info`: method, path (an enrollment
+/// code replaced by `{code}`), status, time to response headers in milliseconds, mode and
+/// request id. Never a header, a query or a body, so never a token or a code.
+pub fn access_log(access: &Access<'_>) {
+    tracing::info!(
+        target: "identity_sidecar::access",
+        method = access.method,
+        path = %loggable_path(access.path),
+        status = access.status,
+        duration_ms = access.duration.as_secs_f64() * 1000.0,
+        mode = access.mode,
+        request_id = access.request_id,
+        "access"
+    );
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -40,12 +41,23 @@ mod reconciliations;
 mod sync;
 mod users;
 
-pub fn router(state: AppState) -> Router {
+/// The admin router. `shutdown` is the app's shutdown token: once it is cancelled, `/readyz`
+/// answers 503 while the public port drains.
+pub fn router(state: AppState, shutdown: CancellationToken) -> Router {
     guard::warn_about_unreachable_roles(&state.config);
     let guard = axum::middleware::from_fn_with_state(state.clone(), guard::require_admin);
     let (router, doc) = routes(|api| api.route_layer(guard)).split_for_parts();
-    router.layer(Extension(openapi::Document::new(&doc))).fallback(not_found).with_state(state)
+    router
+        .layer(Extension(openapi::Document::new(&doc)))
+        .layer(Extension(Draining(shutdown)))
+        .fallback(not_found)
+        .with_state(state)
 }
+
+/// Cancelled from the moment shutdown starts (SIGTERM): the app is draining and must get no
+/// new work.
+#[derive(Clone)]
+struct Draining(CancellationToken);
 
 /// Every route of the admin port, and the OpenAPI document that describes them. `guard`
 /// installs the admin authentication on the `/admin/v1` routes (it must add no route: the
@@ -126,7 +138,7 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Ready: a key set is loaded, so tokens can be verified.
+/// Ready: a key set is loaded, so tokens can be verified, and the app is not shutting down.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -134,11 +146,21 @@ async fn healthz() -> &'static str {
     tag = "operations",
     responses(
         (status = 200, description = "`ready`", body = String, content_type = "text/plain"),
-        (status = 503, description = "No signing keys loaded yet."),
+        (status = 503, description = "No signing keys loaded yet, or shutting down (in-flight requests are draining)."),
     )
 )]
-async fn readyz(State(state): State<AppState>) -> Response {
-    if state.auth.authenticator.jwks.is_loaded() {
+async fn readyz(
+    State(state): State<AppState>,
+    Extension(Draining(draining)): Extension<Draining>,
+) -> Response {
+    if draining.is_cancelled() {
+        // Retry-After is for the caller's next probe; this process will not be ready again.
+        ApiError::Unavailable {
+            retry_after_secs: 1,
+            detail: "Shutting down; draining in-flight requests.".into(),
+        }
+        .into_response()
+    } else if state.auth.authenticator.jwks.is_loaded() {
         "ready".into_response()
     } else {
         ApiError::Unavailable { retry_after_secs: 1, detail: "No signing keys loaded yet.".into() }
@@ -146,22 +168,18 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// Prometheus metrics.
+/// Prometheus metrics, in the OpenMetrics text format the registry writes.
 #[utoipa::path(
     get,
     path = "/metrics",
     operation_id = "metrics",
     tag = "operations",
-    responses((status = 200, description = "The Prometheus text format.", body = String, content_type = "text/plain"))
+    responses((status = 200, description = "The OpenMetrics text format.", body = String, content_type = "application/openmetrics-text"))
 )]
 async fn metrics(State(state): State<AppState>) -> Response {
     let counted = state.metrics.store_queries.get();
     state.metrics.store_queries.inc_by(state.store.queries().saturating_sub(counted));
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        state.metrics.render(),
-    )
+    (StatusCode::OK, [(header::CONTENT_TYPE, crate::metrics::Metrics::CONTENT_TYPE)], state.metrics.render())
         .into_response()
 }
 

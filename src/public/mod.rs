@@ -6,7 +6,9 @@
 //!   request id + span        app::with_request_id
 //!     router (this file)     the route table below; a path under server.reserved_prefix is
 //!       │                    the sidecar's own, every other path is proxied (or 404)
-//!       counted              one layer per route: requests_total{mode, class} of the answer
+//!       counted              one layer per route: requests_total and request_duration_seconds
+//!       │                    {mode, class} of the answer, requests_in_flight{mode}, and
+//!       │                    the access-log line
 //!         handler
 //!           forward_auth     /_sidecar/auth: read X-Forwarded-*, then gate::admit
 //!           proxy            any other path: gate::admit, then forward upstream
@@ -29,6 +31,7 @@ pub mod proxy;
 pub mod redeem;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -78,18 +81,41 @@ struct Counter {
     mode: Mode,
 }
 
-/// The request-metrics layer, around one route: counts the answer by `mode` and status class,
-/// whatever produced it (the handler, an extractor's rejection, the route's 405).
+/// The request-metrics layer, around one route: counts the answer by `mode` and status class
+/// and records its time to response headers, whatever produced it (the handler, an
+/// extractor's rejection, the route's 405), counts the request in flight meanwhile, and
+/// writes the request's one access-log line (`telemetry::access_log`).
 fn counted(state: &AppState, mode: Mode, route: MethodRouter<AppState>) -> MethodRouter<AppState> {
     let counter = Counter { metrics: state.metrics.clone(), mode };
     route.layer(middleware::from_fn_with_state(counter, count))
 }
 
 async fn count(State(counter): State<Counter>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let in_flight = counter.metrics.in_flight(counter.mode);
+    // Kept for the access-log line; the request itself moves into the route.
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let request_id = request.headers().get(REQUEST_ID).cloned();
     let response = next.run(request).await;
-    counter.metrics.count_response(counter.mode, response.status().as_u16());
+    drop(in_flight);
+    let status = response.status().as_u16();
+    let duration = started.elapsed();
+    counter.metrics.count_response(counter.mode, status);
+    counter.metrics.observe_request(counter.mode, status, duration.as_secs_f64());
+    crate::telemetry::access_log(&crate::telemetry::Access {
+        method: method.as_str(),
+        path: &path,
+        status,
+        duration,
+        mode: counter.mode,
+        request_id: request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
+    });
     response
 }
+
+/// Set on every request before it reaches a route (`app::with_request_id`).
+const REQUEST_ID: &str = "x-request-id";
 
 /// `/_sidecar/jwks.json`: the entitlement token's public keys.
 pub async fn entitlement_jwks(State(state): State<AppState>) -> Response {

@@ -1,7 +1,7 @@
 //! The forwarding step of reverse proxy mode: every path outside the reserved prefix is
 //! admitted ([`admit`]: authenticate, authorize, render headers) and forwarded to the
 //! [`Upstream`] (`upstream.url`, its target and pooled client) with bodies streamed both ways.
-//! Each forward counts its upstream outcome (`upstream_responses`, `upstream_latency_seconds`);
+//! Each forward counts its upstream outcome (`upstream_responses`, `upstream_duration_seconds`);
 //! the request itself is counted by the router's layer (mode `proxy`).
 //!
 //! Header discipline, in order: drop hop-by-hop headers (including those named by
@@ -203,7 +203,7 @@ async fn proxy(
     let outbound = axum::http::Request::from_parts(parts, Body::new(progress.track(body)));
 
     let sent = await_headers(upstream.client().request(outbound), &progress, upstream.timeout()).await;
-    state.metrics.upstream_latency.observe(started.elapsed().as_secs_f64());
+    state.metrics.observe_upstream(started.elapsed().as_secs_f64());
     let mut response = match sent {
         Err(TimedOut) => {
             state.metrics.count_upstream("timeout");

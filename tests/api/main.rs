@@ -3,6 +3,7 @@
 //! `helpers` holds the fakes (Keycloak, the upstream app, failing servers) and token minting;
 //! `harness_selftest` proves those helpers behave before any sidecar test relies on them.
 
+mod access_log;
 mod admin;
 mod apisix;
 mod architecture;
@@ -20,6 +21,7 @@ mod harness_selftest;
 mod helpers;
 mod hostile;
 mod keycloak;
+mod metrics;
 mod nginx;
 mod openapi;
 mod paths;

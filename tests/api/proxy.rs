@@ -783,8 +783,23 @@ async fn wait_for_requests(upstream: &EchoUpstream, n: usize) {
     .expect("the requests reached the upstream");
 }
 
+/// Polls `url` (an admin `/readyz`) until it answers `status`; returns the body.
+async fn wait_for_readyz(http: &reqwest::Client, url: &str, status: u16) -> String {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match http.get(url).send().await {
+                Ok(res) if res.status() == status => return res.text().await.unwrap_or_default(),
+                _ => {}
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{url} never answered {status}"))
+}
+
 #[tokio::test]
-async fn in_flight_proxied_requests_complete_during_a_graceful_shutdown() {
+async fn readyz_answers_503_while_in_flight_proxied_requests_complete_during_a_graceful_shutdown() {
     let kc = FakeKeycloak::start().await;
     let upstream = EchoUpstream::start().await;
     let app = proxy_app(&kc, &upstream).await;
@@ -801,7 +816,15 @@ async fn in_flight_proxied_requests_complete_during_a_graceful_shutdown() {
     });
     wait_for_requests(&upstream, 2).await;
 
-    let shutdown = tokio::time::timeout(Duration::from_secs(10), app.shutdown()).await;
+    let readyz = app.admin_url("/readyz");
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    assert_eq!(http.get(&readyz).send().await.unwrap().status(), 200);
+    let shutdown = tokio::spawn(tokio::time::timeout(Duration::from_secs(10), app.shutdown()));
+    // During the drain the admin port still answers, and says not ready.
+    let draining = wait_for_readyz(&http, &readyz, 503).await;
+    assert!(!headers_pending.is_finished(), "the 503 came while a request was still in flight");
+    assert!(draining.contains("Shutting down"), "{draining}");
+    let shutdown = shutdown.await.unwrap();
     shutdown.expect("shutdown finishes within the grace period").expect("shutdown is clean");
 
     let res = headers_pending.await.unwrap().expect("the delayed request is answered");
@@ -814,7 +837,7 @@ async fn in_flight_proxied_requests_complete_during_a_graceful_shutdown() {
 }
 
 #[tokio::test]
-async fn the_binary_drains_an_in_flight_request_on_sigterm_and_exits_zero() {
+async fn the_binary_answers_readyz_503_and_drains_an_in_flight_request_on_sigterm_and_exits_zero() {
     let kc = FakeKeycloak::start().await;
     let upstream = EchoUpstream::start().await;
     let mut bin = Binary::start(&format!(
@@ -854,6 +877,10 @@ level = "info"
     });
     wait_for_requests(&upstream, 1).await;
     bin.terminate();
+    // From SIGTERM on, /readyz says 503 so a load balancer sends no new work, while the
+    // in-flight request still streams.
+    wait_for_readyz(&http, &bin.admin_url("/readyz"), 503).await;
+    assert!(!in_flight.is_finished(), "the 503 came while the request was still in flight");
 
     let (status, body) = in_flight.await.unwrap().unwrap_or_else(|e| panic!("{e}; log:\n{}", bin.stderr()));
     assert_eq!(status, 200);

@@ -1,0 +1,96 @@
+//! The access log of the real binary: one JSON line at `info` per public request, with method,
+//! path (no query, an enrollment code replaced), status, duration, mode and request id — and
+//! never the token or the code.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::helpers::binary::Binary;
+use crate::helpers::{EchoUpstream, FakeKeycloak};
+
+#[tokio::test]
+async fn every_public_request_writes_one_access_line_without_token_or_code() {
+    let kc = FakeKeycloak::start().await;
+    let upstream = EchoUpstream::start().await;
+    let mut bin = Binary::start(&format!(
+        r#"
+[server]
+listen = "127.0.0.1:{{public}}"
+admin_listen = "127.0.0.1:{{admin}}"
+
+[upstream]
+url = "{upstream}"
+
+[oidc]
+issuer = "{issuer}"
+audiences = ["app"]
+
+[database]
+url = "sqlite://{{dir}}/sidecar.db?mode=rwc"
+
+[log]
+format = "json"
+level = "info"
+"#,
+        upstream = upstream.url(),
+        issuer = kc.issuer(),
+    ));
+    bin.wait_ready(Duration::from_secs(20)).await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let token = kc.token().sub("logged").sign();
+    let code = "SECRETCODE1234ABCD";
+    let query_secret = "querysecret5678";
+
+    let proxied = http
+        .get(bin.url(&format!("/orders/7?state={query_secret}")))
+        .bearer_auth(&token)
+        .header("x-request-id", "access-proxied")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(proxied.status(), 200);
+    let redeemed = http
+        .post(bin.url(&format!("/_sidecar/enrollment-codes/{code}/redeem")))
+        .bearer_auth(&token)
+        .header("x-request-id", "access-redeem")
+        .send()
+        .await
+        .unwrap();
+    let redeem_status = redeemed.status().as_u16();
+
+    // The line is written after the answer; give the writer a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = bin.stderr();
+    let access: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["message"] == "access")
+        .collect();
+    let line = |id: &str| {
+        let lines: Vec<&Value> = access.iter().filter(|l| l["request_id"] == id).collect();
+        assert_eq!(lines.len(), 1, "one access line for {id}:\n{log}");
+        lines[0].clone()
+    };
+
+    let proxied = line("access-proxied");
+    assert_eq!(proxied["level"], "INFO", "{proxied}");
+    assert_eq!(proxied["method"], "GET");
+    assert_eq!(proxied["path"], "/orders/7", "no query: {proxied}");
+    assert_eq!(proxied["status"], 200);
+    assert_eq!(proxied["mode"], "proxy");
+    assert!(proxied["duration_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{proxied}");
+
+    let redeem = line("access-redeem");
+    assert_eq!(redeem["method"], "POST");
+    assert_eq!(redeem["path"], "/_sidecar/enrollment-codes/{code}/redeem", "{redeem}");
+    assert_eq!(redeem["status"], redeem_status);
+    assert_eq!(redeem["mode"], "redeem");
+
+    for secret in [token.as_str(), code, query_secret] {
+        assert!(!log.contains(secret), "{secret} is in the log:\n{log}");
+    }
+    // The token's signature alone must not appear either (a log may cut a token into parts).
+    let signature = token.rsplit('.').next().unwrap();
+    assert!(!log.contains(signature), "the token's signature is in the log:\n{log}");
+}

@@ -759,10 +759,76 @@ fn check_dockerfile(dockerfile: &str, dockerignore: &str) -> Vec<String> {
     if !has("COPY", &|a| a.ends_with("/etc/identity-sidecar/config.toml")) {
         problems.push("Dockerfile: the runtime stage must ship /etc/identity-sidecar/config.toml".into());
     }
+    problems.extend(check_dockerfile_cache_and_labels(&instructions, &stages));
     let ignored: BTreeSet<&str> = dockerignore.lines().map(str::trim).collect();
     for needed in ["target/", ".git"] {
         if !ignored.contains(needed) {
             problems.push(format!(".dockerignore must exclude {needed}"));
+        }
+    }
+    problems
+}
+
+/// Dependency caching with cargo-chef (a stage prepares the recipe; the builder cooks it before
+/// it copies the sources), the commit passed to the compiler, and the OCI labels filled from
+/// build arguments of the runtime stage (none with a hard-coded value).
+fn check_dockerfile_cache_and_labels(instructions: &[(String, String)], stages: &[usize]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let stage_of =
+        |i: usize| &instructions[i..stages.iter().copied().find(|&s| s > i).unwrap_or(instructions.len())];
+    let prepares = stages.iter().any(|&s| {
+        stage_of(s)
+            .iter()
+            .any(|(k, a)| k == "RUN" && a.contains("cargo chef prepare --recipe-path recipe.json"))
+    });
+    if !prepares {
+        problems.push("Dockerfile: no stage runs `cargo chef prepare --recipe-path recipe.json`".into());
+    }
+    let cooks_first = stages.iter().any(|&s| {
+        let stage = stage_of(s);
+        let cook =
+            stage.iter().position(|(k, a)| k == "RUN" && a.contains("cargo chef cook --release --locked"));
+        let sources = stage.iter().position(|(k, a)| k == "COPY" && a == ". .");
+        let build =
+            stage.iter().position(|(k, a)| k == "RUN" && a.contains("cargo build --release --locked"));
+        let recipe =
+            stage.iter().any(|(k, a)| k == "COPY" && a.contains("--from=") && a.contains("recipe.json"));
+        matches!((cook, sources, build), (Some(c), Some(s), Some(b)) if c < s && s < b) && recipe
+    });
+    if !cooks_first {
+        problems.push(
+            "Dockerfile: the builder must copy the recipe, `cargo chef cook --release --locked`, and only \
+             then `COPY . .` and build"
+                .into(),
+        );
+    }
+    let commit =
+        instructions.iter().any(|(k, a)| k == "ENV" && a.contains("IDENTITY_SIDECAR_COMMIT=${REVISION}"));
+    if !commit {
+        problems.push("Dockerfile: the builder must set IDENTITY_SIDECAR_COMMIT=${REVISION}".into());
+    }
+    let runtime = stage_of(*stages.last().expect("stages"));
+    let args: BTreeMap<&str, &str> = runtime
+        .iter()
+        .filter(|(k, _)| k == "ARG")
+        .map(|(_, a)| a.split_once('=').unwrap_or((a.as_str(), "")))
+        .collect();
+    let labels: String =
+        runtime.iter().filter(|(k, _)| k == "LABEL").map(|(_, a)| a.as_str()).collect::<Vec<_>>().join(" ");
+    for (label, arg) in
+        [("source", "SOURCE"), ("revision", "REVISION"), ("created", "CREATED"), ("version", "VERSION")]
+    {
+        if !labels.contains(&format!(r#"org.opencontainers.image.{label}="${{{arg}}}""#)) {
+            problems.push(format!(
+                r#"Dockerfile: LABEL org.opencontainers.image.{label}="${{{arg}}}" expected in the runtime stage"#
+            ));
+        }
+        match args.get(arg) {
+            None => problems.push(format!("Dockerfile: the runtime stage must declare ARG {arg}")),
+            Some(default) if !default.trim_matches('"').is_empty() => {
+                problems.push(format!("Dockerfile: ARG {arg} must not hard-code a value ({default})"))
+            }
+            Some(_) => {}
         }
     }
     problems
@@ -1046,4 +1112,23 @@ fn checks_catch_a_root_or_single_stage_dockerfile() {
         "CMD curl -f http://127.0.0.1:8081/readyz",
     );
     assert!(check_dockerfile(&shell_probe, &ignore).iter().any(|p| p.contains("HEALTHCHECK")));
+}
+
+#[test]
+fn checks_catch_a_dockerfile_without_dependency_caching_or_labels() {
+    let (dockerfile, ignore) = (read(root().join("Dockerfile")), read(root().join(".dockerignore")));
+    let no_cook = broken(&dockerfile, "cargo chef cook --release --locked", "true");
+    assert!(check_dockerfile(&no_cook, &ignore).iter().any(|p| p.contains("cook")));
+    let no_plan = broken(&dockerfile, "cargo chef prepare --recipe-path recipe.json", "true");
+    assert!(check_dockerfile(&no_plan, &ignore).iter().any(|p| p.contains("prepare")));
+    let fixed_version = broken(&dockerfile, "ARG VERSION=\"\"", "ARG VERSION=0.1.0");
+    assert!(check_dockerfile(&fixed_version, &ignore).iter().any(|p| p.contains("ARG VERSION")));
+    let no_revision = broken(
+        &dockerfile,
+        r#"org.opencontainers.image.revision="${REVISION}""#,
+        r#"org.opencontainers.image.revision="abc""#,
+    );
+    assert!(check_dockerfile(&no_revision, &ignore).iter().any(|p| p.contains("image.revision")));
+    let no_commit = broken(&dockerfile, "IDENTITY_SIDECAR_COMMIT=${REVISION}", "UNUSED=${REVISION}");
+    assert!(check_dockerfile(&no_commit, &ignore).iter().any(|p| p.contains("IDENTITY_SIDECAR_COMMIT")));
 }

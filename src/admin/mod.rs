@@ -1,6 +1,8 @@
 //! The admin port: health, readiness, metrics and the entitlement JWKS (unauthenticated), and
 //! the admin API under `/admin/v1` (every route behind [`guard::require_admin`]). It binds
-//! `127.0.0.1` by default and must never be routed through the gateway.
+//! `127.0.0.1` by default and must never be routed through the gateway. The optional metrics
+//! port (`server.metrics_listen`, [`metrics_router`]) serves the same `/metrics` and nothing
+//! else, for a Prometheus that cannot reach loopback.
 //!
 //! One file per resource; each exposes a `router()` merged below. Conventions shared by all:
 //! - bodies are read by [`extract::AdminJson`] (400/422 naming the field), query strings by
@@ -45,6 +47,12 @@ pub fn router(state: AppState) -> Router {
     let guard = axum::middleware::from_fn_with_state(state.clone(), guard::require_admin);
     let (router, doc) = routes(|api| api.route_layer(guard)).split_for_parts();
     router.layer(Extension(openapi::Document::new(&doc))).fallback(not_found).with_state(state)
+}
+
+/// The metrics port (`server.metrics_listen`): the admin port's own `/metrics` handler and
+/// nothing else (every other path is 404), so exposing it reveals no admin route.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new().route("/metrics", axum::routing::get(metrics)).fallback(not_found).with_state(state)
 }
 
 /// Every route of the admin port, and the OpenAPI document that describes them. `guard`

@@ -6,7 +6,9 @@
 //! object carries the standard labels; `{{ if }}`/`{{ end }}` blocks balance; the default TOML
 //! config is one the sidecar accepts and names only keys of `config/default.toml`; the
 //! `SIDECAR__*` variables the chart sets name real keys; the multi-replica guards exist and are
-//! wired; the Dockerfile is multi-stage and non-root.
+//! wired; the Dockerfile is multi-stage and non-root, caches dependencies with cargo-chef and
+//! labels the image from build arguments; the metrics-only port serves `/metrics` and nothing
+//! else.
 //!
 //! Each check is a function returning its findings, and each has a test feeding it a broken
 //! input, so a check that can no longer fail is itself a failure.
@@ -1131,4 +1133,70 @@ fn checks_catch_a_dockerfile_without_dependency_caching_or_labels() {
     assert!(check_dockerfile(&no_revision, &ignore).iter().any(|p| p.contains("image.revision")));
     let no_commit = broken(&dockerfile, "IDENTITY_SIDECAR_COMMIT=${REVISION}", "UNUSED=${REVISION}");
     assert!(check_dockerfile(&no_commit, &ignore).iter().any(|p| p.contains("IDENTITY_SIDECAR_COMMIT")));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The metrics port (`server.metrics_listen`), which the chart's sidecar mode exposes to
+// Prometheus while the admin port stays on loopback
+
+/// A running app with `server.metrics_listen` on loopback port 0, built directly because the
+/// test helper knows only the public and admin ports. Returns the metrics and admin addresses.
+async fn app_with_metrics_port(
+    kc: &crate::helpers::FakeKeycloak,
+    dir: &tempfile::TempDir,
+) -> (std::net::SocketAddr, std::net::SocketAddr, identity_sidecar::AppHandle) {
+    let mut env = crate::helpers::base_env(kc);
+    crate::helpers::set(&mut env, "SIDECAR__SERVER__METRICS_LISTEN", "127.0.0.1:0");
+    let db = dir.path().join("sidecar.db");
+    crate::helpers::set(&mut env, "SIDECAR__DATABASE__URL", format!("sqlite://{}?mode=rwc", db.display()));
+    let config = identity_sidecar::Config::load(None, env).expect("test config is valid");
+    let app = identity_sidecar::App::build(config).await.expect("app builds");
+    let metrics = app.metrics_addr().expect("server.metrics_listen is set");
+    let admin = app.admin_addr();
+    (metrics, admin, app.spawn())
+}
+
+#[tokio::test]
+async fn the_metrics_port_serves_the_admin_ports_metrics_and_nothing_else() {
+    let kc = crate::helpers::FakeKeycloak::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (metrics, admin, handle) = app_with_metrics_port(&kc, &dir).await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+
+    let scraped = http.get(format!("http://{metrics}/metrics")).send().await.unwrap();
+    assert_eq!(scraped.status(), 200);
+    let from_admin = http.get(format!("http://{admin}/metrics")).send().await.unwrap();
+    assert_eq!(
+        scraped.headers().get("content-type"),
+        from_admin.headers().get("content-type"),
+        "both ports answer /metrics in the same format"
+    );
+    let text = scraped.text().await.unwrap();
+    assert!(text.contains("# TYPE identity_sidecar_jwks_stale gauge"), "{text}");
+
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/.well-known/jwks.json",
+        "/admin/v1/openapi.json",
+        "/admin/v1/organizations",
+        "/",
+    ] {
+        let status = http.get(format!("http://{metrics}{path}")).send().await.unwrap().status();
+        assert_eq!(status, 404, "the metrics port must not serve {path}");
+    }
+    handle.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn without_metrics_listen_there_is_no_metrics_port() {
+    let kc = crate::helpers::FakeKeycloak::start().await;
+    let mut env = crate::helpers::base_env(&kc);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sidecar.db");
+    crate::helpers::set(&mut env, "SIDECAR__DATABASE__URL", format!("sqlite://{}?mode=rwc", db.display()));
+    let config = identity_sidecar::Config::load(None, env).expect("test config is valid");
+    assert_eq!(config.server.metrics_listen, None, "unset by default");
+    let app = identity_sidecar::App::build(config).await.expect("app builds");
+    assert_eq!(app.metrics_addr(), None);
 }

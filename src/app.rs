@@ -1,6 +1,7 @@
 //! The application: checks the configuration ([`check`]), binds the public and admin
-//! listeners and the optional metrics listener (port 0 works), builds the shared state, owns the background tasks and stops everything on
-//! shutdown. Tests start the same `App` that `main` starts.
+//! listeners and the optional metrics listener (port 0 works), builds the shared state, owns
+//! the background tasks and stops everything on shutdown. Tests start the same `App` that
+//! `main` starts.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

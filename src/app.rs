@@ -1,6 +1,7 @@
-//! The application: checks the configuration ([`check`]), binds both listeners (port 0
-//! works), builds the shared state, owns the background tasks and stops everything on
-//! shutdown. Tests start the same `App` that `main` starts.
+//! The application: checks the configuration ([`check`]), binds the public and admin
+//! listeners and the optional metrics listener (port 0 works), builds the shared state, owns
+//! the background tasks and stops everything on shutdown. Tests start the same `App` that
+//! `main` starts.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,6 +35,8 @@ pub struct App {
     state: AppState,
     public: TcpListener,
     admin: TcpListener,
+    /// `server.metrics_listen`: `/metrics` only, when set.
+    metrics: Option<TcpListener>,
 }
 
 /// A running application.
@@ -76,6 +79,14 @@ impl App {
         let admin = TcpListener::bind(config.server.admin_listen)
             .await
             .with_context(|| format!("cannot bind server.admin_listen {}", config.server.admin_listen))?;
+        let metrics_listener = match config.server.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot bind server.metrics_listen {addr}"))?,
+            ),
+            None => None,
+        };
         let upstream = match &config.upstream.url {
             Some(url) => Some(crate::upstream::Upstream::new(url, &config.upstream)?),
             None => None,
@@ -108,7 +119,7 @@ impl App {
             metrics,
             code_failures,
         });
-        Ok(App { state, public, admin })
+        Ok(App { state, public, admin, metrics: metrics_listener })
     }
 
     pub fn public_addr(&self) -> SocketAddr {
@@ -117,6 +128,11 @@ impl App {
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin.local_addr().expect("bound listener has an address")
+    }
+
+    /// The address of the metrics listener, when `server.metrics_listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|l| l.local_addr().expect("bound listener has an address"))
     }
 
     /// Starts serving and the background tasks.
@@ -143,6 +159,11 @@ impl App {
                 Ok(())
             }
         });
+        if let Some(listener) = self.metrics {
+            // Like the admin port, the metrics port shows the drain until the public port is done.
+            let router = with_request_id(crate::admin::metrics_router(self.state.clone()));
+            tasks.spawn(crate::server::serve(listener, router, limits, admin_stop.clone()).map(Ok));
+        }
         tasks.spawn(crate::server::serve(self.admin, admin, limits, admin_stop).map(Ok));
         let state = &self.state;
         // Background statements are counted apart from requests' (see `Store::with_own_counter`).

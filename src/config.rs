@@ -53,6 +53,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Admin port: health, metrics, admin API. Never route it through the gateway.
     pub admin_listen: SocketAddr,
+    /// Optional third port serving only `GET /metrics`, so Prometheus can scrape from outside
+    /// the pod while `admin_listen` stays on loopback. `None`: no such port.
+    pub metrics_listen: Option<SocketAddr>,
     /// Paths under this prefix are served by the sidecar, never proxied.
     pub reserved_prefix: String,
     /// Peers whose `X-Forwarded-*` headers are believed.
@@ -90,6 +93,7 @@ impl Default for ServerConfig {
         Self {
             listen: "0.0.0.0:8080".parse().expect("valid"),
             admin_listen: "127.0.0.1:8081".parse().expect("valid"),
+            metrics_listen: None,
             reserved_prefix: "/_sidecar".into(),
             trusted_proxies: [
                 "127.0.0.0/8",

@@ -1,6 +1,8 @@
 //! The admin port: health, readiness, metrics and the entitlement JWKS (unauthenticated), and
 //! the admin API under `/admin/v1` (every route behind [`guard::require_admin`]). It binds
-//! `127.0.0.1` by default and must never be routed through the gateway.
+//! `127.0.0.1` by default and must never be routed through the gateway. The optional metrics
+//! port (`server.metrics_listen`, [`metrics_router`]) serves the same `/metrics` and nothing
+//! else, for a Prometheus that cannot reach loopback.
 //!
 //! One file per resource; each exposes a `router()` merged below. Conventions shared by all:
 //! - bodies are read by [`extract::AdminJson`] (400/422 naming the field), query strings by
@@ -52,6 +54,12 @@ pub fn router(state: AppState, shutdown: CancellationToken) -> Router {
         .layer(Extension(Draining(shutdown)))
         .fallback(not_found)
         .with_state(state)
+}
+
+/// The metrics port (`server.metrics_listen`): the admin port's own `/metrics` handler and
+/// nothing else (every other path is 404), so exposing it reveals no admin route.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new().route("/metrics", axum::routing::get(metrics)).fallback(not_found).with_state(state)
 }
 
 /// Cancelled from the moment shutdown starts (SIGTERM): the app is draining and must get no

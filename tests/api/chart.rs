@@ -6,7 +6,11 @@
 //! object carries the standard labels; `{{ if }}`/`{{ end }}` blocks balance; the default TOML
 //! config is one the sidecar accepts and names only keys of `config/default.toml`; the
 //! `SIDECAR__*` variables the chart sets name real keys; the multi-replica guards exist and are
-//! wired; the Dockerfile is multi-stage and non-root.
+//! wired; the Dockerfile is multi-stage and non-root, caches dependencies with cargo-chef and
+//! labels the image from build arguments; `values.yaml` and every values example of the docs
+//! validate against `values.schema.json`; the sidecar-mode templates make a native sidecar with
+//! exec probes and a loopback admin port; and every metric the PrometheusRule and the Grafana
+//! dashboard query is one a running app exports (also on its metrics-only port).
 //!
 //! Each check is a function returning its findings, and each has a test feeding it a broken
 //! input, so a check that can no longer fail is itself a failure.
@@ -759,10 +763,76 @@ fn check_dockerfile(dockerfile: &str, dockerignore: &str) -> Vec<String> {
     if !has("COPY", &|a| a.ends_with("/etc/identity-sidecar/config.toml")) {
         problems.push("Dockerfile: the runtime stage must ship /etc/identity-sidecar/config.toml".into());
     }
+    problems.extend(check_dockerfile_cache_and_labels(&instructions, &stages));
     let ignored: BTreeSet<&str> = dockerignore.lines().map(str::trim).collect();
     for needed in ["target/", ".git"] {
         if !ignored.contains(needed) {
             problems.push(format!(".dockerignore must exclude {needed}"));
+        }
+    }
+    problems
+}
+
+/// Dependency caching with cargo-chef (a stage prepares the recipe; the builder cooks it before
+/// it copies the sources), the commit passed to the compiler, and the OCI labels filled from
+/// build arguments of the runtime stage (none with a hard-coded value).
+fn check_dockerfile_cache_and_labels(instructions: &[(String, String)], stages: &[usize]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let stage_of =
+        |i: usize| &instructions[i..stages.iter().copied().find(|&s| s > i).unwrap_or(instructions.len())];
+    let prepares = stages.iter().any(|&s| {
+        stage_of(s)
+            .iter()
+            .any(|(k, a)| k == "RUN" && a.contains("cargo chef prepare --recipe-path recipe.json"))
+    });
+    if !prepares {
+        problems.push("Dockerfile: no stage runs `cargo chef prepare --recipe-path recipe.json`".into());
+    }
+    let cooks_first = stages.iter().any(|&s| {
+        let stage = stage_of(s);
+        let cook =
+            stage.iter().position(|(k, a)| k == "RUN" && a.contains("cargo chef cook --release --locked"));
+        let sources = stage.iter().position(|(k, a)| k == "COPY" && a == ". .");
+        let build =
+            stage.iter().position(|(k, a)| k == "RUN" && a.contains("cargo build --release --locked"));
+        let recipe =
+            stage.iter().any(|(k, a)| k == "COPY" && a.contains("--from=") && a.contains("recipe.json"));
+        matches!((cook, sources, build), (Some(c), Some(s), Some(b)) if c < s && s < b) && recipe
+    });
+    if !cooks_first {
+        problems.push(
+            "Dockerfile: the builder must copy the recipe, `cargo chef cook --release --locked`, and only \
+             then `COPY . .` and build"
+                .into(),
+        );
+    }
+    let commit =
+        instructions.iter().any(|(k, a)| k == "ENV" && a.contains("IDENTITY_SIDECAR_COMMIT=${REVISION}"));
+    if !commit {
+        problems.push("Dockerfile: the builder must set IDENTITY_SIDECAR_COMMIT=${REVISION}".into());
+    }
+    let runtime = stage_of(*stages.last().expect("stages"));
+    let args: BTreeMap<&str, &str> = runtime
+        .iter()
+        .filter(|(k, _)| k == "ARG")
+        .map(|(_, a)| a.split_once('=').unwrap_or((a.as_str(), "")))
+        .collect();
+    let labels: String =
+        runtime.iter().filter(|(k, _)| k == "LABEL").map(|(_, a)| a.as_str()).collect::<Vec<_>>().join(" ");
+    for (label, arg) in
+        [("source", "SOURCE"), ("revision", "REVISION"), ("created", "CREATED"), ("version", "VERSION")]
+    {
+        if !labels.contains(&format!(r#"org.opencontainers.image.{label}="${{{arg}}}""#)) {
+            problems.push(format!(
+                r#"Dockerfile: LABEL org.opencontainers.image.{label}="${{{arg}}}" expected in the runtime stage"#
+            ));
+        }
+        match args.get(arg) {
+            None => problems.push(format!("Dockerfile: the runtime stage must declare ARG {arg}")),
+            Some(default) if !default.trim_matches('"').is_empty() => {
+                problems.push(format!("Dockerfile: ARG {arg} must not hard-code a value ({default})"))
+            }
+            Some(_) => {}
         }
     }
     problems
@@ -1046,4 +1116,440 @@ fn checks_catch_a_root_or_single_stage_dockerfile() {
         "CMD curl -f http://127.0.0.1:8081/readyz",
     );
     assert!(check_dockerfile(&shell_probe, &ignore).iter().any(|p| p.contains("HEALTHCHECK")));
+}
+
+#[test]
+fn checks_catch_a_dockerfile_without_dependency_caching_or_labels() {
+    let (dockerfile, ignore) = (read(root().join("Dockerfile")), read(root().join(".dockerignore")));
+    let no_cook = broken(&dockerfile, "cargo chef cook --release --locked", "true");
+    assert!(check_dockerfile(&no_cook, &ignore).iter().any(|p| p.contains("cook")));
+    let no_plan = broken(&dockerfile, "cargo chef prepare --recipe-path recipe.json", "true");
+    assert!(check_dockerfile(&no_plan, &ignore).iter().any(|p| p.contains("prepare")));
+    let fixed_version = broken(&dockerfile, "ARG VERSION=\"\"", "ARG VERSION=0.1.0");
+    assert!(check_dockerfile(&fixed_version, &ignore).iter().any(|p| p.contains("ARG VERSION")));
+    let no_revision = broken(
+        &dockerfile,
+        r#"org.opencontainers.image.revision="${REVISION}""#,
+        r#"org.opencontainers.image.revision="abc""#,
+    );
+    assert!(check_dockerfile(&no_revision, &ignore).iter().any(|p| p.contains("image.revision")));
+    let no_commit = broken(&dockerfile, "IDENTITY_SIDECAR_COMMIT=${REVISION}", "UNUSED=${REVISION}");
+    assert!(check_dockerfile(&no_commit, &ignore).iter().any(|p| p.contains("IDENTITY_SIDECAR_COMMIT")));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The metrics port (`server.metrics_listen`), which the chart's sidecar mode exposes to
+// Prometheus while the admin port stays on loopback
+
+/// A running app with `server.metrics_listen` on loopback port 0, built directly because the
+/// test helper knows only the public and admin ports. Returns the metrics and admin addresses.
+async fn app_with_metrics_port(
+    kc: &crate::helpers::FakeKeycloak,
+    dir: &tempfile::TempDir,
+) -> (std::net::SocketAddr, std::net::SocketAddr, identity_sidecar::AppHandle) {
+    let mut env = crate::helpers::base_env(kc);
+    crate::helpers::set(&mut env, "SIDECAR__SERVER__METRICS_LISTEN", "127.0.0.1:0");
+    let db = dir.path().join("sidecar.db");
+    crate::helpers::set(&mut env, "SIDECAR__DATABASE__URL", format!("sqlite://{}?mode=rwc", db.display()));
+    let config = identity_sidecar::Config::load(None, env).expect("test config is valid");
+    let app = identity_sidecar::App::build(config).await.expect("app builds");
+    let metrics = app.metrics_addr().expect("server.metrics_listen is set");
+    let admin = app.admin_addr();
+    (metrics, admin, app.spawn())
+}
+
+#[tokio::test]
+async fn the_metrics_port_serves_the_admin_ports_metrics_and_nothing_else() {
+    let kc = crate::helpers::FakeKeycloak::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (metrics, admin, handle) = app_with_metrics_port(&kc, &dir).await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+
+    let scraped = http.get(format!("http://{metrics}/metrics")).send().await.unwrap();
+    assert_eq!(scraped.status(), 200);
+    let from_admin = http.get(format!("http://{admin}/metrics")).send().await.unwrap();
+    assert_eq!(
+        scraped.headers().get("content-type"),
+        from_admin.headers().get("content-type"),
+        "both ports answer /metrics in the same format"
+    );
+    let text = scraped.text().await.unwrap();
+    assert!(text.contains("# TYPE identity_sidecar_jwks_stale gauge"), "{text}");
+
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/.well-known/jwks.json",
+        "/admin/v1/openapi.json",
+        "/admin/v1/organizations",
+        "/",
+    ] {
+        let status = http.get(format!("http://{metrics}{path}")).send().await.unwrap().status();
+        assert_eq!(status, 404, "the metrics port must not serve {path}");
+    }
+    handle.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn without_metrics_listen_there_is_no_metrics_port() {
+    let kc = crate::helpers::FakeKeycloak::start().await;
+    let mut env = crate::helpers::base_env(&kc);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sidecar.db");
+    crate::helpers::set(&mut env, "SIDECAR__DATABASE__URL", format!("sqlite://{}?mode=rwc", db.display()));
+    let config = identity_sidecar::Config::load(None, env).expect("test config is valid");
+    assert_eq!(config.server.metrics_listen, None, "unset by default");
+    let app = identity_sidecar::App::build(config).await.expect("app builds");
+    assert_eq!(app.metrics_addr(), None);
+}
+
+// ---------------------------------------------------------------------------------------------
+// values.schema.json, the sidecar mode, and the metric names of the alerts and the dashboard
+
+/// A YAML tree as JSON, the form JSON Schema validates (Helm does the same conversion).
+fn yaml_to_json(node: &Yaml) -> serde_json::Value {
+    use serde_json::Value;
+    match node {
+        Yaml::Hash(map) => Value::Object(map.iter().map(|(k, v)| (yaml_key(k), yaml_to_json(v))).collect()),
+        Yaml::Array(items) => Value::Array(items.iter().map(yaml_to_json).collect()),
+        Yaml::String(s) => Value::String(s.clone()),
+        Yaml::Integer(i) => Value::from(*i),
+        Yaml::Real(r) => r.parse::<f64>().map(Value::from).unwrap_or_else(|_| Value::String(r.clone())),
+        Yaml::Boolean(b) => Value::Bool(*b),
+        _ => Value::Null,
+    }
+}
+
+/// Helm's coalescing of a values file over the chart's defaults: mappings merge key by key,
+/// anything else replaces.
+fn merge_values(base: &mut serde_json::Value, over: &serde_json::Value) {
+    match (base, over) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+            for (k, v) in o {
+                merge_values(b.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (b, o) => *b = o.clone(),
+    }
+}
+
+/// The values examples of the docs: fenced blocks marked ` ```yaml values ` and shell
+/// heredocs `<<'YAML' … YAML`, by file and position.
+fn values_examples(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        let end = match line.trim() {
+            "```yaml values" => "```",
+            l if l.ends_with("<<'YAML'") => "YAML",
+            _ => continue,
+        };
+        let body: Vec<&str> = lines.by_ref().take_while(|l| l.trim() != end).collect();
+        out.push(body.join("\n"));
+    }
+    out
+}
+
+/// Problems of `values` (merged over the chart's defaults) against the chart's schema.
+fn check_against_schema(schema: &serde_json::Value, example: &str, what: &str) -> Vec<String> {
+    let mut merged = yaml_to_json(&values());
+    match YamlLoader::load_from_str(example) {
+        Ok(docs) if docs.len() == 1 => merge_values(&mut merged, &yaml_to_json(&docs[0])),
+        Ok(_) => return vec![format!("{what}: expected one YAML document")],
+        Err(e) => return vec![format!("{what} is not YAML: {e}")],
+    }
+    validate_json_schema(schema, &merged).into_iter().map(|p| format!("{what}: {p}")).collect()
+}
+
+/// Validates with the reference implementation of JSON Schema, PyPI's `jsonschema` (draft
+/// 2020-12, as Helm 3.18+), in a virtualenv pinned by tests/chart/requirements.txt: the Rust
+/// validators turn on features of shared dependencies (serde_json's float_roundtrip, regex's)
+/// that rebuild the whole dependency tree. One problem per line; the schema itself is checked.
+fn validate_json_schema(schema: &serde_json::Value, instance: &serde_json::Value) -> Vec<String> {
+    use std::io::Write as _;
+    const SCRIPT: &str = "import json, sys, jsonschema\n\
+        doc = json.load(sys.stdin)\n\
+        jsonschema.Draft202012Validator.check_schema(doc['schema'])\n\
+        for e in jsonschema.Draft202012Validator(doc['schema']).iter_errors(doc['instance']):\n\
+        \x20   print('/' + '/'.join(map(str, e.absolute_path)) + ': ' + e.message)\n";
+    let venv = crate::helpers::python::venv("chart-venv", "tests/chart/requirements.txt");
+    let mut child = std::process::Command::new(venv.join("bin/python"))
+        .args(["-c", SCRIPT])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the venv's python starts");
+    let input = serde_json::json!({"schema": schema, "instance": instance}).to_string();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    if !out.status.success() {
+        return vec![format!("the validator failed: {}", String::from_utf8_lossy(&out.stderr))];
+    }
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+fn schema() -> serde_json::Value {
+    serde_json::from_str(&read(chart_dir().join("values.schema.json"))).expect("values.schema.json is JSON")
+}
+
+fn docs_with_values_examples() -> Vec<(String, String)> {
+    ["helm/identity-sidecar/README.md", "docs/operations.md"]
+        .into_iter()
+        .map(|p| (p.to_string(), read(root().join(p))))
+        .collect()
+}
+
+#[test]
+fn the_schema_accepts_values_yaml_and_every_values_example_in_the_docs() {
+    let schema = schema();
+    assert_clean("values.yaml", check_against_schema(&schema, "{}", "values.yaml"));
+    let mut examples = 0;
+    for (path, text) in docs_with_values_examples() {
+        for (n, example) in values_examples(&text).iter().enumerate() {
+            examples += 1;
+            assert_clean(
+                path.as_str(),
+                check_against_schema(&schema, example, &format!("{path} example {n}")),
+            );
+        }
+    }
+    assert!(examples >= 4, "expected the docs' values examples, found {examples}");
+}
+
+#[test]
+fn the_schema_refuses_typos_and_wrong_types() {
+    let schema = schema();
+    assert!(!check_against_schema(&schema, "replicaCont: 2", "typo").is_empty());
+    assert!(!check_against_schema(&schema, "mode: daemonset", "mode").is_empty());
+    assert!(!check_against_schema(&schema, "memory:\n  cacheMaxBytes: lots", "type").is_empty());
+    assert!(
+        !check_against_schema(&schema, "secrets:\n  redisUrl:\n    name: x\n    password: y", "secret")
+            .is_empty()
+    );
+    assert!(!check_against_schema(&schema, "sidecar:\n  appPort: 70000", "port").is_empty());
+    let examples = values_examples("```yaml values\nmode: sidecar\n```\nx <<'YAML'\nreplicaCount: 1\nYAML\n");
+    assert_eq!(examples, ["mode: sidecar", "replicaCount: 1"]);
+}
+
+/// The sidecar-mode templates: a native sidecar (restartPolicy: Always) whose probes run the
+/// binary, whose admin listener stays on loopback, with its own user (the pod's
+/// securityContext is the app's), mounting only volumes the volumes template defines; the
+/// README shows an app chart including both templates, its app container with its own
+/// securityContext and bound to 127.0.0.1.
+fn check_sidecar_mode(sidecar_tpl: &str, readme: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let defs = defines(sidecar_tpl);
+    let Some(container) = defs.get("identity-sidecar.sidecarContainer") else {
+        return vec!["_sidecar.tpl: no identity-sidecar.sidecarContainer".into()];
+    };
+    let Some(volumes) = defs.get("identity-sidecar.sidecarVolumes") else {
+        return vec!["_sidecar.tpl: no identity-sidecar.sidecarVolumes".into()];
+    };
+    for needle in [
+        "restartPolicy: Always",
+        r#"command: ["/usr/local/bin/identity-sidecar", "health"]"#,
+        r#"command: ["/usr/local/bin/identity-sidecar", "health", "--ready"]"#,
+        "name: SIDECAR__SERVER__ADMIN_LISTEN\n      value: \"127.0.0.1:8081\"",
+        "name: SIDECAR__SERVER__METRICS_LISTEN",
+        "name: SIDECAR__UPSTREAM__URL",
+        "http://127.0.0.1:%d",
+        "containerPort: 8080",
+        r#"dict "runAsUser""#,
+        ".Values.securityContext",
+        r#"include "identity-sidecar.secretEnv""#,
+        r#"include "identity-sidecar.derivedMemory""#,
+    ] {
+        if !container.contains(needle) {
+            problems.push(format!("sidecarContainer lacks `{needle}`"));
+        }
+    }
+    for forbidden in ["httpGet", "podSecurityContext | ", "fsGroup"] {
+        if container.contains(forbidden) {
+            problems.push(format!("sidecarContainer must not use `{forbidden}`"));
+        }
+    }
+    for (pos, _) in container.match_indices("- name: identity-sidecar-") {
+        let name: String = container[pos + 8..].chars().take_while(|c| !c.is_whitespace()).collect();
+        if !volumes.contains(&format!("- name: {name}\n")) {
+            problems.push(format!("sidecarContainer mounts {name}, which sidecarVolumes does not define"));
+        }
+    }
+    let example = readme.split("```yaml\n").nth(1).and_then(|b| b.split("```").next()).unwrap_or("");
+    for needle in [
+        "initContainers:",
+        r#"include "identity-sidecar.sidecarContainer" (index .Subcharts "identity-sidecar")"#,
+        r#"include "identity-sidecar.sidecarVolumes" (index .Subcharts "identity-sidecar")"#,
+        "127.0.0.1:8000",
+    ] {
+        if !example.contains(needle) {
+            problems.push(format!("README's app-chart example lacks `{needle}`"));
+        }
+    }
+    let app = example.split("- name: app").nth(1).unwrap_or("");
+    if !app.split("volumes:").next().unwrap_or("").contains("securityContext:") {
+        problems.push("README's app container must keep its own securityContext".into());
+    }
+    problems
+}
+
+#[test]
+fn the_sidecar_mode_is_a_native_sidecar_with_exec_probes_and_a_loopback_admin_port() {
+    let templates = templates();
+    let readme = read(chart_dir().join("README.md"));
+    assert_clean("sidecar mode", check_sidecar_mode(&templates["_sidecar.tpl"], &readme));
+    // The NetworkPolicy selects the app's pods in sidecar mode and admits only the sidecar's
+    // ports; the standalone objects are not rendered there.
+    let policy = &templates["networkpolicy.yaml"];
+    assert!(policy.contains(".Values.sidecar.podSelector"), "{policy}");
+    assert!(policy.contains("{{ if $sidecar }}8080{{ else }}http{{ end }}"));
+    assert!(
+        policy.contains("{{ if $sidecar }}{{ int $.Values.sidecar.metricsPort }}{{ else }}admin{{ end }}")
+    );
+    for name in [
+        "deployment.yaml",
+        "service.yaml",
+        "hpa.yaml",
+        "pdb.yaml",
+        "pvc.yaml",
+        "servicemonitor.yaml",
+        "apisixroute.yaml",
+    ] {
+        let actions = parse_actions(&templates[name]).unwrap();
+        let gated = actions
+            .iter()
+            .filter(|a| a.kind == ActionKind::Open("if".into()) && a.within.is_empty())
+            .any(|a| a.text.contains(r#"eq .Values.mode "deployment""#));
+        assert!(gated, "{name} must render only in deployment mode");
+    }
+}
+
+#[test]
+fn checks_catch_a_broken_sidecar_template() {
+    let templates = templates();
+    let (tpl, readme) = (&templates["_sidecar.tpl"], read(chart_dir().join("README.md")));
+    let no_native = broken(tpl, "restartPolicy: Always\n  args", "restartPolicy: OnFailure\n  args");
+    assert!(check_sidecar_mode(&no_native, &readme).iter().any(|p| p.contains("restartPolicy")));
+    let open_admin = broken(tpl, "value: \"127.0.0.1:8081\"", "value: \"0.0.0.0:8081\"");
+    assert!(check_sidecar_mode(&open_admin, &readme).iter().any(|p| p.contains("ADMIN_LISTEN")));
+    let http_probe = broken(tpl, "    exec:\n", "    httpGet:\n");
+    assert!(check_sidecar_mode(&http_probe, &readme).iter().any(|p| p.contains("httpGet")));
+    let lost_volume = broken(tpl, "- name: identity-sidecar-tmp\n  emptyDir", "- name: tmp\n  emptyDir");
+    assert!(check_sidecar_mode(&lost_volume, &readme).iter().any(|p| p.contains("identity-sidecar-tmp")));
+    let no_ctx = broken(
+        &readme,
+        "          securityContext:\n            allowPrivilegeEscalation",
+        "          x:\n            allowPrivilegeEscalation",
+    );
+    assert!(check_sidecar_mode(tpl, &no_ctx).iter().any(|p| p.contains("securityContext")));
+}
+
+/// `identity_sidecar_*` names used in a text (queries of alerts or dashboards).
+fn metric_names_in(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (pos, _) in text.match_indices("identity_sidecar_") {
+        if text[..pos].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+            continue;
+        }
+        let name: String =
+            text[pos..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        out.insert(name);
+    }
+    out
+}
+
+/// Sample names the exposition allows, from its `# TYPE` lines: counters as `_total`,
+/// histograms as `_bucket`/`_sum`/`_count`, gauges as they are.
+fn exported_series(exposition: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for line in exposition.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else { continue };
+        let mut parts = rest.split_whitespace();
+        let (Some(name), Some(kind)) = (parts.next(), parts.next()) else { continue };
+        let suffixes: &[&str] = match kind {
+            "counter" => &["_total", "_created"],
+            "histogram" => &["_bucket", "_sum", "_count", "_created"],
+            "summary" => &["", "_sum", "_count", "_created"],
+            _ => &[""],
+        };
+        for suffix in suffixes {
+            out.insert(format!("{name}{suffix}"));
+        }
+    }
+    out
+}
+
+fn check_metric_names(sources: &BTreeMap<String, String>, exported: &BTreeSet<String>) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (what, text) in sources {
+        let names = metric_names_in(text);
+        if names.is_empty() {
+            problems.push(format!("{what}: names no identity_sidecar_ metric at all"));
+        }
+        for name in names.difference(exported) {
+            problems.push(format!("{what}: {name} is not exported by the binary"));
+        }
+    }
+    problems
+}
+
+fn monitoring_sources() -> BTreeMap<String, String> {
+    let dashboard = read(chart_dir().join("dashboards/identity-sidecar.json"));
+    let parsed: serde_json::Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    assert!(parsed["panels"].as_array().is_some_and(|p| !p.is_empty()), "the dashboard has panels");
+    BTreeMap::from([
+        ("dashboards/identity-sidecar.json".to_string(), dashboard),
+        ("templates/prometheusrule.yaml".to_string(), templates()["prometheusrule.yaml"].clone()),
+    ])
+}
+
+/// The app's registry with one sample in every labelled family: a family writes nothing,
+/// not even its `# TYPE` line, until its first label set is used, so a fresh app's scrape
+/// shows only the unlabelled metrics.
+fn every_family_touched() -> String {
+    let m = identity_sidecar::metrics::Metrics::new();
+    let one = || vec![("test", "1")];
+    for family in [
+        &m.requests,
+        &m.auth_decisions,
+        &m.jwks_fetches,
+        &m.cache,
+        &m.upstream_responses,
+        &m.reconciliations,
+        &m.reconcile_changes,
+        &m.redis_errors,
+        &m.redis_invalidations,
+        &m.jobs,
+        &m.code_redemptions,
+        &m.userinfo_claims_dropped,
+    ] {
+        family.get_or_create(&one()).inc();
+    }
+    m.jobs_queue_depth.get_or_create(&one()).set(1);
+    m.render()
+}
+
+#[tokio::test]
+async fn alerts_and_dashboard_query_only_metrics_the_binary_exports() {
+    let kc = crate::helpers::FakeKeycloak::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (metrics, _, handle) = app_with_metrics_port(&kc, &dir).await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let scraped = http.get(format!("http://{metrics}/metrics")).send().await.unwrap().text().await.unwrap();
+    handle.shutdown().await.unwrap();
+    let exported = exported_series(&every_family_touched());
+    let from_app = exported_series(&scraped);
+    assert!(!from_app.is_empty(), "{scraped}");
+    assert!(from_app.is_subset(&exported), "the running app's families are the registry's: {from_app:?}");
+    assert!(exported.contains("identity_sidecar_requests_total"), "{exported:?}");
+
+    let sources = monitoring_sources();
+    assert_clean("metric names", check_metric_names(&sources, &exported));
+
+    let mut typo = sources.clone();
+    let rule = typo["templates/prometheusrule.yaml"]
+        .replace("identity_sidecar_jwks_stale", "identity_sidecar_jwks_old");
+    typo.insert("templates/prometheusrule.yaml".into(), rule);
+    let problems = check_metric_names(&typo, &exported);
+    assert!(problems.iter().any(|p| p.contains("identity_sidecar_jwks_old")), "{problems:?}");
 }

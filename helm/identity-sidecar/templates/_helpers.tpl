@@ -116,6 +116,15 @@ Refuses to render unsafe or contradictory values. Included by deployment.yaml, w
 always rendered.
 */}}
 {{- define "identity-sidecar.validate" -}}
+{{- if not (has .Values.mode (list "deployment" "sidecar")) }}
+{{- fail "identity-sidecar: mode must be \"deployment\" or \"sidecar\"." }}
+{{- end }}
+{{- if and (eq .Values.mode "sidecar") .Values.networkPolicy.enabled (not .Values.sidecar.podSelector) }}
+{{- fail "identity-sidecar: in sidecar mode the NetworkPolicy selects the app's pods: set sidecar.podSelector to their labels (an empty selector would take every pod of the namespace), or networkPolicy.enabled=false." }}
+{{- end }}
+{{- if and (eq .Values.mode "sidecar") (include "identity-sidecar.multiReplica" .) }}
+{{- fail "identity-sidecar: in sidecar mode the app's workload sets the replicas; leave replicaCount at 1 and autoscaling off." }}
+{{- end }}
 {{- if include "identity-sidecar.multiReplica" . }}
 {{- if not .Values.secrets.databaseUrl.name }}
 {{- fail "identity-sidecar: more than one replica (replicaCount > 1 or autoscaling.enabled) requires PostgreSQL: set secrets.databaseUrl.name (and .key) to an existing Secret holding a postgres:// URL. SQLite serves a single replica only." }}
@@ -135,6 +144,28 @@ always rendered.
 {{- fail "identity-sidecar: `config` server.listen must use port 8080 (the container port the Service targets), e.g. \"0.0.0.0:8080\"." }}
 {{- end }}
 {{- end }}
+{{- end }}
+
+{{/*
+cache.max_bytes from memory.cacheMaxBytes, so the caches and the memory limit agree.
+*/}}
+{{- define "identity-sidecar.cacheEnv" -}}
+- name: SIDECAR__CACHE__MAX_BYTES
+  value: {{ int64 .Values.memory.cacheMaxBytes | quote }}
+{{- end }}
+
+{{/*
+Memory request and limit (equal) derived from the cache bound: cacheMaxBytes + baselineBytes
++ cacheMaxBytes x headroomPercent / 100, rounded up to whole MiB.
+*/}}
+{{- define "identity-sidecar.derivedMemory" -}}
+{{- $cache := int64 .Values.memory.cacheMaxBytes }}
+{{- $bytes := add $cache (int64 .Values.memory.baselineBytes) (div (mul $cache (int64 .Values.memory.headroomPercent)) 100) }}
+{{- $mib := printf "%dMi" (div (add $bytes 1048575) 1048576) }}
+requests:
+  memory: {{ $mib }}
+limits:
+  memory: {{ $mib }}
 {{- end }}
 
 {{/*

@@ -26,3 +26,4 @@ mod paths;
 mod proxy;
 mod redis;
 mod token_gate;
+mod traces;

@@ -218,14 +218,18 @@ pub fn keycloak_admin(config: &Config) -> anyhow::Result<Option<Arc<crate::keycl
 }
 
 /// Request ids: kept when the caller sent one, generated otherwise, passed on to the
-/// upstream (it is in the request headers) and echoed in the response. One span per request.
+/// upstream (it is in the request headers) and echoed in the response. One span per request,
+/// the server span of the request's trace when traces are on (continuing the caller's
+/// `traceparent`, see [`crate::telemetry`]).
 fn with_request_id(router: Router) -> Router {
     router
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
             let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
             // The path only: queries can hold codes or tokens.
-            tracing::info_span!("request", request_id = %id, method = %req.method(), path = %crate::telemetry::loggable_path(req.uri().path()))
+            let span = tracing::info_span!("request", otel.kind = "server", request_id = %id, method = %req.method(), path = %crate::telemetry::loggable_path(req.uri().path()));
+            crate::telemetry::continue_trace(&span, req.headers());
+            span
         }))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
 }

@@ -44,6 +44,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub codes: CodesConfig,
     pub log: LogConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -542,6 +543,25 @@ impl Default for LogConfig {
     }
 }
 
+/// Traces over OTLP/HTTP (see [`crate::telemetry`]); off while no endpoint is set.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// The collector's base URL (`/v1/traces` is appended), e.g. `http://otel-collector:4318`.
+    /// Unset: `OTEL_EXPORTER_OTLP_ENDPOINT` when set, else no traces.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of every span.
+    pub service_name: String,
+    /// The share of traces recorded and exported, 0.0 to 1.0, judged by trace id.
+    pub sample_ratio: f64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self { otlp_endpoint: None, service_name: "identity-sidecar".into(), sample_ratio: 1.0 }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -672,6 +692,21 @@ impl Config {
             if uri.scheme_str() != Some("http") {
                 bail!("upstream.url must be an http:// URL (the app beside the sidecar)");
             }
+        }
+        let telemetry = &self.telemetry;
+        if let Some(url) = &telemetry.otlp_endpoint {
+            let uri: http::Uri = url.parse().with_context(|| format!("telemetry.otlp_endpoint {url:?}"))?;
+            if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+                bail!(
+                    "telemetry.otlp_endpoint must be an http:// or https:// URL, e.g. http://otel-collector:4318"
+                );
+            }
+        }
+        if !(0.0..=1.0).contains(&telemetry.sample_ratio) {
+            bail!("telemetry.sample_ratio must be between 0.0 and 1.0");
+        }
+        if telemetry.service_name.is_empty() {
+            bail!("telemetry.service_name must not be empty");
         }
         if self.cache.redis_key_file.is_some() && self.cache.redis_url.is_none() {
             bail!("cache.redis_key_file is set but cache.redis_url is not: the keys sign Redis entries");

@@ -183,15 +183,21 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    identity_sidecar::telemetry::init(&config.log)?;
-    let mut handle = App::build(config).await?.spawn();
-    let stop = handle.shutdown_token();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutdown signal received; draining");
-        stop.cancel();
-    });
-    handle.wait().await
+    let traces = identity_sidecar::telemetry::init_with_traces(&config.log, &config.telemetry)?;
+    let result = async {
+        let mut handle = App::build(config).await?.spawn();
+        let stop = handle.shutdown_token();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown signal received; draining");
+            stop.cancel();
+        });
+        handle.wait().await
+    }
+    .await;
+    // The spans of the last requests are still queued; exporting them blocks.
+    tokio::task::spawn_blocking(move || traces.shutdown()).await?;
+    result
 }
 
 async fn migrate(config: Config) -> anyhow::Result<()> {

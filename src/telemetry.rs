@@ -1,23 +1,173 @@
-//! Logging setup: JSON (containers) or pretty (terminals), filtered by `log.level`
-//! (`RUST_LOG` wins when set, for one-off debugging); what of a request may be logged
-//! ([`loggable_path`]) and the access-log line of a public request ([`access_log`]).
+//! Logging and tracing setup. Logs: JSON (containers) or pretty (terminals), filtered by
+//! `log.level` (`RUST_LOG` wins when set, for one-off debugging); what of a request may be
+//! logged ([`loggable_path`]) and the access-log line of a public request ([`access_log`]).
+//! Traces (optional, off unless
+//! `telemetry.otlp_endpoint` or `OTEL_EXPORTER_OTLP_ENDPOINT` is set): the crate's `tracing`
+//! spans at `info` and above become OpenTelemetry spans, exported over OTLP/HTTP with JSON
+//! bodies by the SDK's batch processor on a thread of its own, so a slow collector never
+//! holds up a request; [`Traces::shutdown`] exports what is still queued.
+//!
+//! W3C trace context: with traces on, a request's `traceparent` / `tracestate` continues the
+//! trace ([`continue_trace`]) and the proxied request carries the sidecar's own upstream span
+//! ([`inject_trace`]); with traces off both do nothing and the client's headers pass as they
+//! came. A header from any peer is believed: it can only place this request in a trace its
+//! sender chose. Its sampled flag is not obeyed: the sampler judges the trace id by
+//! `telemetry.sample_ratio`.
 
-use tracing_subscriber::EnvFilter;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::config::{LogConfig, LogFormat};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing_subscriber::filter::{EnvFilter, LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{Layer as _, Registry};
 
-/// Installs the global subscriber. Called once by `main`; tests don't call it.
+use crate::config::{LogConfig, LogFormat, TelemetryConfig};
+
+/// Whether spans are exported: set once by [`init_with_traces`]. [`continue_trace`] and
+/// [`inject_trace`] read it, so a sidecar without traces never touches trace headers.
+static TRACING: AtomicBool = AtomicBool::new(false);
+
+/// The OTLP path a base endpoint gets, as `OTEL_EXPORTER_OTLP_ENDPOINT` does.
+const TRACES_PATH: &str = "/v1/traces";
+
+/// Installs the global subscriber, logs only. Called once by `main` for the short commands;
+/// tests don't call it.
 pub fn init(config: &LogConfig) -> anyhow::Result<()> {
+    install(config, None)
+}
+
+/// Installs the global subscriber for `serve`: logs, and traces when an OTLP endpoint is
+/// configured (`telemetry.otlp_endpoint`, else `OTEL_EXPORTER_OTLP_ENDPOINT`). Keep the
+/// returned [`Traces`] and call [`Traces::shutdown`] after the app stopped.
+pub fn init_with_traces(log: &LogConfig, telemetry: &TelemetryConfig) -> anyhow::Result<Traces> {
+    let from_env = ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"]
+        .iter()
+        .any(|k| std::env::var(k).is_ok_and(|v| !v.is_empty()));
+    if telemetry.otlp_endpoint.is_none() && !from_env {
+        install(log, None)?;
+        return Ok(Traces { provider: None });
+    }
+    let provider = tracer_provider(telemetry)?;
+    install(log, Some(&provider))?;
+    TRACING.store(true, Ordering::Release);
+    Ok(Traces { provider: Some(provider) })
+}
+
+/// The OTLP/HTTP exporter behind a batch processor. The configured endpoint wins over the
+/// standard variables (which the exporter reads itself when none is configured).
+fn tracer_provider(telemetry: &TelemetryConfig) -> anyhow::Result<SdkTracerProvider> {
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(opentelemetry_otlp::Protocol::HttpJson);
+    if let Some(base) = &telemetry.otlp_endpoint {
+        exporter = exporter.with_endpoint(format!("{}{TRACES_PATH}", base.trim_end_matches('/')));
+    }
+    let exporter = exporter.build().map_err(|e| anyhow::anyhow!("telemetry.otlp_endpoint: {e}"))?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(telemetry.service_name.clone())
+        .with_attribute(opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .build();
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_sampler(Sampler::TraceIdRatioBased(telemetry.sample_ratio))
+        .with_resource(resource)
+        .build())
+}
+
+fn install(config: &LogConfig, traces: Option<&SdkTracerProvider>) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.is_empty() => EnvFilter::try_new(v)?,
         _ => EnvFilter::try_new(&config.level)?,
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match config.format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
-        LogFormat::Pretty => builder.try_init(),
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match config.format {
+        LogFormat::Json => fmt.json().flatten_event(true).with_current_span(true).with_filter(filter).boxed(),
+        LogFormat::Pretty => fmt.with_filter(filter).boxed(),
+    };
+    // The crate's own spans only, whatever the log level: a request, its JWKS fetch,
+    // reconciliation, transactions and upstream call, not every span of the libraries below.
+    let otel = traces.map(|provider| {
+        let targets = Targets::new().with_target(env!("CARGO_CRATE_NAME"), LevelFilter::INFO);
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer(env!("CARGO_CRATE_NAME")))
+            .with_filter(targets)
+    });
+    Registry::default()
+        .with(logs)
+        .with(otel)
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))
+}
+
+/// The trace exporter of a running `serve`; without an endpoint it holds nothing.
+#[must_use = "call `shutdown` after the app stopped, or queued spans are lost"]
+pub struct Traces {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Traces {
+    /// Exports the spans still queued and stops the exporter. Blocks until the collector
+    /// answered or the exporter's timeout ran out: call it off the async threads.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider
+            && let Err(e) = provider.shutdown()
+        {
+            tracing::warn!(error = %e, "traces: the last spans could not be exported");
+        }
     }
-    .map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))
+}
+
+/// With traces on, makes `span` (a request's span) continue the trace the peer's
+/// `traceparent` / `tracestate` names; otherwise does nothing.
+pub fn continue_trace(span: &tracing::Span, headers: &HeaderMap) {
+    if !TRACING.load(Ordering::Acquire) {
+        return;
+    }
+    let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    // Fails only when no OpenTelemetry layer is installed, which TRACING rules out.
+    let _ = span.set_parent(parent);
+}
+
+/// With traces on, replaces `traceparent` / `tracestate` in `headers` (a request about to
+/// leave) with `span`'s, so the next service's spans hang under it; otherwise leaves the
+/// headers as they are.
+pub fn inject_trace(span: &tracing::Span, headers: &mut HeaderMap) {
+    if !TRACING.load(Ordering::Acquire) {
+        return;
+    }
+    headers.remove("traceparent");
+    headers.remove("tracestate");
+    TraceContextPropagator::new().inject_context(&span.context(), &mut HeaderInjector(headers));
+}
+
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(HeaderName::as_str).collect()
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(key.as_bytes()), HeaderValue::from_str(&value))
+        {
+            self.0.insert(name, value);
+        }
+    }
 }
 
 /// A request path safe to log: a code is a bearer credential, so the segment after

@@ -16,6 +16,7 @@ use arc_swap::ArcSwapOption;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use tokio::sync::Mutex;
+use tracing::Instrument as _;
 
 use crate::auth::discovery::Discovery;
 use crate::auth::validate::Reject;
@@ -228,6 +229,7 @@ impl Jwks {
             anyhow::ensure!(!set.is_empty(), "the JWKS has no usable signing key");
             Ok::<_, anyhow::Error>((body, set))
         }
+        .instrument(tracing::info_span!("jwks_fetch"))
         .await;
         let outcome = match result {
             Ok((body, set)) => {

@@ -35,6 +35,7 @@ use std::time::Duration;
 use secrecy::ExposeSecret as _;
 use time::{Date, OffsetDateTime};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 pub use claims::{EntitlementClaims, exp_for};
 pub use memory::{LoginEntry, LoginKey, Logins, login_key};
@@ -227,6 +228,7 @@ impl Entitlements {
             mode: Mode::Apply,
         }
         .run(&self.store)
+        .instrument(tracing::info_span!("reconcile"))
         .await;
         match result {
             Ok((outcome, facts)) => {

@@ -27,6 +27,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use hyper_util::rt::TokioIo;
+use tracing::Instrument as _;
 
 use super::gate::{METHOD_OVERRIDE_HEADERS, admit};
 use crate::auth::authenticator::{X_ACCESS_TOKEN, is_bearer};
@@ -200,9 +201,13 @@ async fn proxy(
     parts.version = axum::http::Version::HTTP_11;
     let started = Instant::now();
     let progress = Progress::new(started);
+    let span = tracing::info_span!("upstream", otel.kind = "client", method = %parts.method);
+    crate::telemetry::inject_trace(&span, &mut parts.headers);
     let outbound = axum::http::Request::from_parts(parts, Body::new(progress.track(body)));
 
-    let sent = await_headers(upstream.client().request(outbound), &progress, upstream.timeout()).await;
+    let sent = await_headers(upstream.client().request(outbound), &progress, upstream.timeout())
+        .instrument(span)
+        .await;
     state.metrics.observe_upstream(started.elapsed().as_secs_f64());
     let mut response = match sent {
         Err(TimedOut) => {

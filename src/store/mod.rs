@@ -71,6 +71,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgConnection, PgPool, Postgres, SqlSafeStr, Sqlite, SqliteConnection, SqlitePool, Transaction};
+use tracing::Instrument as _;
 
 /// Runs `$body` with `$c` bound to the backend's connection (`&mut SqliteConnection` or
 /// `&mut PgConnection`): the body is compiled once per backend, the SQL text written once.
@@ -291,12 +292,14 @@ impl Store {
     /// Begins a write transaction (`BEGIN IMMEDIATE` on SQLite, see the module docs).
     /// Dropping the [`Tx`] without [`Tx::commit`] rolls it back.
     pub async fn begin(&self) -> Result<Tx, StoreError> {
+        // Open until the transaction ends (commit, rollback or drop): its length in a trace.
+        let span = tracing::info_span!("transaction");
         self.count();
         let inner = match &self.pool {
             Pool::Sqlite(p) => ConnInner::SqliteTx(p.begin_with("BEGIN IMMEDIATE").await?),
             Pool::Postgres(p) => ConnInner::PostgresTx(p.begin().await?),
         };
-        Ok(Tx(Conn { inner, queries: self.queries.clone() }))
+        Ok(Tx(Conn { inner, queries: self.queries.clone() }, span))
     }
 
     /// Begins a transaction serialised per user: upserts the user row first, which holds it
@@ -385,16 +388,17 @@ impl Conn {
 }
 
 /// A write transaction. Derefs to [`Conn`], so every store function runs inside it.
-/// Dropped without [`Tx::commit`], it rolls back.
-pub struct Tx(Conn);
+/// Dropped without [`Tx::commit`], it rolls back. The span covers the transaction, from
+/// `BEGIN` to its end.
+pub struct Tx(Conn, tracing::Span);
 
 impl Tx {
     /// Commits the transaction.
     pub async fn commit(self) -> Result<(), StoreError> {
         self.0.queries.fetch_add(1, Ordering::Relaxed);
         match self.0.inner {
-            ConnInner::SqliteTx(t) => t.commit().await?,
-            ConnInner::PostgresTx(t) => t.commit().await?,
+            ConnInner::SqliteTx(t) => t.commit().instrument(self.1).await?,
+            ConnInner::PostgresTx(t) => t.commit().instrument(self.1).await?,
             ConnInner::Sqlite(_) | ConnInner::Postgres(_) => {
                 unreachable!("a Tx holds a transaction")
             }
@@ -406,8 +410,8 @@ impl Tx {
     pub async fn rollback(self) -> Result<(), StoreError> {
         self.0.queries.fetch_add(1, Ordering::Relaxed);
         match self.0.inner {
-            ConnInner::SqliteTx(t) => t.rollback().await?,
-            ConnInner::PostgresTx(t) => t.rollback().await?,
+            ConnInner::SqliteTx(t) => t.rollback().instrument(self.1).await?,
+            ConnInner::PostgresTx(t) => t.rollback().instrument(self.1).await?,
             ConnInner::Sqlite(_) | ConnInner::Postgres(_) => {
                 unreachable!("a Tx holds a transaction")
             }

@@ -28,3 +28,4 @@ mod paths;
 mod proxy;
 mod redis;
 mod token_gate;
+mod traces;

@@ -22,6 +22,11 @@ impl Binary {
     /// Writes `toml` (with `{public}`, `{admin}` and `{dir}` placeholders filled in) to
     /// `config.toml` in a fresh directory and runs `identity-sidecar --config it serve`.
     pub fn start(toml: &str) -> Binary {
+        Binary::start_with_env(toml, &[])
+    }
+
+    /// Like [`Binary::start`], with extra environment variables for the process.
+    pub fn start_with_env(toml: &str, env: &[(&str, &str)]) -> Binary {
         let dir = tempfile::tempdir().unwrap();
         let (public, admin) = (free_port(), free_port());
         let text = toml
@@ -34,9 +39,11 @@ impl Binary {
         let log = std::fs::File::create(dir.path().join("sidecar.log")).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_identity-sidecar"));
         command.arg("--config").arg(&config).arg("serve").env_remove("RUST_LOG");
-        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("SIDECAR")) {
+        // The test's own settings (and a developer's OTLP collector) stay out of the child.
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("SIDECAR") || k.starts_with("OTEL_")) {
             command.env_remove(key);
         }
+        command.envs(env.iter().copied());
         let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())

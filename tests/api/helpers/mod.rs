@@ -53,6 +53,7 @@ pub mod fixture;
 pub mod gateway;
 pub mod keycloak;
 pub mod keys;
+pub mod otlp;
 pub mod python;
 pub mod records;
 pub mod tokens;

@@ -304,10 +304,22 @@ impl Default for DatabaseConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
-    /// Shared cache and invalidation bus for replicas; unset = per-process memory.
+    /// How Redis is reached: one server (`redis_url`), a cluster (`redis_urls` of seed
+    /// nodes) or a primary found through Sentinel (`redis_urls` of the sentinels).
+    pub redis_mode: RedisMode,
+    /// Shared cache and invalidation bus for replicas (`standalone`); unset = per-process
+    /// memory. `rediss://` for TLS.
     #[serde(serialize_with = "redact_opt")]
     pub redis_url: Option<SecretString>,
     pub redis_url_file: Option<PathBuf>,
+    /// `cluster`: seed nodes; `sentinel`: the sentinels. URLs may carry a password.
+    #[serde(serialize_with = "redact_all")]
+    pub redis_urls: Vec<SecretString>,
+    /// `sentinel`: the name of the monitored primary.
+    pub sentinel_master: Option<String>,
+    /// PEM file of the CA(s) that sign the Redis server certificates (`rediss://`); unset:
+    /// the system's roots.
+    pub redis_ca_file: Option<PathBuf>,
     /// Keys that sign and verify the login entries shared through Redis (HMAC-SHA256 over
     /// key name and value), one per line, hex or standard base64, at least 32 bytes each; the
     /// first signs, all verify (rotation). Unset: Redis is inside the trust boundary — write
@@ -322,11 +334,35 @@ pub struct CacheConfig {
     pub max_bytes: u64,
 }
 
+/// `cache.redis_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    /// One server (with or without replicas behind it): `cache.redis_url`.
+    Standalone,
+    /// A primary and replicas watched by Sentinel: `cache.redis_urls` of the sentinels and
+    /// `cache.sentinel_master`.
+    Sentinel,
+    /// Redis Cluster: `cache.redis_urls` of seed nodes.
+    Cluster,
+}
+
+impl CacheConfig {
+    /// Whether a Redis tier is configured, in any mode.
+    pub fn has_redis(&self) -> bool {
+        self.redis_url.is_some() || !self.redis_urls.is_empty()
+    }
+}
+
 impl Default for CacheConfig {
     fn default() -> Self {
         Self {
+            redis_mode: RedisMode::Standalone,
             redis_url: None,
             redis_url_file: None,
+            redis_urls: Vec::new(),
+            sentinel_master: None,
+            redis_ca_file: None,
             redis_key_file: None,
             max_entries: 200_000,
             max_bytes: 256 * 1024 * 1024,
@@ -573,6 +609,10 @@ fn redact<S: serde::Serializer>(_: &SecretString, s: S) -> Result<S::Ok, S::Erro
     s.serialize_str("[REDACTED]")
 }
 
+fn redact_all<S: serde::Serializer>(v: &[SecretString], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|_| "[REDACTED]"))
+}
+
 fn redact_opt<S: serde::Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
     match v {
         Some(_) => s.serialize_str("[REDACTED]"),
@@ -708,8 +748,35 @@ impl Config {
         if telemetry.service_name.is_empty() {
             bail!("telemetry.service_name must not be empty");
         }
-        if self.cache.redis_key_file.is_some() && self.cache.redis_url.is_none() {
+        let cache = &self.cache;
+        match cache.redis_mode {
+            RedisMode::Standalone if !cache.redis_urls.is_empty() => bail!(
+                "cache.redis_urls is set but cache.redis_mode is standalone: \
+                 set cache.redis_url, or cache.redis_mode = \"cluster\" or \"sentinel\""
+            ),
+            RedisMode::Standalone => {}
+            mode @ (RedisMode::Cluster | RedisMode::Sentinel) => {
+                let what = if mode == RedisMode::Cluster { "cluster" } else { "sentinel" };
+                if cache.redis_url.is_some() {
+                    bail!(
+                        "cache.redis_mode is {what}: list the servers in cache.redis_urls, not cache.redis_url"
+                    );
+                }
+                if cache.redis_urls.is_empty() {
+                    bail!("cache.redis_mode is {what} but cache.redis_urls is empty");
+                }
+            }
+        }
+        if cache.redis_mode == RedisMode::Sentinel
+            && cache.sentinel_master.as_deref().unwrap_or("").is_empty()
+        {
+            bail!("cache.redis_mode is sentinel but cache.sentinel_master is not set");
+        }
+        if cache.redis_key_file.is_some() && !cache.has_redis() {
             bail!("cache.redis_key_file is set but cache.redis_url is not: the keys sign Redis entries");
+        }
+        if cache.redis_ca_file.is_some() && !cache.has_redis() {
+            bail!("cache.redis_ca_file is set but no Redis is configured (cache.redis_url)");
         }
         Ok(())
     }
@@ -881,6 +948,30 @@ mod tests {
         vars.push(("SIDECAR__CACHE__REDIS_KEY_FILE".into(), "/run/secrets/redis-keys".into()));
         let err = format!("{:#}", Config::load(None, vars).unwrap_err());
         assert!(err.contains("cache.redis_key_file") && err.contains("cache.redis_url is not"), "{err}");
+    }
+
+    /// Each `cache.redis_mode` needs its own URL keys, and only those.
+    #[test]
+    fn a_redis_mode_without_its_urls_stops_startup() {
+        for (extra, says) in [
+            (vec![("REDIS_MODE", "cluster")], "cache.redis_urls is empty"),
+            (vec![("REDIS_MODE", "cluster"), ("REDIS_URL", "redis://a:6379")], "not cache.redis_url"),
+            (vec![("REDIS_URLS", r#"["redis://a:6379"]"#)], "cache.redis_mode is standalone"),
+            (vec![("REDIS_MODE", "sentinel"), ("REDIS_URLS", r#"["redis://s:26379"]"#)], "sentinel_master"),
+            (vec![("REDIS_CA_FILE", "/etc/ca.pem")], "no Redis is configured"),
+        ] {
+            let mut vars = base();
+            vars.extend(extra.iter().map(|(k, v)| (format!("SIDECAR__CACHE__{k}"), v.to_string())));
+            let err = format!("{:#}", Config::load(None, vars).unwrap_err());
+            assert!(err.contains(says), "{extra:?}: {err}");
+        }
+        let mut vars = base();
+        vars.push(("SIDECAR__CACHE__REDIS_MODE".into(), "cluster".into()));
+        vars.push(("SIDECAR__CACHE__REDIS_URLS".into(), r#"["redis://:pw@a:6379","redis://b:6379"]"#.into()));
+        let config = Config::load(None, vars).unwrap();
+        assert_eq!(config.cache.redis_mode, RedisMode::Cluster);
+        assert!(config.cache.has_redis());
+        assert!(!config.redacted_toml().unwrap().contains("pw@"), "a URL's password is printed");
     }
 
     #[test]

@@ -32,7 +32,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use secrecy::ExposeSecret as _;
 use time::{Date, OffsetDateTime};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -116,8 +115,8 @@ impl Entitlements {
                  replicas will disagree and tokens will not verify after a restart"
             );
         }
-        let redis = match &config.cache.redis_url {
-            Some(url) => {
+        let redis = match crate::entitlements::redis::Target::from_config(&config.cache)? {
+            Some(target) => {
                 let keys = match &config.cache.redis_key_file {
                     Some(path) => Some(EntryKeys::from_file(path)?),
                     None => None,
@@ -128,10 +127,10 @@ impl Entitlements {
                          inside the trust boundary"
                     );
                 }
-                let redis = RedisTier::with_keys(url.expose_secret(), keys, metrics.clone())?;
+                let redis = RedisTier::connect(&target, keys, metrics.clone())?;
                 if !redis.ping().await {
                     tracing::warn!(
-                        "cache.redis_url: Redis does not answer; caching in memory only until it does"
+                        "cache.redis_url(s): Redis does not answer; caching in memory only until it does"
                     );
                 }
                 Some(Arc::new(redis))

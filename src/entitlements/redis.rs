@@ -1,34 +1,54 @@
-//! The Redis tier (`cache.redis_url`, docs/contract.md §4 and §8): replicas share reconciled logins and
+//! The Redis tier (`cache.redis_url` or `cache.redis_urls`, docs/contract.md §4 and §8): replicas share reconciled logins and
 //! invalidations. Without it every process caches in memory on its own; with it a login
 //! reconciled by one replica is served by the others without touching the database, and an
 //! admin write or code redemption on one replica invalidates cached logins on all of them.
 //!
 //! # What lives in Redis
 //!
-//! * `identity-sidecar:login:v1:<hex login key>` — a reconciled login: the user's
-//!   [`Facts`], the sub, when the entry stops being current (`expires_at`: reconciliation
-//!   time + `reconcile.max_age_secs`, never past the access token's expiry) and the two epochs
-//!   read before the reconciliation read the database. It expires with `EX` at `expires_at`.
-//! * `identity-sidecar:epoch` — the global epoch, replaced on every organization or contract
-//!   write (`invalidate_all`).
-//! * `identity-sidecar:epoch:user:<sub>` — the user's epoch, replaced on every change to that
-//!   user outside a login (`invalidate_user`).
+//! Every key carries the format version [`KEY_VERSION`], so two versions of the sidecar
+//! sharing a Redis (a rolling deploy) never read each other's entries. A user's keys share
+//! the hash tag `{<user tag>}` (the first 8 bytes of SHA-256 of the sub, in hex), so they live
+//! in one hash slot and the one multi-key command works on Redis Cluster.
+//!
+//! * `identity-sidecar:v2:{<user tag>}:login:<hex login key>` — a reconciled login: the
+//!   user's [`Facts`], the sub, when the entry stops being current (`expires_at`:
+//!   reconciliation time + `reconcile.max_age_secs`, never past the access token's expiry) and
+//!   the two epochs read before the reconciliation read the database. It expires with `EX` at
+//!   `expires_at`.
+//! * `identity-sidecar:v2:epoch` — the global epoch, replaced on every organization or
+//!   contract write (`invalidate_all`).
+//! * `identity-sidecar:v2:{<user tag>}:epoch` — the user's epoch, replaced on every change to
+//!   that user outside a login (`invalidate_user`).
 //! * the channel `identity-sidecar:invalidate` — `<origin> all` or `<origin> user:<sub>`, where
-//!   `origin` identifies the publishing process so it can skip its own messages.
+//!   `origin` identifies the publishing process so it can skip its own messages. Not
+//!   versioned: every version reads these messages. On a single Redis an invalidation also
+//!   replaces version 1's epochs (`identity-sidecar:epoch`, `identity-sidecar:epoch:user:<sub>`),
+//!   so v1 replicas stop serving what this version invalidated.
+//!
+//! # Where
+//!
+//! [`Target`] (`cache.redis_mode`): one server (`standalone`) through a reconnecting
+//! connection manager, or Redis Cluster through the crate's cluster client (seed nodes; it
+//! follows the slots itself). `rediss://` connects with rustls, verifying the server against
+//! `cache.redis_ca_file` or the system's roots. A cluster relays every `PUBLISH` to all its
+//! nodes, so the subscriber listens on one seed node and moves to the next after a failure.
 //!
 //! # Why a Redis entry written before an invalidation is never served after it
 //!
-//! A lookup is one `MGET` of the entry and both current epochs (one round trip, atomic in
-//! Redis); an entry whose recorded epochs differ from the current ones is a miss. On a miss
-//! the epochs just read are the ones the reconciliation's result is written with — read
-//! *before* the reconciliation reads the database. An invalidation commits its database write
+//! A lookup sends two commands at once (one round trip): `GET` of the global epoch and
+//! `MGET` of the entry with its user's epoch (one hash slot); an entry whose recorded epochs
+//! differ from the current ones is a miss. On a miss the epochs just read are the ones the
+//! reconciliation's result is written with — read *before* the reconciliation reads the
+//! database. The two reads need not be atomic together: each epoch is read after the lookup
+//! began and before the reconciliation, which is all the argument below uses (an epoch that
+//! changes between the two reads makes the entry written a miss, never a stale hit). An invalidation commits its database write
 //! first and then replaces the epoch. So if a reconciliation read data older than a write, its
 //! epoch read came before that write's epoch change, the entry records the old epoch, and
 //! every lookup after the change sees a mismatch — however late the entry itself is written.
 //! This is the argument of [`Logins::generation`](crate::entitlements::Logins::generation), moved
-//! to Redis. The epoch is replaced before the message is published (same pipeline, same
-//! connection, so Redis runs them in that order): a replica that receives the message and
-//! misses locally always finds the new epoch.
+//! to Redis. The epoch is replaced before the message is published (the `PUBLISH` is sent
+//! once the `SET` has answered): a replica that receives the message and misses locally
+//! always finds the new epoch.
 //!
 //! Epochs are random tokens, not `INCR` counters: a counter starts again at 1 when Redis loses
 //! its data (it may keep nothing on disk) or when a user's epoch key expires, and a repeated
@@ -74,9 +94,6 @@
 //! `reconcile.max_age_secs` after it was written — even past an invalidation, by restoring
 //! the old epoch too; and it can drop entries or publish invalidations (more reconciliations,
 //! never other facts).
-//!
-//! Keys for one login and its user live in different hash slots: this needs a single Redis
-//! (optionally with replicas or Sentinel), not Redis Cluster.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -88,18 +105,28 @@ use base64::Engine as _;
 use futures_util::StreamExt as _;
 use hmac::{Hmac, KeyInit as _, Mac as _};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use secrecy::ExposeSecret as _;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tokio_util::sync::CancellationToken;
 
 use crate::b2b::Facts;
+use crate::config::{CacheConfig, RedisMode};
 use crate::entitlements::memory::LoginKey;
 use crate::metrics::Metrics;
 
-/// The invalidation channel.
+/// The invalidation channel. Not versioned: its payload is the same in every version, so
+/// replicas of two versions sharing a Redis drop each other's invalidated logins.
 pub const CHANNEL: &str = "identity-sidecar:invalidate";
+/// The format version every key name carries: entries and epochs of another version are
+/// never read. Raised whenever a key's name or value changes shape.
+pub const KEY_VERSION: &str = "v2";
 /// The global epoch.
-pub const EPOCH_KEY: &str = "identity-sidecar:epoch";
+pub const EPOCH_KEY: &str = "identity-sidecar:v2:epoch";
+/// The global epoch of version 1 (before versioned epochs), replaced beside ours so that v1
+/// replicas sharing this Redis during a rolling deploy stop serving what we invalidated.
+const V1_EPOCH_KEY: &str = "identity-sidecar:epoch";
 /// Longest life of a login entry in Redis, whatever `reconcile.max_age_secs` says.
 pub const MAX_ENTRY_TTL_SECS: u64 = 86_400;
 /// Life of a user's epoch key after its last change; longer than any entry.
@@ -299,8 +326,14 @@ struct Stored {
 /// One process's handle on the Redis tier: commands through a reconnecting connection
 /// manager, and [`RedisTier::run_subscriber`] for the bus.
 pub struct RedisTier {
-    client: redis::Client,
-    conn: ConnectionManager,
+    /// Where the subscriber connects: the server (standalone), or each seed node in turn
+    /// (cluster: a cluster forwards every `PUBLISH` to all its nodes).
+    subscribe_to: Vec<redis::Client>,
+    /// Which of `subscribe_to` the next subscription tries (moves on after a failure).
+    next_subscriber: std::sync::atomic::AtomicUsize,
+    conn: Commands,
+    /// Cluster mode: keep to commands whose keys share one hash slot.
+    cluster: bool,
     /// This process on the channel: messages from it are already applied.
     origin: String,
     metrics: Arc<Metrics>,
@@ -315,6 +348,146 @@ pub struct RedisTier {
     keys: Option<EntryKeys>,
 }
 
+/// Where the tier connects: `cache.redis_mode`, its URLs, and the CA of `rediss://` servers.
+#[derive(Clone)]
+pub struct Target {
+    mode: RedisMode,
+    urls: Vec<String>,
+    /// PEM of `cache.redis_ca_file`; `None`: the system's roots.
+    ca: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // URLs may hold a password.
+        write!(f, "Target({:?}, {} URLs, redacted)", self.mode, self.urls.len())
+    }
+}
+
+impl Target {
+    /// One server at `url` (`redis://` or `rediss://`).
+    pub fn standalone(url: &str) -> Target {
+        Target { mode: RedisMode::Standalone, urls: vec![url.to_owned()], ca: None }
+    }
+
+    /// A Redis Cluster reached through these seed nodes.
+    pub fn cluster(urls: &[String]) -> Target {
+        Target { mode: RedisMode::Cluster, urls: urls.to_vec(), ca: None }
+    }
+
+    /// `rediss://` servers are verified against this PEM CA (instead of the system's roots).
+    pub fn with_ca(mut self, pem: Vec<u8>) -> Target {
+        self.ca = Some(pem);
+        self
+    }
+
+    /// The target `cache.*` describes (reads `cache.redis_ca_file`); `None` without Redis.
+    pub fn from_config(cache: &CacheConfig) -> anyhow::Result<Option<Target>> {
+        let urls: Vec<String> = match cache.redis_mode {
+            RedisMode::Standalone => cache.redis_url.iter().map(|u| u.expose_secret().to_owned()).collect(),
+            RedisMode::Cluster | RedisMode::Sentinel => {
+                cache.redis_urls.iter().map(|u| u.expose_secret().to_owned()).collect()
+            }
+        };
+        if urls.is_empty() {
+            return Ok(None);
+        }
+        if cache.redis_mode == RedisMode::Sentinel {
+            bail!(
+                "cache.redis_mode = \"sentinel\" is not supported by this version yet: use standalone or cluster"
+            );
+        }
+        let ca = match &cache.redis_ca_file {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .with_context(|| format!("cache.redis_ca_file: cannot read {}", path.display()))?,
+            ),
+            None => None,
+        };
+        Ok(Some(Target { mode: cache.redis_mode, urls, ca }))
+    }
+
+    /// The TLS material of `rediss://` connections, when a CA is configured.
+    fn certificates(&self) -> Option<redis::TlsCertificates> {
+        self.ca.clone().map(|pem| redis::TlsCertificates { client_tls: None, root_cert: Some(pem) })
+    }
+
+    /// A client of one server. Fails on a malformed URL, without echoing it.
+    fn client(&self, url: &str) -> anyhow::Result<redis::Client> {
+        const MALFORMED: &str =
+            "cache.redis_url(s): not a valid Redis URL (redis://host:port/db or rediss://…)";
+        match self.certificates() {
+            Some(certs) => {
+                if !url.starts_with("rediss://") {
+                    bail!("cache.redis_ca_file is set: the Redis URLs must be rediss:// (TLS)");
+                }
+                redis::Client::build_with_tls(url, certs).ok().context(MALFORMED)
+            }
+            None => redis::Client::open(url).ok().context(MALFORMED),
+        }
+    }
+}
+
+/// The command connection: a reconnecting manager of one server, or a cluster connection
+/// (made on first use, since connecting a cluster needs a node that answers).
+#[derive(Clone)]
+enum Commands {
+    Single(ConnectionManager),
+    Cluster(Arc<ClusterCommands>),
+}
+
+/// A cluster client and its connection once made.
+struct ClusterCommands {
+    client: redis::cluster::ClusterClient,
+    conn: tokio::sync::OnceCell<ClusterConnection>,
+}
+
+impl Commands {
+    /// A connection to run one command on; for a cluster, connects first if needed.
+    async fn get(&self) -> redis::RedisResult<Connection> {
+        Ok(match self {
+            Commands::Single(c) => Connection::Single(c.clone()),
+            Commands::Cluster(c) => {
+                Connection::Cluster(c.conn.get_or_try_init(|| c.client.get_async_connection()).await?.clone())
+            }
+        })
+    }
+}
+
+/// One of [`Commands`]' connections, as the crate's commands take it.
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Connection::Single(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Connection::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 impl RedisTier {
     /// A handle on the Redis at `url`. Does no IO: Redis may come up later. Fails only on a
     /// malformed URL (without echoing it: it may hold a password).
@@ -324,21 +497,54 @@ impl RedisTier {
 
     /// [`RedisTier::new`], signing and verifying login entries with `keys` when given.
     pub fn with_keys(url: &str, keys: Option<EntryKeys>, metrics: Arc<Metrics>) -> anyhow::Result<RedisTier> {
-        let client = redis::Client::open(url)
-            .ok()
-            .context("cache.redis_url is not a valid Redis URL (redis://host:port/db)")?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(COMMAND_TIMEOUT))
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            // Fail fast while Redis is down: the next command starts the next attempt.
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = client
-            .get_connection_manager_lazy(config)
-            .context("cannot set up the Redis connection manager")?;
+        RedisTier::connect(&Target::standalone(url), keys, metrics)
+    }
+
+    /// A handle on `target`, signing and verifying login entries with `keys` when given.
+    /// Does no IO: Redis may come up later.
+    pub fn connect(
+        target: &Target,
+        keys: Option<EntryKeys>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<RedisTier> {
+        // rustls cannot choose between the two providers the dependency tree enables; an
+        // error means a provider is installed already, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let subscribe_to =
+            target.urls.iter().map(|url| target.client(url)).collect::<anyhow::Result<Vec<_>>>()?;
+        let conn = match target.mode {
+            RedisMode::Cluster => {
+                let mut builder = redis::cluster::ClusterClientBuilder::new(
+                    subscribe_to.iter().map(|c| c.get_connection_info().clone()),
+                )
+                .connection_timeout(CONNECT_TIMEOUT)
+                .response_timeout(COMMAND_TIMEOUT)
+                .retries(1);
+                if let Some(certs) = target.certificates() {
+                    builder = builder.certs(certs);
+                }
+                let client =
+                    builder.build().ok().context("cache.redis_urls: cannot set up the cluster client")?;
+                Commands::Cluster(Arc::new(ClusterCommands { client, conn: tokio::sync::OnceCell::new() }))
+            }
+            RedisMode::Standalone | RedisMode::Sentinel => {
+                let config = ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(COMMAND_TIMEOUT))
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    // Fail fast while Redis is down: the next command starts the next attempt.
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(500));
+                let conn = subscribe_to[0]
+                    .get_connection_manager_lazy(config)
+                    .context("cannot set up the Redis connection manager")?;
+                Commands::Single(conn)
+            }
+        };
         Ok(RedisTier {
-            client,
+            subscribe_to,
+            next_subscriber: std::sync::atomic::AtomicUsize::new(0),
             conn,
+            cluster: target.mode == RedisMode::Cluster,
             origin: uuid::Uuid::new_v4().simple().to_string(),
             metrics,
             pending: AtomicBool::new(false),
@@ -350,10 +556,11 @@ impl RedisTier {
 
     /// Whether Redis answers a `PING` now (startup check).
     pub async fn ping(&self) -> bool {
-        let mut conn = self.conn.clone();
-        tokio::time::timeout(CONNECT_TIMEOUT, redis::cmd("PING").query_async::<()>(&mut conn))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        let ping = async {
+            let mut conn = self.conn.get().await?;
+            redis::cmd("PING").query_async::<()>(&mut conn).await
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, ping).await.is_ok_and(|r| r.is_ok())
     }
 
     /// Whether the subscriber is subscribed (it has dropped the memory tier since).
@@ -363,12 +570,23 @@ impl RedisTier {
 
     /// The current entry of a login, or the epochs to write a fresh one with. One round trip.
     pub async fn lookup(&self, key: &LoginKey, sub: &str) -> Lookup {
-        let mut conn = self.conn.clone();
-        let name = login_key(key);
-        let keys = [name.clone(), EPOCH_KEY.to_owned(), user_epoch_key(sub)];
-        let mut mget = redis::cmd("MGET");
-        mget.arg(&keys);
-        let answer = mget.query_async::<(Option<Vec<u8>>, Option<String>, Option<String>)>(&mut conn);
+        let name = login_key(key, sub);
+        let answer = async {
+            let mut conn = self.conn.get().await?;
+            let mut user_conn = self.conn.get().await?;
+            // Two commands, sent together: the global epoch, and the entry with the user's
+            // epoch (one hash slot).
+            let mut get = redis::cmd("GET");
+            get.arg(EPOCH_KEY);
+            let mut mget = redis::cmd("MGET");
+            mget.arg(&name).arg(user_epoch_key(sub));
+            let (all, entry_and_user) = tokio::join!(
+                get.query_async::<Option<String>>(&mut conn),
+                mget.query_async::<(Option<Vec<u8>>, Option<String>)>(&mut user_conn)
+            );
+            let (entry, user) = entry_and_user?;
+            Ok((entry, all?, user))
+        };
         let Some((entry, all, user)) = self.run("lookup", answer).await else {
             self.count_lookup("miss");
             return Lookup::Unavailable;
@@ -437,15 +655,18 @@ impl RedisTier {
             snapshot: facts.clone(),
         };
         let Ok(json) = serde_json::to_vec(&stored) else { return };
-        let name = login_key(key);
+        let name = login_key(key, sub);
         let value = match &self.keys {
             Some(keys) => keys.seal(&name, &json),
             None => json,
         };
-        let mut conn = self.conn.clone();
         let mut set = redis::cmd("SET");
         set.arg(&name).arg(value).arg("EX").arg(ttl);
-        self.run("store", set.query_async::<()>(&mut conn)).await;
+        let stored = async {
+            let mut conn = self.conn.get().await?;
+            set.query_async::<()>(&mut conn).await
+        };
+        self.run("store", stored).await;
     }
 
     /// Makes `inv` effective on every other replica: replaces the epoch (so no replica serves
@@ -460,20 +681,33 @@ impl RedisTier {
 
     async fn send(&self, inv: &Invalidation) -> bool {
         let token = format!("{:016x}", rand::random::<u64>());
-        let mut pipe = redis::pipe();
-        match inv {
-            Invalidation::All => pipe.cmd("SET").arg(EPOCH_KEY).arg(&token).ignore(),
-            Invalidation::User(sub) => pipe
-                .cmd("SET")
-                .arg(user_epoch_key(sub))
-                .arg(&token)
-                .arg("EX")
-                .arg(USER_EPOCH_TTL_SECS)
-                .ignore(),
+        let (epoch, v1_epoch) = match inv {
+            Invalidation::All => (EPOCH_KEY.to_owned(), V1_EPOCH_KEY.to_owned()),
+            Invalidation::User(sub) => (user_epoch_key(sub), format!("identity-sidecar:epoch:user:{sub}")),
         };
-        pipe.cmd("PUBLISH").arg(CHANNEL).arg(inv.encode(&self.origin)).ignore();
-        let mut conn = self.conn.clone();
-        let sent = self.run("publish", pipe.query_async::<()>(&mut conn)).await.is_some();
+        let set = |name: &str| {
+            let mut set = redis::cmd("SET");
+            set.arg(name).arg(&token);
+            // The global epoch never expires: a missing one would read as "none" again.
+            if let Invalidation::User(_) = inv {
+                set.arg("EX").arg(USER_EPOCH_TTL_SECS);
+            }
+            set
+        };
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(CHANNEL).arg(inv.encode(&self.origin));
+        let sent = async {
+            let mut conn = self.conn.get().await?;
+            // The epoch first, then the message (a replica that receives it and misses
+            // locally finds the new epoch): two commands in order, each to its own slot.
+            set(&epoch).query_async::<()>(&mut conn).await?;
+            if !self.cluster {
+                // Version 1 replicas (on a single Redis only) read these names.
+                set(&v1_epoch).query_async::<()>(&mut conn).await?;
+            }
+            publish.query_async::<()>(&mut conn).await
+        };
+        let sent = self.run("publish", sent).await.is_some();
         if sent {
             self.metrics.redis_invalidations.get_or_create(&vec![("direction", "published")]).inc();
         }
@@ -544,7 +778,17 @@ impl RedisTier {
     }
 
     async fn subscribe(&self) -> redis::RedisResult<(redis::aio::PubSubSink, redis::aio::PubSubStream)> {
-        let (mut sink, stream) = self.client.get_async_pubsub().await?.split();
+        // A cluster forwards every PUBLISH to all its nodes: any one node will do. After a
+        // failure the next attempt goes to the next node.
+        let i = self.next_subscriber.load(Ordering::Relaxed) % self.subscribe_to.len();
+        let pubsub = match self.subscribe_to[i].get_async_pubsub().await {
+            Ok(pubsub) => pubsub,
+            Err(e) => {
+                self.next_subscriber.store(i + 1, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        let (mut sink, stream) = pubsub.split();
         sink.subscribe(CHANNEL).await?;
         Ok((sink, stream))
     }
@@ -627,12 +871,21 @@ impl RedisTier {
     }
 }
 
-fn login_key(key: &LoginKey) -> String {
-    format!("identity-sidecar:login:v1:{}", hex::encode(key))
+/// The hash tag of a user's keys: the first 8 bytes of SHA-256 of the sub, in hex (a sub
+/// may hold `{` or `}`, and its length is the identity provider's).
+fn user_tag(sub: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(&Sha256::digest(sub.as_bytes())[..8])
 }
 
+/// `identity-sidecar:v2:{<user tag>}:login:<hex login key>`: in the slot of its user's epoch.
+fn login_key(key: &LoginKey, sub: &str) -> String {
+    format!("identity-sidecar:{KEY_VERSION}:{{{}}}:login:{}", user_tag(sub), hex::encode(key))
+}
+
+/// `identity-sidecar:v2:{<user tag>}:epoch`: the user's epoch.
 fn user_epoch_key(sub: &str) -> String {
-    format!("identity-sidecar:epoch:user:{sub}")
+    format!("identity-sidecar:{KEY_VERSION}:{{{}}}:epoch", user_tag(sub))
 }
 
 #[cfg(test)]

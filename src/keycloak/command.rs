@@ -9,12 +9,12 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use secrecy::ExposeSecret as _;
 
 use super::KeycloakAdmin;
 use super::stated::{Reconciled, reconcile_from_keycloak};
 use super::sync::{SyncReport, sync_organizations};
 use crate::config::Config;
+use crate::entitlements::redis::Target;
 use crate::entitlements::{Invalidation, RedisTier};
 use crate::metrics::Metrics;
 use crate::reconcile::apply::{Actor, Mode};
@@ -42,8 +42,8 @@ impl Offline {
         if config.database.migrate_on_start {
             store.migrate().await?;
         }
-        let shared = match &config.cache.redis_url {
-            Some(url) => Some(RedisTier::new(url.expose_secret(), Arc::new(Metrics::new()))?),
+        let shared = match Target::from_config(&config.cache)? {
+            Some(target) => Some(RedisTier::connect(&target, None, Arc::new(Metrics::new()))?),
             None => None,
         };
         Ok(Offline { store, keycloak, shared })

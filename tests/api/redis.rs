@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use identity_sidecar::b2b::{EntitledContract, EntitledOrganization, Facts, HeldContract};
 use identity_sidecar::entitlements::Logins;
-use identity_sidecar::entitlements::redis::{Invalidation, Lookup, RedisTier};
+use identity_sidecar::entitlements::redis::{Invalidation, Lookup, RedisTier, Target};
 use identity_sidecar::metrics::Metrics;
 use identity_sidecar::store::model::{MembershipType, NewContract, NewOrganization};
 use identity_sidecar::store::{contracts, organizations};
@@ -219,7 +219,7 @@ impl RawRedis {
     /// The names of the login entries, sorted.
     async fn logins(&mut self) -> Vec<String> {
         let mut keys: Vec<String> =
-            redis::cmd("KEYS").arg("identity-sidecar:login:*").query_async(&mut self.0).await.unwrap();
+            redis::cmd("KEYS").arg("identity-sidecar:v2:{*}:login:*").query_async(&mut self.0).await.unwrap();
         keys.sort();
         keys
     }
@@ -740,4 +740,248 @@ async fn two_replicas_agree_after_an_admin_change_made_on_one_of_them() {
         facts(&b, &token).await == (200, org.clone(), String::new())
     })
     .await;
+}
+
+/// A login reconciled by `a` is served by `b` from Redis, without the database.
+async fn b_serves_what_a_reconciled(kc: &FakeKeycloak, a: &TestApp, b: &TestApp) {
+    let alias = unique("acme");
+    let (org, contract) = seed_org(a, &alias).await;
+    let token = kc.token().sub(&unique("u")).organization(json!([alias])).sign();
+    assert_eq!(facts(a, &token).await, (200, org.clone(), contract.clone()));
+    let before = settled_queries(b).await;
+    let hits = metric(&b.metrics().await, REDIS_HITS);
+    assert_eq!(facts(b, &token).await, (200, org, contract));
+    let metrics = b.metrics().await;
+    assert_eq!(metric(&metrics, QUERIES), before, "B reconciled; B: {}", redis_lines(&metrics));
+    assert_eq!(metric(&metrics, REDIS_HITS), hits + 1.0);
+}
+
+/// A `redis-server` of the test's own speaking TLS only (`--port 0`), its certificate
+/// signed by a CA made for the test.
+struct TlsRedis {
+    port: u16,
+    child: Child,
+    /// The CA's PEM, the server's certificate and key.
+    dir: tempfile::TempDir,
+}
+
+/// A CA: its certificate (PEM) and issuer.
+fn test_ca(name: &str) -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), rcgen::Issuer::new(params, key))
+}
+
+impl TlsRedis {
+    async fn start() -> TlsRedis {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca_pem, ca) = test_ca("identity-sidecar test CA");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+        let cert = params.signed_by(&key, &ca).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca_pem).unwrap();
+        std::fs::write(dir.path().join("server.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("server.key"), key.serialize_pem()).unwrap();
+        for _ in 0..5 {
+            let port = closed_port();
+            let path = |f: &str| dir.path().join(f).to_str().unwrap().to_owned();
+            let mut child = Command::new("redis-server")
+                .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--tls-cert-file", &path("server.pem"), "--tls-key-file", &path("server.key")])
+                .args(["--tls-ca-cert-file", &path("ca.pem"), "--tls-auth-clients", "no"])
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server is installed");
+            let tier = RedisTier::connect(
+                &Target::standalone(&format!("rediss://127.0.0.1:{port}"))
+                    .with_ca(std::fs::read(dir.path().join("ca.pem")).unwrap()),
+                None,
+                Arc::new(Metrics::new()),
+            )
+            .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // port taken: try another
+                }
+                if tier.ping().await {
+                    return TlsRedis { port, child, dir };
+                }
+                assert!(Instant::now() < deadline, "redis-server (TLS) did not answer within 10 s");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        panic!("could not start a TLS redis-server of the test's own");
+    }
+
+    fn url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.port)
+    }
+
+    fn ca_file(&self) -> String {
+        self.dir.path().join("ca.pem").to_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn over_tls_replicas_share_logins_and_a_server_the_ca_did_not_sign_is_refused() {
+    let kc = FakeKeycloak::start().await;
+    let redis = TlsRedis::start().await;
+    let db = TestDatabase::create().await;
+    let mut env = base_env(&kc);
+    set(&mut env, "SIDECAR__DATABASE__URL", db.url.clone());
+    set(&mut env, "SIDECAR__CACHE__REDIS_URL", redis.url());
+    set(&mut env, "SIDECAR__CACHE__REDIS_CA_FILE", redis.ca_file());
+    let a = TestApp::spawn_with(env.clone()).await;
+    let b = TestApp::spawn_with(env).await;
+    wait_subscribed(&a, Duration::from_secs(5)).await;
+    wait_subscribed(&b, Duration::from_secs(5)).await;
+    b_serves_what_a_reconciled(&kc, &a, &b).await;
+
+    // Another CA: the server's certificate does not verify, nothing is sent.
+    let (other_ca, _) = test_ca("another CA");
+    let target = Target::standalone(&redis.url()).with_ca(other_ca.into_bytes());
+    let stranger = RedisTier::connect(&target, None, Arc::new(Metrics::new())).unwrap();
+    assert!(!stranger.ping().await, "a server the CA did not sign was accepted");
+    // And plain text to a TLS-only server gets nowhere either.
+    assert!(
+        !RedisTier::new(&redis.url().replace("rediss", "redis"), Arc::new(Metrics::new()))
+            .unwrap()
+            .ping()
+            .await
+    );
+}
+
+/// Three `redis-server --cluster-enabled yes` of the test's own, joined by
+/// `redis-cli --cluster create` (no replicas), each stopped by its pid.
+struct TestCluster {
+    ports: Vec<u16>,
+    children: Vec<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestCluster {
+    async fn start() -> TestCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut ports, mut children) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            let (port, bus) = (closed_port(), closed_port());
+            let child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--cluster-port",
+                    &bus.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                ])
+                .args(["--cluster-enabled", "yes", "--cluster-config-file"])
+                .arg(dir.path().join(format!("nodes-{port}.conf")))
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server is installed");
+            ports.push(port);
+            children.push(child);
+        }
+        let cluster = TestCluster { ports, children, _dir: dir };
+        for &port in &cluster.ports {
+            let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while client.get_multiplexed_async_connection().await.is_err() {
+                assert!(Instant::now() < deadline, "a cluster node did not answer within 10 s");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let nodes: Vec<String> = cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli is installed");
+        assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stdout));
+        for &port in &cluster.ports {
+            let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+            let conn = client.get_multiplexed_async_connection().await.unwrap();
+            eventually(Duration::from_secs(10), "the cluster is ok on every node", || {
+                let mut conn = conn.clone();
+                async move {
+                    let info: String =
+                        redis::cmd("CLUSTER").arg("INFO").query_async(&mut conn).await.unwrap();
+                    info.contains("cluster_state:ok")
+                }
+            })
+            .await;
+        }
+        cluster
+    }
+
+    fn urls(&self) -> Vec<String> {
+        self.ports.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect()
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[tokio::test]
+async fn on_a_cluster_replicas_share_logins_and_invalidations() {
+    let kc = FakeKeycloak::start().await;
+    let cluster = TestCluster::start().await;
+    let db = TestDatabase::create().await;
+    let mut env = base_env(&kc);
+    set(&mut env, "SIDECAR__DATABASE__URL", db.url.clone());
+    set(&mut env, "SIDECAR__CACHE__REDIS_MODE", "cluster");
+    set(&mut env, "SIDECAR__CACHE__REDIS_URLS", serde_json::to_string(&cluster.urls()).unwrap());
+    let a = TestApp::spawn_with(env.clone()).await;
+    let b = TestApp::spawn_with(env).await;
+    wait_subscribed(&a, Duration::from_secs(5)).await;
+    wait_subscribed(&b, Duration::from_secs(5)).await;
+    // Several users, so their keys land in several slots (nodes).
+    for _ in 0..3 {
+        b_serves_what_a_reconciled(&kc, &a, &b).await;
+    }
+
+    // An invalidation published through the cluster reaches both replicas.
+    let alias = unique("acme");
+    let (org, first) = seed_org(&a, &alias).await;
+    let token = kc.token().sub(&unique("u")).organization(json!([alias])).sign();
+    assert_eq!(facts(&a, &token).await, (200, org.clone(), first.clone()));
+    assert_eq!(facts(&b, &token).await, (200, org.clone(), first.clone()));
+    let second = add_contract(&a, &org).await;
+    assert_eq!(facts(&b, &token).await.2, first, "served from memory until invalidated");
+    let received = metric(&b.metrics().await, RECEIVED);
+    let publisher =
+        RedisTier::connect(&Target::cluster(&cluster.urls()), None, Arc::new(Metrics::new())).unwrap();
+    publisher.publish(&Invalidation::All).await;
+    eventually(Duration::from_secs(2), "the invalidation is received", || async {
+        metric(&b.metrics().await, RECEIVED) > received
+    })
+    .await;
+    let mut both = [first, second];
+    both.sort();
+    let before = settled_queries(&b).await;
+    assert_eq!(facts(&b, &token).await, (200, org, both.join(",")));
+    assert!(metric(&b.metrics().await, QUERIES) > before, "B served a stale Redis entry");
 }

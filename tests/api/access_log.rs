@@ -6,36 +6,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::binary::Binary;
+use crate::helpers::binary::{Binary, JSON_LOGS, proxy_toml};
 use crate::helpers::{EchoUpstream, FakeKeycloak};
 
 #[tokio::test]
 async fn every_public_request_writes_one_access_line_without_token_or_code() {
     let kc = FakeKeycloak::start().await;
     let upstream = EchoUpstream::start().await;
-    let mut bin = Binary::start(&format!(
-        r#"
-[server]
-listen = "127.0.0.1:{{public}}"
-admin_listen = "127.0.0.1:{{admin}}"
-
-[upstream]
-url = "{upstream}"
-
-[oidc]
-issuer = "{issuer}"
-audiences = ["app"]
-
-[database]
-url = "sqlite://{{dir}}/sidecar.db?mode=rwc"
-
-[log]
-format = "json"
-level = "info"
-"#,
-        upstream = upstream.url(),
-        issuer = kc.issuer(),
-    ));
+    let mut bin = Binary::start(&proxy_toml(&upstream.url(), &kc.issuer(), JSON_LOGS));
     bin.wait_ready(Duration::from_secs(20)).await;
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let token = kc.token().sub("logged").sign();

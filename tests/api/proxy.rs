@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
-use crate::helpers::binary::Binary;
+use crate::helpers::binary::{Binary, JSON_LOGS, proxy_toml};
 use crate::helpers::upstream::{HOP_RESPONSE_HEADERS, big_body, sha256_hex};
 use crate::helpers::{
     Echo, EchoUpstream, FakeKeycloak, HangingServer, MEMORY_TURN, TestApp, base_env, closed_port, metric,
@@ -840,30 +840,10 @@ async fn readyz_answers_503_while_in_flight_proxied_requests_complete_during_a_g
 async fn the_binary_answers_readyz_503_and_drains_an_in_flight_request_on_sigterm_and_exits_zero() {
     let kc = FakeKeycloak::start().await;
     let upstream = EchoUpstream::start().await;
-    let mut bin = Binary::start(&format!(
-        r#"
-[server]
-listen = "127.0.0.1:{{public}}"
-admin_listen = "127.0.0.1:{{admin}}"
-shutdown_grace_secs = 10
-
-[upstream]
-url = "{upstream}"
-
-[oidc]
-issuer = "{issuer}"
-audiences = ["app"]
-
-[database]
-url = "sqlite://{{dir}}/sidecar.db?mode=rwc"
-
-[log]
-format = "json"
-level = "info"
-"#,
-        upstream = upstream.url(),
-        issuer = kc.issuer(),
-    ));
+    let mut bin = Binary::start_with_env(
+        &proxy_toml(&upstream.url(), &kc.issuer(), JSON_LOGS),
+        &[("SIDECAR__SERVER__SHUTDOWN_GRACE_SECS", "10")],
+    );
     bin.wait_ready(Duration::from_secs(20)).await;
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
 

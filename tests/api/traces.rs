@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::helpers::binary::Binary;
+use crate::helpers::binary::{Binary, proxy_toml};
 use crate::helpers::otlp::{OtlpReceiver, ReceivedSpan};
 use crate::helpers::{EchoUpstream, FakeKeycloak};
 
@@ -12,27 +12,7 @@ const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
 
 fn sidecar_toml(upstream: &EchoUpstream, kc: &FakeKeycloak, telemetry: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:{{public}}"
-admin_listen = "127.0.0.1:{{admin}}"
-
-[upstream]
-url = "{upstream}"
-
-[oidc]
-issuer = "{issuer}"
-audiences = ["app"]
-
-[database]
-url = "sqlite://{{dir}}/sidecar.db?mode=rwc"
-
-{telemetry}
-"#,
-        upstream = upstream.url(),
-        issuer = kc.issuer(),
-    )
+    proxy_toml(&upstream.url(), &kc.issuer(), telemetry)
 }
 
 /// Sends one proxied request with a client trace context, then stops the binary (SIGTERM, so

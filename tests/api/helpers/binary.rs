@@ -5,6 +5,35 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
+/// The configuration of a binary in reverse proxy mode in front of `upstream`, trusting
+/// `issuer`, on SQLite in its own directory; `tables` (more TOML tables, e.g. `[log]`) is
+/// appended. Give it to [`Binary::start`]; a key of `[server]` goes in as an environment
+/// variable (`SIDECAR__SERVER__…`) with [`Binary::start_with_env`].
+pub fn proxy_toml(upstream: &str, issuer: &str, tables: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{{public}}"
+admin_listen = "127.0.0.1:{{admin}}"
+
+[upstream]
+url = "{upstream}"
+
+[oidc]
+issuer = "{issuer}"
+audiences = ["app"]
+
+[database]
+url = "sqlite://{{dir}}/sidecar.db?mode=rwc"
+
+{tables}
+"#
+    )
+}
+
+/// JSON logs at `info`, for tests that read the binary's log lines.
+pub const JSON_LOGS: &str = "[log]\nformat = \"json\"\nlevel = \"info\"";
+
 /// A free loopback port (bound, read, released: a small race, fine for tests).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

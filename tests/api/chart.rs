@@ -1470,6 +1470,8 @@ fn exported_series(exposition: &str) -> BTreeSet<String> {
             "counter" => &["_total", "_created"],
             "histogram" => &["_bucket", "_sum", "_count", "_created"],
             "summary" => &["", "_sum", "_count", "_created"],
+            // OpenMetrics: an info family `x` writes its one sample as `x_info`.
+            "info" => &["_info"],
             _ => &[""],
         };
         for suffix in suffixes {
@@ -1526,6 +1528,8 @@ fn every_family_touched() -> String {
         family.get_or_create(&one()).inc();
     }
     m.jobs_queue_depth.get_or_create(&one()).set(1);
+    m.requests_in_flight.get_or_create(&one()).set(1);
+    m.request_duration.get_or_create(&one()).observe(0.1);
     m.render()
 }
 

@@ -93,24 +93,28 @@ fn counted(state: &AppState, mode: Mode, route: MethodRouter<AppState>) -> Metho
 async fn count(State(counter): State<Counter>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let in_flight = counter.metrics.in_flight(counter.mode);
-    // Kept for the access-log line; the request itself moves into the route.
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let request_id = request.headers().get(REQUEST_ID).cloned();
+    // Kept for the access-log line (the request itself moves into the route), and only
+    // copied when that line is written at all.
+    let logged = crate::telemetry::access_log_enabled().then(|| {
+        let request_id = request.headers().get(REQUEST_ID).cloned();
+        (request.method().clone(), request.uri().path().to_owned(), request_id)
+    });
     let response = next.run(request).await;
     drop(in_flight);
     let status = response.status().as_u16();
     let duration = started.elapsed();
     counter.metrics.count_response(counter.mode, status);
     counter.metrics.observe_request(counter.mode, status, duration.as_secs_f64());
-    crate::telemetry::access_log(&crate::telemetry::Access {
-        method: method.as_str(),
-        path: &path,
-        status,
-        duration,
-        mode: counter.mode,
-        request_id: request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
-    });
+    if let Some((method, path, request_id)) = logged {
+        crate::telemetry::access_log(&crate::telemetry::Access {
+            method: method.as_str(),
+            path: &path,
+            status,
+            duration,
+            mode: counter.mode,
+            request_id: request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
+        });
+    }
     response
 }
 

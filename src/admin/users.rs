@@ -232,10 +232,10 @@ async fn put_membership(
             .await?;
             // Queued before the audit event: a failure from here on rolls the job back too.
             keycloak_job = push::enqueue(&mut tx, push_memberships, Push::Add, &org, &sub).await?;
-            let detail = json!({
-                "keep_until_seen": keep_until_seen, "manager": manager, "source": "admin",
-                "keycloak_job": keycloak_job,
-            });
+            let mut detail = json!({"keep_until_seen": keep_until_seen, "manager": manager, "source": "admin"});
+            if let Some(job) = keycloak_job {
+                detail["keycloak_job"] = json!(job);
+            }
             audit::insert(&mut tx, &event("membership.add", detail)).await?;
             StatusCode::CREATED
         }

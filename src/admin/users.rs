@@ -232,7 +232,8 @@ async fn put_membership(
             .await?;
             // Queued before the audit event: a failure from here on rolls the job back too.
             keycloak_job = push::enqueue(&mut tx, push_memberships, Push::Add, &org, &sub).await?;
-            let mut detail = json!({"keep_until_seen": keep_until_seen, "manager": manager, "source": "admin"});
+            let mut detail =
+                json!({"keep_until_seen": keep_until_seen, "manager": manager, "source": "admin"});
             if let Some(job) = keycloak_job {
                 detail["keycloak_job"] = json!(job);
             }

@@ -166,7 +166,14 @@ async fn an_admin_add_and_remove_reach_keycloak_and_are_retried_until_it_answers
     assert!(s.kc.members(acme).is_empty());
     assert_eq!(
         s.kc.membership_calls(),
-        [add(acme, "u-1"), add(acme, "u-1"), add(acme, "u-1"), remove(acme, "u-1"), remove(acme, "u-1"), remove(acme, "u-1")]
+        [
+            add(acme, "u-1"),
+            add(acme, "u-1"),
+            add(acme, "u-1"),
+            remove(acme, "u-1"),
+            remove(acme, "u-1"),
+            remove(acme, "u-1")
+        ]
     );
 
     let text = s.app.metrics().await;
@@ -278,10 +285,10 @@ async fn an_add_and_a_removal_reach_keycloak_in_the_order_they_were_made(db: Db)
     assert!(!s.kc.membership_calls().contains(&remove(acme, "u-1")), "the removal waits for the add");
     s.kc.fail_next_add_member(0);
     let done = s.settled().await;
-    assert_eq!(done.iter().map(|j| (j.kind.as_str(), j.status)).collect::<Vec<_>>(), [
-        (ADD, JobStatus::Done),
-        (REMOVE, JobStatus::Done)
-    ]);
+    assert_eq!(
+        done.iter().map(|j| (j.kind.as_str(), j.status)).collect::<Vec<_>>(),
+        [(ADD, JobStatus::Done), (REMOVE, JobStatus::Done)]
+    );
     let calls = s.kc.membership_calls();
     assert_eq!(calls.last(), Some(&remove(acme, "u-1")), "{calls:?}");
     assert!(s.kc.members(acme).is_empty(), "Keycloak ends as the store: no member");

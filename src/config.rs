@@ -486,6 +486,11 @@ pub struct KeycloakAdminConfig {
     /// First delay before a failed Keycloak job is retried; it doubles per attempt (with
     /// jitter) up to 5 minutes.
     pub retry_base_ms: u64,
+    /// Two-way membership (docs/contract.md §11): every admin or manager change to a membership
+    /// of a Keycloak-linked organization (add, remove) is pushed to Keycloak by a durable job.
+    /// Off by default: Keycloak organizations may serve other clients. Needs the rest of
+    /// `keycloak_admin` (a startup error without it).
+    pub push_memberships: bool,
 }
 
 impl KeycloakAdminConfig {
@@ -526,6 +531,7 @@ impl Default for KeycloakAdminConfig {
             timeout_secs: 10,
             page_size: 100,
             retry_base_ms: 1000,
+            push_memberships: false,
         }
     }
 }
@@ -726,6 +732,12 @@ impl Config {
         }
         if kc.retry_base_ms == 0 {
             bail!("keycloak_admin.retry_base_ms must be at least 1");
+        }
+        if kc.push_memberships && !kc.is_configured() {
+            bail!(
+                "keycloak_admin.push_memberships = true needs keycloak_admin configured; missing: {}",
+                kc.missing().iter().map(|k| format!("keycloak_admin.{k}")).collect::<Vec<_>>().join(", ")
+            );
         }
         if let Some(url) = &self.upstream.url {
             let uri: http::Uri = url.parse().with_context(|| format!("upstream.url {url:?}"))?;

@@ -156,6 +156,7 @@ async fn show(State(state): State<AppState>, Path(key): Path<String>) -> Result<
 /// Changes a contract by a JSON merge patch (RFC 7396) of its writable fields; `null` clears
 /// the dates (unbounded), `max_learners` (unlimited) or `price` (free). The key cannot change.
 /// Lowering `max_learners` below `seats_used` detaches nobody; it only stops new attachments.
+/// The audit event's `detail` is `{"before": …, "after": …}`, every writable field of each.
 #[utoipa::path(
     patch,
     path = "/contracts/{key}",
@@ -187,10 +188,10 @@ async fn update(
         check_organization(&mut tx, &wanted.organization).await?;
     }
     let contract = contracts::update(&mut tx, &wanted).await?;
-    let mut event = with_contract(admin.event("contract.update", "admin API"), &contract, patch);
-    if wanted.organization != current.organization {
-        event.detail = Some(json!({"patch": event.detail, "moved_from": current.organization}));
-    }
+    // Every writable field before and after (docs/admin-api.md, "Audit events of updates");
+    // a move shows as `organization` changing.
+    let detail = json!({"before": NewContract::from(&current), "after": wanted});
+    let event = with_contract(admin.event("contract.update", "admin API"), &contract, detail);
     audit::insert(&mut tx, &event).await?;
     tx.commit().await?;
     state.entitlements.invalidate_all().await;

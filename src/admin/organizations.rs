@@ -127,7 +127,8 @@ async fn show(
 }
 
 /// Changes an organization by a JSON merge patch (RFC 7396) of its writable fields; `null`
-/// clears `keycloak_id` or `keycloak_alias`. The key cannot change.
+/// clears `keycloak_id` or `keycloak_alias`. The key cannot change. The audit event's
+/// `detail` is `{"before": …, "after": …}`, every writable field of each.
 #[utoipa::path(
     patch,
     path = "/organizations/{key}",
@@ -157,7 +158,9 @@ async fn update(
     }
     validate(&wanted)?;
     let org = organizations::update(&mut tx, &wanted).await?;
-    audit::insert(&mut tx, &with_org(admin.event("organization.update", "admin API"), &key, patch)).await?;
+    // Every writable field before and after (docs/admin-api.md, "Audit events of updates").
+    let detail = json!({"before": NewOrganization::from(&current), "after": wanted});
+    audit::insert(&mut tx, &with_org(admin.event("organization.update", "admin API"), &key, detail)).await?;
     tx.commit().await?;
     state.entitlements.invalidate_all().await;
     Ok(Json(org))

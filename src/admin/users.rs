@@ -23,7 +23,8 @@ use super::extract::{OptionalJson, PageQuery, Params};
 use super::guard::Admin;
 use super::{OrNotFound, Page};
 use crate::error::{ApiError, FieldError};
-use crate::reconcile::apply::{RemovalReasons, remove_membership};
+use crate::keycloak::push::{self, Push, remove_membership};
+use crate::reconcile::apply::RemovalReasons;
 use crate::state::AppState;
 use crate::store::model::{
     AttachOutcome, Attachment, AttachmentSource, Membership, MembershipSource, NewAuditEvent, User,
@@ -179,7 +180,9 @@ struct MembershipFlags {
 
 /// Creates an admin membership (`keep_until_seen` defaults to true, so the next login without
 /// the organization in its claim does not remove it; `manager` to false) → 201, or sets the
-/// given flags of an existing one, whatever its source → 200.
+/// given flags of an existing one, whatever its source → 200. With
+/// `keycloak_admin.push_memberships`, a new membership of a Keycloak-linked organization is
+/// pushed to Keycloak by a job queued in the same transaction.
 #[utoipa::path(
     put,
     path = "/users/{sub}/organizations/{org}",
@@ -213,6 +216,8 @@ async fn put_membership(
         detail: Some(detail),
         ..admin.event(action, "admin API")
     };
+    let push_memberships = state.config.keycloak_admin.push_memberships;
+    let mut keycloak_job = None;
     let status = match memberships::get(&mut tx, &sub, org.id).await? {
         None => {
             let keep_until_seen = flags.keep_until_seen.unwrap_or(true);
@@ -225,7 +230,13 @@ async fn put_membership(
                 memberships::Flags { keep_until_seen, manager },
             )
             .await?;
-            let detail = json!({"keep_until_seen": keep_until_seen, "manager": manager, "source": "admin"});
+            // Queued before the audit event: a failure from here on rolls the job back too.
+            keycloak_job = push::enqueue(&mut tx, push_memberships, Push::Add, &org, &sub).await?;
+            let mut detail =
+                json!({"keep_until_seen": keep_until_seen, "manager": manager, "source": "admin"});
+            if let Some(job) = keycloak_job {
+                detail["keycloak_job"] = json!(job);
+            }
             audit::insert(&mut tx, &event("membership.add", detail)).await?;
             StatusCode::CREATED
         }
@@ -248,6 +259,9 @@ async fn put_membership(
     })?;
     tx.commit().await?;
     state.entitlements.invalidate_user(&sub).await;
+    if keycloak_job.is_some() {
+        state.jobs.kick();
+    }
     Ok((status, Json(membership)))
 }
 
@@ -260,7 +274,9 @@ struct Removed {
 }
 
 /// Removes a membership as reconciliation removes one: the organization's `auto` and `managed`
-/// contracts go with it, code attachments stay (shared logic: `reconcile::apply`).
+/// contracts go with it, code attachments stay (shared logic: `reconcile::apply`). With
+/// `keycloak_admin.push_memberships`, a Keycloak-linked organization's removal is pushed to
+/// Keycloak ([`crate::keycloak::push::remove_membership`], which managers' removals use too).
 #[utoipa::path(
     delete,
     path = "/users/{sub}/organizations/{org}",
@@ -286,12 +302,17 @@ async fn delete_membership(
         .or_not_found(|| format!("No organization with key `{org_key}`."))?;
     let reasons =
         RemovalReasons { membership: "removed by admin", attachment: "membership removed by admin" };
-    let Some(detached) = remove_membership(&mut tx, &sub, org.id, &admin.actor(), &reasons).await? else {
+    let push_memberships = state.config.keycloak_admin.push_memberships;
+    let removed = remove_membership(&mut tx, push_memberships, &sub, &org, &admin.actor(), &reasons).await?;
+    let Some(removed) = removed else {
         return Err(ApiError::NotFound(format!("`{sub}` is not a member of `{org_key}`.")));
     };
     tx.commit().await?;
     state.entitlements.invalidate_user(&sub).await;
-    let detached_contracts = detached.into_iter().map(|c| c.key).collect();
+    if removed.keycloak_job.is_some() {
+        state.jobs.kick();
+    }
+    let detached_contracts = removed.detached.into_iter().map(|c| c.key).collect();
     Ok(Json(Removed { organization: org.key, detached_contracts }))
 }
 

@@ -1,4 +1,4 @@
-//! The Keycloak admin REST client: the three organization calls the sidecar makes, behind a
+//! The Keycloak admin REST client: the four organization calls the sidecar makes, behind a
 //! client-credentials token of its own service account.
 //!
 //! # Token
@@ -73,6 +73,15 @@ pub enum AddMember {
     AlreadyMember,
 }
 
+/// What removing a member did. Both are success: the user is not a member now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoveMember {
+    Removed,
+    /// Keycloak answered `404`: the user was not a member (or the organization or the user is
+    /// gone), so there is nothing to remove.
+    NotMember,
+}
+
 /// Which call failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Call {
@@ -80,6 +89,7 @@ pub enum Call {
     ListOrganizations,
     AddMember,
     UserOrganizations,
+    RemoveMember,
 }
 
 impl fmt::Display for Call {
@@ -89,6 +99,7 @@ impl fmt::Display for Call {
             Call::ListOrganizations => "list organizations",
             Call::AddMember => "add organization member",
             Call::UserOrganizations => "list a user's organizations",
+            Call::RemoveMember => "remove organization member",
         })
     }
 }
@@ -284,6 +295,25 @@ impl KeycloakAdmin {
         match res.status().as_u16() {
             200..=299 => Ok(AddMember::Added),
             409 => Ok(AddMember::AlreadyMember),
+            status => Err(KcError::new(call, KcErrorKind::Status { status, error: None })),
+        }
+    }
+
+    /// Removes the user from the organization (`DELETE …/organizations/{id}/members/{userId}`,
+    /// Keycloak's `OrganizationMemberResource`). Keycloak answers `204`, or `404` when the user
+    /// is not a member (or either does not exist), which is success too: the user is not a
+    /// member. Any other status is an error, classified as usual ([`KcError::is_permanent`]).
+    pub async fn remove_member(&self, organization: Uuid, user_id: &str) -> Result<RemoveMember, KcError> {
+        let call = Call::RemoveMember;
+        let url = format!(
+            "{}/organizations/{organization}/members/{}",
+            self.admin_base,
+            utf8_percent_encode(user_id, ESCAPED)
+        );
+        let res = self.send(call, |token| self.http.delete(&url).bearer_auth(token)).await?;
+        match res.status().as_u16() {
+            200..=299 => Ok(RemoveMember::Removed),
+            404 => Ok(RemoveMember::NotMember),
             status => Err(KcError::new(call, KcErrorKind::Status { status, error: None })),
         }
     }

@@ -7,12 +7,20 @@
 //!   to the Keycloak organization (enqueued by a code redemption that created a membership,
 //!   docs/contract.md §7). "Already a member" is success. Retried until it succeeds; given up only when
 //!   Keycloak says the organization or the user does not exist (or the payload is malformed).
+//! - [`REMOVE_MEMBER`] (same payload): removes the user from the Keycloak organization
+//!   (enqueued by an admin or manager removal when `keycloak_admin.push_memberships` is on,
+//!   see [`super::push`]). "Not a member" (`404`) is success; retried like an add.
 //! - [`RECONCILE_ALL`] `{"actor": "admin:<who>"}`: walks every known user in `sub` order,
 //!   reads each one's organizations from Keycloak and reconciles (see [`super::stated`]).
 //!   Progress `{done, total, errors, after}` is saved at least every second and at the end;
 //!   `after` is the last user done, so a retried or interrupted job resumes there. A user
 //!   Keycloak does not know (`404`) counts as an error and is skipped; Keycloak or the
 //!   database being unavailable ends the attempt, to be retried later.
+//!
+//! Membership jobs of one user and organization run in the order they were queued
+//! ([`jobs::claim_in_order`]): an add and a removal run on different workers, and a retried
+//! add must not overtake the removal queued after it, or Keycloak would end in the opposite
+//! state of the store.
 //!
 //! # Delivery
 //!
@@ -44,7 +52,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::Error;
-use super::client::{AddMember, KeycloakAdmin};
+use super::client::{AddMember, KeycloakAdmin, RemoveMember};
 use super::stated::reconcile_from_keycloak;
 use crate::entitlements::Entitlements;
 use crate::metrics::Metrics;
@@ -56,8 +64,12 @@ use crate::store::{Store, StoreError, jobs, users};
 pub const ADD_MEMBER: &str = "keycloak.add_member";
 /// Reconciles every known user against Keycloak.
 pub const RECONCILE_ALL: &str = "reconcile.all";
+/// Removes a user from a Keycloak organization.
+pub const REMOVE_MEMBER: &str = "keycloak.remove_member";
+/// The kinds that change a Keycloak membership: they run in order per user and organization.
+const MEMBERSHIP: [&str; 2] = [ADD_MEMBER, REMOVE_MEMBER];
 /// Every kind a worker runs (one worker task each).
-pub const KINDS: [&str; 2] = [ADD_MEMBER, RECONCILE_ALL];
+pub const KINDS: [&str; 3] = [ADD_MEMBER, RECONCILE_ALL, REMOVE_MEMBER];
 
 /// How often an idle worker looks for due jobs.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -68,7 +80,7 @@ const USERS_PER_PAGE: u32 = 100;
 /// A running reconciliation saves its progress (and renews its lease) at least this often.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
-/// The payload of an [`ADD_MEMBER`] job.
+/// The payload of an [`ADD_MEMBER`] or a [`REMOVE_MEMBER`] job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AddMemberPayload {
     /// The Keycloak organization (the organization's `keycloak_id`).
@@ -234,6 +246,9 @@ async fn claim(state: &Worker, kind: &str) -> Result<Option<Job>, StoreError> {
     let now = OffsetDateTime::now_utc();
     let lease = lease_for(state.timeout_secs);
     let mut conn = state.store.conn().await?;
+    if MEMBERSHIP.contains(&kind) {
+        return jobs::claim_in_order(&mut conn, kind, MEMBERSHIP, now, now + lease).await;
+    }
     jobs::claim(&mut conn, kind, now, now + lease).await
 }
 
@@ -247,6 +262,7 @@ async fn run_one(
     let kind: &'static str = KINDS.into_iter().find(|k| *k == job.kind).unwrap_or("unknown");
     let attempt = match kind {
         ADD_MEMBER => add_member(keycloak, &job).await,
+        REMOVE_MEMBER => remove_member(keycloak, &job).await,
         RECONCILE_ALL => reconcile_all(state, keycloak, &job, stop).await,
         _ => Attempt::Fail(format!("unknown job kind {:?}", job.kind)),
     };
@@ -306,6 +322,26 @@ async fn add_member(keycloak: &KeycloakAdmin, job: &Job) -> Attempt {
                 organization_keycloak_id = %payload.organization_keycloak_id,
                 already_member = added == AddMember::AlreadyMember,
                 "user added to the Keycloak organization"
+            );
+            Attempt::Done
+        }
+        Err(e) if e.is_permanent() => Attempt::Fail(e.to_string()),
+        Err(e) => Attempt::Retry(e.to_string()),
+    }
+}
+
+async fn remove_member(keycloak: &KeycloakAdmin, job: &Job) -> Attempt {
+    let payload: AddMemberPayload = match serde_json::from_value(job.payload.clone()) {
+        Ok(p) => p,
+        Err(e) => return Attempt::Fail(format!("invalid payload: {e}")),
+    };
+    match keycloak.remove_member(payload.organization_keycloak_id, &payload.sub).await {
+        Ok(removed) => {
+            tracing::info!(
+                job = job.id,
+                organization_keycloak_id = %payload.organization_keycloak_id,
+                not_member = removed == RemoveMember::NotMember,
+                "user removed from the Keycloak organization"
             );
             Attempt::Done
         }

@@ -1,7 +1,8 @@
 //! Keycloak's side of B2B membership: the admin REST client ([`client`]), the organization
 //! import ([`sync`]), reconciling a user against a stated or Keycloak-reported organization
 //! set ([`stated`]), and the durable job worker that pushes memberships to Keycloak and runs
-//! background reconciliations ([`jobs`]).
+//! background reconciliations ([`jobs`]), fed by code redemptions and, with
+//! `keycloak_admin.push_memberships`, by admins' and managers' membership changes ([`push`]).
 //!
 //! All of it needs `keycloak_admin` (url, realm, client id and secret); without it the client
 //! is not built, jobs that need it stay queued, and the admin endpoints that need it answer
@@ -17,6 +18,7 @@
 pub mod client;
 pub mod command;
 pub mod jobs;
+pub mod push;
 pub mod stated;
 pub mod sync;
 

@@ -207,3 +207,77 @@ pub async fn pending(conn: &mut Conn, kind: &str) -> Result<i64, StoreError> {
         .await
     })?)
 }
+
+/// Like [`claim`], for kinds whose jobs must run in the order they were queued when they are
+/// about the same thing: a job of `kind` waits while an older job of either kind in `family`
+/// with the same payload is not finished (queued, retrying or running). Adding and removing a
+/// Keycloak member are such a family: without the order, a retried add could overtake a later
+/// removal and leave the user a member in Keycloak after the store removed them. Ids follow
+/// the commit order of the transactions that queued them when those serialise (a per-user
+/// transaction does), so this is the order of the changes.
+pub async fn claim_in_order(
+    conn: &mut Conn,
+    kind: &str,
+    family: [&str; 2],
+    now: OffsetDateTime,
+    lease_until: OffsetDateTime,
+) -> Result<Option<Job>, StoreError> {
+    let job = match conn.backend() {
+        Backend::Sqlite(c) => {
+            sqlx::query_as::<_, Job>(
+                "UPDATE jobs
+                    SET status = 'running', attempts = attempts + 1, next_run_at = $3,
+                        updated_at = $2
+                  WHERE id = (SELECT id FROM jobs AS j
+                               WHERE kind = $1 AND status IN ('queued', 'running')
+                                 AND next_run_at <= $2
+                                 AND NOT EXISTS (
+                                     SELECT 1 FROM jobs AS earlier
+                                      WHERE earlier.id < j.id AND earlier.kind IN ($4, $5)
+                                        AND earlier.status IN ('queued', 'running')
+                                        AND earlier.payload = j.payload)
+                               ORDER BY next_run_at, id
+                               LIMIT 1)
+                 RETURNING id, kind, payload, status, attempts, next_run_at, last_error,
+                           progress, created_at, updated_at",
+            )
+            .bind(kind)
+            .bind(At(now))
+            .bind(At(lease_until))
+            .bind(family[0])
+            .bind(family[1])
+            .fetch_optional(c)
+            .await
+        }
+        Backend::Postgres(c) => {
+            // `SKIP LOCKED` as in `claim`; an earlier job another worker holds locked still
+            // counts (NOT EXISTS reads it without locking), so the order holds across replicas.
+            sqlx::query_as::<_, Job>(
+                "UPDATE jobs
+                    SET status = 'running', attempts = attempts + 1, next_run_at = $3,
+                        updated_at = $2
+                  WHERE id = (SELECT id FROM jobs AS j
+                               WHERE kind = $1 AND status IN ('queued', 'running')
+                                 AND next_run_at <= $2
+                                 AND NOT EXISTS (
+                                     SELECT 1 FROM jobs AS earlier
+                                      WHERE earlier.id < j.id AND earlier.kind IN ($4, $5)
+                                        AND earlier.status IN ('queued', 'running')
+                                        AND earlier.payload = j.payload)
+                               ORDER BY next_run_at, id
+                               LIMIT 1
+                               FOR UPDATE SKIP LOCKED)
+                 RETURNING id, kind, payload, status, attempts, next_run_at, last_error,
+                           progress, created_at, updated_at",
+            )
+            .bind(kind)
+            .bind(At(now))
+            .bind(At(lease_until))
+            .bind(family[0])
+            .bind(family[1])
+            .fetch_optional(c)
+            .await
+        }
+    }?;
+    Ok(job)
+}

@@ -62,6 +62,7 @@ on_both_databases!(with with_store:
     members_of_an_organization_and_of_a_contract_page_in_subject_order,
     a_one_time_code_belongs_to_its_first_redeemer,
     jobs_are_claimed_once_retried_and_finished_in_due_order,
+    jobs_of_a_family_about_the_same_payload_are_claimed_in_queue_order,
     users_are_found_by_email_ignoring_case_and_walked_in_order,
     every_database_operation_is_counted,
     a_closed_pool_is_unavailable,
@@ -898,6 +899,38 @@ async fn jobs_are_claimed_once_retried_and_finished_in_due_order(store: Store) {
     assert_eq!(jobs::pending(&mut conn, "push").await.unwrap(), 0);
     assert!(matches!(jobs::get(&mut conn, 999_999).await, Err(StoreError::NotFound)));
     assert!(matches!(jobs::complete(&mut conn, 999_999).await, Err(StoreError::NotFound)));
+}
+
+async fn jobs_of_a_family_about_the_same_payload_are_claimed_in_queue_order(store: Store) {
+    let mut conn = store.conn().await.unwrap();
+    let t0 = time::macros::datetime!(2026-11-21 10:00:00 UTC);
+    let (ann, bob) = (serde_json::json!({"sub": "ann"}), serde_json::json!({"sub": "bob"}));
+    let family = ["add", "remove"];
+    // Ann's removal is due before her add, but was queued after it.
+    let add_ann = jobs::enqueue(&mut conn, "add", &ann, t0 + time::Duration::seconds(1)).await.unwrap();
+    let remove_ann = jobs::enqueue(&mut conn, "remove", &ann, t0).await.unwrap();
+    let remove_bob = jobs::enqueue(&mut conn, "remove", &bob, t0).await.unwrap();
+
+    let now = t0 + time::Duration::seconds(2);
+    let lease = now + time::Duration::seconds(60);
+    let claim = async |conn: &mut Conn, kind: &str| {
+        jobs::claim_in_order(conn, kind, family, now, lease).await.unwrap().map(|j| j.id)
+    };
+    assert_eq!(claim(&mut conn, "remove").await, Some(remove_bob.id), "Bob has nothing before");
+    assert_eq!(claim(&mut conn, "remove").await, None, "Ann's removal waits for her add");
+    assert_eq!(claim(&mut conn, "add").await, Some(add_ann.id));
+    assert_eq!(claim(&mut conn, "remove").await, None, "a running add still holds it back");
+    jobs::retry(&mut conn, add_ann.id, "keycloak: 503", now).await.unwrap();
+    assert_eq!(claim(&mut conn, "remove").await, None, "so does a retrying one");
+    assert_eq!(claim(&mut conn, "add").await, Some(add_ann.id));
+    jobs::complete(&mut conn, add_ann.id).await.unwrap();
+    assert_eq!(claim(&mut conn, "remove").await, Some(remove_ann.id));
+
+    // A failed job holds nothing back.
+    let add_again = jobs::enqueue(&mut conn, "add", &bob, t0).await.unwrap();
+    assert_eq!(claim(&mut conn, "add").await, None, "Bob's removal is still running");
+    jobs::fail(&mut conn, remove_bob.id, "gave up").await.unwrap();
+    assert_eq!(claim(&mut conn, "add").await, Some(add_again.id));
 }
 
 async fn users_are_found_by_email_ignoring_case_and_walked_in_order(store: Store) {

@@ -26,6 +26,7 @@ mod nginx;
 mod openapi;
 mod paths;
 mod proxy;
+mod push_memberships;
 mod redis;
 mod token_gate;
 mod traces;

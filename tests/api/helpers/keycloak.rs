@@ -16,7 +16,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Form, Json};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -106,6 +106,16 @@ struct RealmState {
     /// org id → member user ids, in the order they were added.
     members: BTreeMap<Uuid, Vec<String>>,
     fail_add_member: usize,
+    fail_remove_member: usize,
+    /// Every add- and remove-member call received, in order (failed ones included).
+    membership_calls: Vec<MembershipCall>,
+}
+
+/// An add- or remove-member call the fake received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MembershipCall {
+    Add { org: String, user: String },
+    Remove { org: String, user: String },
 }
 
 impl FakeKeycloak {
@@ -130,6 +140,8 @@ impl FakeKeycloak {
             orgs: Vec::new(),
             members: BTreeMap::new(),
             fail_add_member: 0,
+            fail_remove_member: 0,
+            membership_calls: Vec::new(),
         };
         // Bound before the router is built: the issuer contains the port.
         let listener = bind().await;
@@ -404,6 +416,16 @@ impl FakeKeycloak {
         self.inner.lock().fail_add_member = n;
     }
 
+    /// Answer the next `n` remove-member calls with 500.
+    pub fn fail_next_remove_member(&self, n: usize) {
+        self.inner.lock().fail_remove_member = n;
+    }
+
+    /// Every add- and remove-member call received so far, in order (failed ones included).
+    pub fn membership_calls(&self) -> Vec<MembershipCall> {
+        self.inner.lock().membership_calls.clone()
+    }
+
     /// Add-member calls received (failed ones included).
     pub fn add_member_calls(&self) -> usize {
         self.inner.add_member_calls.load(Ordering::SeqCst)
@@ -545,6 +567,7 @@ fn router(kc: Shared) -> Router {
         .route(&admin, get(list_orgs))
         .route(&format!("{admin}/{{org_id}}"), get(get_org))
         .route(&format!("{admin}/{{org_id}}/members"), post(add_member).get(list_members))
+        .route(&format!("{admin}/{{org_id}}/members/{{user_id}}"), delete(remove_member))
         .route(&format!("{admin}/members/{{user_id}}/organizations"), get(user_orgs))
         .route("/attacker/jwks.json", get(attacker_jwks))
         .route("/attacker/cert.pem", get(attacker_cert))
@@ -756,6 +779,8 @@ async fn add_member(
         return res;
     }
     let mut st = kc.lock();
+    let user = serde_json::from_slice::<String>(&body).unwrap_or_default();
+    st.membership_calls.push(MembershipCall::Add { org: org_id.clone(), user });
     if st.fail_add_member > 0 {
         st.fail_add_member -= 1;
         return (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": "unknown_error"}))).into_response();
@@ -778,6 +803,35 @@ async fn add_member(
     }
     members.push(user_id);
     StatusCode::CREATED.into_response()
+}
+
+/// `DELETE …/organizations/{id}/members/{userId}` as Keycloak 26's `OrganizationMemberResource`
+/// answers it: `204`, or `404` when the organization is unknown or the user is not a member.
+async fn remove_member(
+    State(kc): State<Shared>,
+    headers: HeaderMap,
+    Path((org_id, user_id)): Path<(String, String)>,
+) -> Response {
+    if let Some(res) = unauthorized(&kc, &headers) {
+        return res;
+    }
+    let mut st = kc.lock();
+    st.membership_calls.push(MembershipCall::Remove { org: org_id.clone(), user: user_id.clone() });
+    if st.fail_remove_member > 0 {
+        st.fail_remove_member -= 1;
+        return (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": "unknown_error"}))).into_response();
+    }
+    let Some(org) = st.orgs.iter().find(|o| o.id.to_string() == org_id).map(|o| o.id) else {
+        return not_found("Organization not found");
+    };
+    let members = st.members.entry(org).or_default();
+    let before = members.len();
+    members.retain(|m| *m != user_id);
+    if members.len() == before {
+        // Keycloak's `getMember` throws NotFoundException: an empty 404.
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn list_members(State(kc): State<Shared>, headers: HeaderMap, Path(org_id): Path<String>) -> Response {

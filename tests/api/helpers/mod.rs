@@ -68,7 +68,7 @@ pub use databases::{Db, TestDatabase};
 #[allow(unused_imports, reason = "re-exports for tests not written yet")]
 pub use fixture::{Fixture, with_keycloak_admin};
 #[allow(unused_imports, reason = "re-exports for tests not written yet")]
-pub use keycloak::{FakeKeycloak, Kid, Mode};
+pub use keycloak::{FakeKeycloak, Kid, MembershipCall, Mode};
 #[allow(unused_imports, reason = "re-exports for tests not written yet")]
 pub use keys::KeyKind;
 #[allow(unused_imports, reason = "re-exports for tests not written yet")]

@@ -320,6 +320,14 @@ async fn a_plain_member_a_stranger_and_a_manager_without_delegation_get_404(db: 
     assert_eq!(res.status(), 401, "no token");
     assert_eq!(res.headers()["www-authenticate"], "Bearer");
 
+    // Taking the flag away takes effect with the next request (nothing is cached).
+    let t = token(&f, "manager-a");
+    assert_eq!(answer(manage(&f, Method::GET, "/a", &t)).await.0, 200);
+    let (status, _) =
+        admin(&f, Method::PUT, "/users/manager-a/organizations/a", Some(json!({"manager": false}))).await;
+    assert_eq!(status, 200);
+    assert_eq!(answer(manage(&f, Method::GET, "/a", &t)).await.0, 404);
+
     let off = Fixture::start_with(db, |_, _| {}).await;
     seed(&off).await;
     let t = token(&off, "manager-a");

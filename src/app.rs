@@ -143,7 +143,8 @@ impl App {
         let grace = Duration::from_secs(self.state.config.server.shutdown_grace_secs);
         let mut tasks = JoinSet::new();
 
-        let public = with_request_id(crate::public::router(self.state.clone()));
+        let manage = crate::admin::manage::routes(&self.state);
+        let public = with_request_id(crate::public::router(self.state.clone(), manage));
         let admin = with_request_id(crate::admin::router(self.state.clone(), shutdown.clone()));
         let limits = crate::server::Limits::from_config(&self.state.config.server);
         // The admin port outlives the public one: while the public port drains, `/readyz`

@@ -543,11 +543,24 @@ pub struct AdminConfig {
     pub required_roles: Vec<String>,
     /// Static admin tokens by SHA-256; the name is the audit actor.
     pub token_sha256: Vec<StaticToken>,
+    /// Realm or client roles that grant read-only access to the admin API (every `GET`).
+    pub read_roles: Vec<String>,
+    /// Whether organization managers manage their own organizations on the public port
+    /// (`/_sidecar/manage/organizations/{key}`).
+    pub delegate_to_managers: bool,
+    /// Writes per manager (by `sub`) in any minute before 429, per replica; 0 = no limit.
+    pub manager_writes_per_minute: u32,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { required_roles: vec!["identity-sidecar-admin".into()], token_sha256: Vec::new() }
+        Self {
+            required_roles: vec!["identity-sidecar-admin".into()],
+            token_sha256: Vec::new(),
+            read_roles: vec!["identity-sidecar-viewer".into()],
+            delegate_to_managers: false,
+            manager_writes_per_minute: 60,
+        }
     }
 }
 
@@ -556,6 +569,19 @@ impl Default for AdminConfig {
 pub struct StaticToken {
     pub name: String,
     pub sha256: String,
+    /// What the token may do; `write` when not given.
+    #[serde(default)]
+    pub access: AdminAccess,
+}
+
+/// What an admin credential may do: `read` allows every `GET` of the admin API, `write`
+/// everything.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminAccess {
+    Read,
+    #[default]
+    Write,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -304,6 +304,7 @@ async fn seed(store: &Store) -> anyhow::Result<()> {
             description: "A sample customer organization".into(),
             keycloak_id: Some(ORG_ID.parse()?),
             keycloak_alias: Some(ORG.into()),
+            email_domains: Vec::new(),
         },
     )
     .await?;

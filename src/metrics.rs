@@ -72,6 +72,9 @@ pub struct Metrics {
     pub userinfo_claims_dropped: Family<Labels, Counter>,
     /// `X-Userinfo` values left empty because even `sub` and `b2b` did not fit.
     pub userinfo_omitted: Counter,
+    /// Requests of organization managers on the public port that succeeded (2xx), by `route`
+    /// (the path below `/manage/organizations/{org}`) and `method`.
+    pub manager_actions: Family<Labels, Counter>,
     /// The series every request counts, resolved once (see [`Hot`]).
     hot: Hot,
 }
@@ -254,7 +257,14 @@ impl Metrics {
             "X-Userinfo values left empty because sub and b2b alone exceed headers.max_userinfo_bytes",
             userinfo_omitted.clone(),
         );
+        let manager_actions = Family::default();
+        registry.register(
+            "manager_actions",
+            "Successful requests of organization managers on the manage routes, by route and method",
+            manager_actions.clone(),
+        );
         Metrics {
+            manager_actions,
             userinfo_claims_dropped,
             userinfo_omitted,
             jobs_queue_depth,
@@ -302,6 +312,12 @@ impl Metrics {
             (Some(m), Some(c)) => kept(&self.hot.requests[m][c], &self.requests, &labels).inc(),
             _ => self.requests.get_or_create(&labels.to_vec()).inc(),
         };
+    }
+
+    /// Counts a manager's successful request in `manager_actions` (`route` from the fixed
+    /// table of manage routes, `method` from a fixed set).
+    pub fn count_manager_action(&self, route: &'static str, method: &'static str) {
+        self.manager_actions.get_or_create(&vec![("route", route), ("method", method)]).inc();
     }
 
     /// Counts an answered request in `requests` by `mode` and the class of its `status`.

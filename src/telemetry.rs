@@ -173,8 +173,12 @@ impl Injector for HeaderInjector<'_> {
 /// A request path safe to log: a code is a bearer credential, so the segment after
 /// `/enrollment-codes/` (public redemption) and after `/admin/v1/codes/` (admin revocation) is
 /// replaced by `{code}`. `…/enrollment-codes/redeem` (the code is in the body) and
-/// `/admin/v1/contracts/{key}/codes` (no code in the path) stay as they are.
+/// `/admin/v1/contracts/{key}/codes` (no code in the path) stay as they are. A manager's
+/// revocation (`…/manage/organizations/{org}/codes/{code}`) is masked the same way.
 pub fn loggable_path(path: &str) -> std::borrow::Cow<'_, str> {
+    if let Some(masked) = managed_code_path(path) {
+        return masked.into();
+    }
     for (mark, keep) in [("/enrollment-codes/", Some("redeem")), ("/admin/v1/codes/", None)] {
         let Some(i) = path.find(mark) else { continue };
         let rest = &path[i + mark.len()..];
@@ -185,6 +189,20 @@ pub fn loggable_path(path: &str) -> std::borrow::Cow<'_, str> {
         return format!("{}{mark}{{code}}{tail}", &path[..i]).into();
     }
     path.into()
+}
+
+/// `…/manage/organizations/{org}/codes/{code}…` with the code replaced by `{code}`; `None` for
+/// any other path.
+fn managed_code_path(path: &str) -> Option<String> {
+    const MARK: &str = "/manage/organizations/";
+    let i = path.find(MARK)?;
+    let mut segments = path[i + MARK.len()..].splitn(4, '/');
+    let (org, codes, code) = (segments.next()?, segments.next()?, segments.next()?);
+    if codes != "codes" || code.is_empty() {
+        return None;
+    }
+    let tail = segments.next().map(|t| format!("/{t}")).unwrap_or_default();
+    Some(format!("{}{MARK}{org}/codes/{{code}}{tail}", &path[..i]))
 }
 
 /// One answered public request, as the access log records it: plain values, so this module
@@ -240,5 +258,17 @@ mod tests {
         assert_eq!(loggable_path("/admin/v1/codes/SECRET"), "/admin/v1/codes/{code}");
         assert_eq!(loggable_path("/admin/v1/contracts/acme/codes"), "/admin/v1/contracts/acme/codes");
         assert_eq!(loggable_path("/api/x"), "/api/x");
+        assert_eq!(
+            loggable_path("/_sidecar/manage/organizations/acme/codes/SECRET"),
+            "/_sidecar/manage/organizations/acme/codes/{code}"
+        );
+        assert_eq!(
+            loggable_path("/_sidecar/manage/organizations/acme/contracts/c/codes"),
+            "/_sidecar/manage/organizations/acme/contracts/c/codes"
+        );
+        assert_eq!(
+            loggable_path("/_sidecar/manage/organizations/acme/codes/"),
+            "/_sidecar/manage/organizations/acme/codes/"
+        );
     }
 }

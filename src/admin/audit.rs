@@ -13,6 +13,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::extract::Params;
+use super::guard::Admin;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::audit;
@@ -24,7 +25,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// One page of the audit trail, newest first.
 #[derive(Debug, Serialize, ToSchema)]
-struct AuditPage {
+pub(super) struct AuditPage {
     items: Vec<AuditEvent>,
     limit: u32,
     /// Pass as `?before=` for the next, older page; null on the last page.
@@ -49,10 +50,14 @@ struct AuditPage {
         (status = 422, description = "`limit` is out of range."),
     )
 )]
-async fn list(State(state): State<AppState>, mut params: Params) -> Result<Json<AuditPage>, ApiError> {
+pub(super) async fn list(
+    State(state): State<AppState>,
+    admin: Admin,
+    mut params: Params,
+) -> Result<Json<AuditPage>, ApiError> {
     let query = AuditQuery {
         sub: params.string("sub")?,
-        organization: params.string("organization")?,
+        organization: admin.filter_organization(params.string("organization")?)?,
         contract: params.string("contract")?,
         before_id: params.number::<i64>("before")?,
         limit: params.limit()?,

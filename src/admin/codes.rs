@@ -9,7 +9,11 @@
 //!   `managed` contract, which gets none: its organization's members hold it through SSO.
 //!
 //! At most [`MAX_PER_REQUEST`] per request. Audit events name how many codes were made or which
-//! code was revoked by its [`fingerprint`], never the code.
+//! code was revoked by its [`fingerprint`], never the code. Read-only admins see the same
+//! fingerprint in place of each code (JSON and CSV), so what they read cannot be redeemed.
+//!
+//! Managers reach these handlers from the public port (`super::manage`): a contract or code
+//! outside the manager's organization is 404, as if it did not exist.
 
 use std::collections::{HashMap, HashSet};
 
@@ -40,7 +44,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// The body of a generation request; every field optional (an empty body is fine).
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Generate {
+pub(super) struct Generate {
     /// How many one-time codes to make (1 to 10 000); without it, as many as the contract
     /// has seats, one unlimited code, or none for a free `auto`/`managed` contract.
     #[schema(minimum = 1, maximum = 10000)]
@@ -55,7 +59,7 @@ struct Generate {
 
 /// A code as admins see it (JSON items and CSV rows have these fields, in this order).
 #[derive(Debug, Serialize, ToSchema)]
-struct CodeView {
+pub(super) struct CodeView {
     code: String,
     contract: String,
     redemption: Redemption,
@@ -73,6 +77,30 @@ struct CodeView {
     redemptions: i64,
     #[serde(with = "time::serde::rfc3339")]
     created_at: OffsetDateTime,
+}
+
+/// The path of a contract's routes. Named, not positional, so the same handler also serves a
+/// manage route whose path names the organization too (`/organizations/{org}/contracts/{key}/…`).
+#[derive(Debug, Deserialize)]
+pub(super) struct ContractPath {
+    key: String,
+}
+
+/// The path of a code's routes (named, as [`ContractPath`]).
+#[derive(Debug, Deserialize)]
+pub(super) struct CodePath {
+    code: String,
+}
+
+impl CodeView {
+    /// The code as `admin` may see it: its [`fingerprint`] instead of the code for read access.
+    fn shown_to(admin: &Admin, code: EnrollmentCode) -> CodeView {
+        let mut view = CodeView::from(code);
+        if admin.masks_codes() {
+            view.code = fingerprint(&view.code);
+        }
+        view
+    }
 }
 
 impl From<EnrollmentCode> for CodeView {
@@ -96,7 +124,7 @@ impl From<EnrollmentCode> for CodeView {
 
 /// The answer of a generation: the codes made now.
 #[derive(Debug, Serialize, ToSchema)]
-struct Generated {
+pub(super) struct Generated {
     items: Vec<CodeView>,
     total: usize,
 }
@@ -140,10 +168,10 @@ fn plan(contract: &Contract, count: Option<i64>) -> Result<(i64, Redemption), Ap
         (status = 422, description = "`count` out of range, more seats than one request may make, or `expires_at` not after `activates_at`."),
     )
 )]
-async fn create(
+pub(super) async fn create(
     State(state): State<AppState>,
     admin: Admin,
-    Path(key): Path<String>,
+    Path(ContractPath { key }): Path<ContractPath>,
     OptionalJson(body): OptionalJson<Generate>,
 ) -> Result<Response, ApiError> {
     if let (Some(activates), Some(expires)) = (body.activates_at, body.expires_at)
@@ -157,6 +185,7 @@ async fn create(
     let mut tx = state.store.begin().await?;
     let contract =
         contracts::get(&mut tx, &key).await.or_not_found(|| format!("No contract with key `{key}`."))?;
+    admin.within(&contract.organization, || format!("No contract with key `{key}`."))?;
     let (count, redemption) = plan(&contract, body.count)?;
     let new: Vec<NewEnrollmentCode> = (0..count)
         .map(|_| {
@@ -180,7 +209,7 @@ async fn create(
                 "activates_at": body.activates_at.map(rfc3339),
                 "expires_at": body.expires_at.map(rfc3339),
             })),
-            ..admin.event("code.generate", "admin API")
+            ..admin.event("code.generate", admin.reason())
         };
         audit::insert(&mut tx, &event).await?;
     }
@@ -254,9 +283,10 @@ fn rfc3339(t: OffsetDateTime) -> String {
         (status = 422, description = "`limit` is out of range."),
     )
 )]
-async fn list(
+pub(super) async fn list(
     State(state): State<AppState>,
-    Path(key): Path<String>,
+    admin: Admin,
+    Path(ContractPath { key }): Path<ContractPath>,
     headers: HeaderMap,
     mut params: Params,
 ) -> Result<Response, ApiError> {
@@ -267,10 +297,12 @@ async fn list(
     let mut conn = state.store.conn().await?;
     let contract =
         contracts::get(&mut conn, &key).await.or_not_found(|| format!("No contract with key `{key}`."))?;
+    admin.within(&contract.organization, || format!("No contract with key `{key}`."))?;
+    let view = |code: EnrollmentCode| CodeView::shown_to(&admin, code);
     let total = codes::count_for_contract(&mut conn, contract.id).await?;
     if !csv {
         let items = codes::list_for_contract(&mut conn, contract.id, page.limit, page.offset).await?;
-        let items = items.into_iter().map(CodeView::from).collect();
+        let items = items.into_iter().map(view).collect();
         return Ok(Json(Page::new(items, total, page)).into_response());
     }
     let mut rows = Vec::new();
@@ -288,7 +320,7 @@ async fn list(
             }
         }
     }
-    let body = to_csv(rows.into_iter().map(CodeView::from));
+    let body = to_csv(rows.into_iter().map(view));
     let disposition = format!("attachment; filename=\"{}-codes.csv\"", contract.key);
     Ok((
         [
@@ -392,14 +424,20 @@ fn defuse(field: String) -> String {
         (status = 409, description = "The code has been redeemed."),
     )
 )]
-async fn revoke(
+pub(super) async fn revoke(
     State(state): State<AppState>,
     admin: Admin,
-    Path(typed): Path<String>,
+    Path(CodePath { code: typed }): Path<CodePath>,
 ) -> Result<StatusCode, ApiError> {
     let unknown = || ApiError::NotFound("No such enrollment code.".into());
     let code = normalize(&typed).ok_or_else(unknown)?;
     let mut tx = state.store.begin().await?;
+    if admin.organization().is_some() {
+        // A manager: a code of another organization is as unknown as a code that never was.
+        let found = codes::find(&mut tx, &code).await?.ok_or_else(unknown)?;
+        let contract = contracts::get_by_id(&mut tx, found.contract_id).await?;
+        admin.within(&contract.organization, || "No such enrollment code.".into())?;
+    }
     // The guarded UPDATE decides (a redemption racing it either claimed the code first, or
     // waits and then finds it revoked); `find` afterwards only says why nothing changed.
     if !codes::revoke(&mut tx, &code).await? {
@@ -417,7 +455,7 @@ async fn revoke(
         organization: Some(contract.organization.clone()),
         contract: Some(contract.key.clone()),
         detail: Some(json!({"code": fingerprint(&code), "redemption": found.redemption})),
-        ..admin.event("code.revoke", "admin API")
+        ..admin.event("code.revoke", admin.reason())
     };
     audit::insert(&mut tx, &event).await?;
     tx.commit().await?;

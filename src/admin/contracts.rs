@@ -92,9 +92,13 @@ async fn check_organization(conn: &mut Conn, key: &str) -> Result<(), ApiError> 
         (status = 422, description = "`limit` is out of range."),
     )
 )]
-async fn list(State(state): State<AppState>, mut params: Params) -> Result<Json<Page<Contract>>, ApiError> {
+pub(super) async fn list(
+    State(state): State<AppState>,
+    admin: Admin,
+    mut params: Params,
+) -> Result<Json<Page<Contract>>, ApiError> {
     let page = params.page()?;
-    let organization = params.string("organization")?;
+    let organization = admin.filter_organization(params.string("organization")?)?;
     params.finish()?;
     let mut conn = state.store.conn().await?;
     let items = contracts::list(&mut conn, organization.as_deref(), page.limit, page.offset).await?;

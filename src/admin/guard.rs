@@ -10,31 +10,118 @@
 //! No token, or a token that is neither → 401 with a `Bearer` challenge; a valid Keycloak
 //! token without an admin role → 403. Static tokens are checked first: hashing is cheap and has
 //! no side effects, and an opaque static token never needs the JWKS.
+//!
+//! Read-only access (docs/contract.md §11): a static token with `access = "read"`, or a
+//! Keycloak token holding one of `admin.read_roles` (and none of `admin.required_roles`), may
+//! use every `GET` (and `HEAD`) of `/admin/v1`; any other method is 403 before the handler
+//! runs. Handlers that show enrollment codes mask them for read access ([`Admin::masks_codes`]).
+//!
+//! Every [`Admin`] also carries a [`Scope`]: the whole API for the admin port, one organization
+//! for a manager on the public port (`super::manage`). A handler reachable from a manage route
+//! checks that what it touches lies within the scope ([`Admin::within`], 404 otherwise).
 
 use axum::extract::{FromRequestParts, Request, State};
-use axum::http::HeaderMap;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
 use crate::auth::authenticator::extract_token;
-use crate::config::{StaticToken, TokenSource};
+use crate::config::{AdminAccess, StaticToken, TokenSource};
 use crate::error::ApiError;
 use crate::reconcile::apply::Actor;
 use crate::state::AppState;
 use crate::store::model::NewAuditEvent;
 
-/// An authenticated admin; handlers take it to name the actor of their audit events.
+/// An authenticated admin; handlers take it to name the actor of their audit events, to mask
+/// what read access may not see and to keep within its scope.
 #[derive(Debug, Clone)]
 pub struct Admin {
     actor: String,
+    access: AdminAccess,
+    scope: Scope,
+}
+
+/// What an [`Admin`] may reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Everything: an admin on the admin port.
+    All,
+    /// One organization (by key) and what belongs to it: a manager on the public port.
+    Organization(String),
 }
 
 impl Admin {
-    /// `admin:<who>`.
+    /// A manager of the organization `key` (docs/contract.md §11): write access within it,
+    /// audited as `manager:<sub>`.
+    pub fn manager(sub: &str, key: &str) -> Admin {
+        Admin {
+            actor: format!("manager:{sub}"),
+            access: AdminAccess::Write,
+            scope: Scope::Organization(key.to_owned()),
+        }
+    }
+
+    /// `admin:<who>`, or `manager:<sub>`.
     pub fn actor(&self) -> Actor {
         Actor(self.actor.clone())
+    }
+
+    /// Read or write.
+    pub fn access(&self) -> AdminAccess {
+        self.access
+    }
+
+    /// Whether enrollment codes are shown as their fingerprint (read access): a read-only
+    /// admin cannot redeem what it sees.
+    pub fn masks_codes(&self) -> bool {
+        self.access == AdminAccess::Read
+    }
+
+    /// The organization this admin is limited to, if any.
+    pub fn scope(&self) -> &Scope {
+        &self.scope
+    }
+
+    /// The key of the one organization this admin may reach, `None` for the whole API. A list
+    /// handler filters by it.
+    pub fn organization(&self) -> Option<&str> {
+        match &self.scope {
+            Scope::All => None,
+            Scope::Organization(key) => Some(key),
+        }
+    }
+
+    /// The `organization` filter of a list: the query's own for the whole API; for one
+    /// organization, that organization (a query naming another one is 404, as if unknown).
+    pub fn filter_organization(&self, asked: Option<String>) -> Result<Option<String>, ApiError> {
+        match (&self.scope, asked) {
+            (Scope::All, asked) => Ok(asked),
+            (Scope::Organization(own), Some(other)) if *own != other => {
+                Err(ApiError::NotFound(format!("No organization with key `{other}`.")))
+            }
+            (Scope::Organization(own), _) => Ok(Some(own.clone())),
+        }
+    }
+
+    /// `Ok` when something of the organization `key` is within this admin's scope; otherwise
+    /// 404 with `detail` (the same answer as for something that does not exist, so a manager
+    /// learns nothing about other organizations).
+    pub fn within(&self, key: &str, detail: impl FnOnce() -> String) -> Result<(), ApiError> {
+        match &self.scope {
+            Scope::Organization(own) if own != key => Err(ApiError::NotFound(detail())),
+            _ => Ok(()),
+        }
+    }
+
+    /// The audit reason of a change made through this admin's API: `admin API`, or `manage
+    /// API` for a manager on the public port.
+    pub fn reason(&self) -> &'static str {
+        match self.scope {
+            Scope::All => "admin API",
+            Scope::Organization(_) => "manage API",
+        }
     }
 
     /// An audit event by this admin; the caller fills in what it is about.
@@ -50,7 +137,7 @@ impl Admin {
 
 /// The middleware: authenticates, then hands the [`Admin`] to the handler.
 pub async fn require_admin(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let response = match authenticate(&state, request.headers()).await {
+    let response = match authenticate(&state, request.headers(), request.method()).await {
         Ok(admin) => {
             request.extensions_mut().insert(admin);
             next.run(request).await
@@ -61,28 +148,41 @@ pub async fn require_admin(State(state): State<AppState>, mut request: Request, 
     response
 }
 
-async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Admin, ApiError> {
+async fn authenticate(state: &AppState, headers: &HeaderMap, method: &Method) -> Result<Admin, ApiError> {
+    let admin = identify(state, headers).await?;
+    if admin.access == AdminAccess::Read && !matches!(*method, Method::GET | Method::HEAD) {
+        return Err(ApiError::Forbidden("Read-only admin access: only GET requests are allowed.".into()));
+    }
+    Ok(admin)
+}
+
+/// Who the credential is and what it may do.
+async fn identify(state: &AppState, headers: &HeaderMap) -> Result<Admin, ApiError> {
     let Some(token) =
         extract_token(headers, &[TokenSource::Authorization]).map_err(ApiError::InvalidToken)?
     else {
         return Err(ApiError::Unauthenticated);
     };
     let admin = &state.config.admin;
-    if let Some(name) = static_token_name(token, &admin.token_sha256) {
-        return Ok(Admin { actor: format!("admin:{name}") });
+    if let Some(t) = static_token(token, &admin.token_sha256) {
+        return Ok(Admin { actor: format!("admin:{}", t.name), access: t.access, scope: Scope::All });
     }
     let principal = state.auth.authenticator.principal(token).await.map_err(ApiError::from)?;
-    if !admin.required_roles.iter().any(|role| principal.roles.contains(role)) {
+    let holds = |roles: &[String]| roles.iter().any(|role| principal.roles.contains(role));
+    let access = if holds(&admin.required_roles) {
+        AdminAccess::Write
+    } else if holds(&admin.read_roles) {
+        AdminAccess::Read
+    } else {
         return Err(ApiError::Forbidden("The token does not carry an admin role.".into()));
-    }
+    };
     let who = principal.preferred_username.as_deref().filter(|u| !u.is_empty()).unwrap_or(&principal.sub);
-    Ok(Admin { actor: format!("admin:{who}") })
+    Ok(Admin { actor: format!("admin:{who}"), access, scope: Scope::All })
 }
 
-/// The name of the static token whose hash is SHA-256(`token`). Every configured hash is
-/// compared, each in constant time, so the answer's timing says nothing about which (or how
-/// much of one) matched.
-fn static_token_name<'c>(token: &str, configured: &'c [StaticToken]) -> Option<&'c str> {
+/// The static token whose hash is SHA-256(`token`). Every configured hash is compared, each in
+/// constant time, so the answer's timing says nothing about which (or how much of one) matched.
+fn static_token<'c>(token: &str, configured: &'c [StaticToken]) -> Option<&'c StaticToken> {
     let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
     let mut found = None;
     for t in configured {
@@ -91,7 +191,7 @@ fn static_token_name<'c>(token: &str, configured: &'c [StaticToken]) -> Option<&
             continue;
         };
         if constant_time_eq(&digest, &expected) && found.is_none() {
-            found = Some(t.name.as_str());
+            found = Some(t);
         }
     }
     found
@@ -115,13 +215,15 @@ impl<S: Send + Sync> FromRequestParts<S> for Admin {
 /// Logs, once at startup, required roles that can never match: a `client:role` whose client is
 /// not in `oidc.client_roles_of` is not among a principal's roles.
 pub fn warn_about_unreachable_roles(config: &crate::config::Config) {
-    for role in &config.admin.required_roles {
+    let roles = config.admin.required_roles.iter().map(|r| (r, "admin.required_roles"));
+    for (role, key) in roles.chain(config.admin.read_roles.iter().map(|r| (r, "admin.read_roles"))) {
         if let Some((client, _)) = role.split_once(':')
             && !config.oidc.client_roles_of.iter().any(|c| c == client)
         {
             tracing::warn!(
                 role = %role,
-                "admin.required_roles names a client role of a client missing from oidc.client_roles_of; \
+                key,
+                "an admin role names a client role of a client missing from oidc.client_roles_of; \
                  it will only match a realm role of that exact name"
             );
         }
@@ -133,16 +235,17 @@ mod tests {
     use super::*;
 
     fn token(name: &str, sha256: String) -> StaticToken {
-        StaticToken { name: name.into(), sha256 }
+        StaticToken { name: name.into(), sha256, access: AdminAccess::Write }
     }
 
     #[test]
     fn a_static_token_matches_by_its_sha256_in_either_case() {
         let hash = hex::encode(Sha256::digest(b"s3cret"));
         let tokens = [token("other", "00".repeat(32)), token("ops", hash.to_uppercase())];
-        assert_eq!(static_token_name("s3cret", &tokens), Some("ops"));
-        assert_eq!(static_token_name("s3cret ", &tokens), None);
-        assert_eq!(static_token_name("", &tokens), None);
-        assert_eq!(static_token_name("s3cret", &[]), None);
+        let name = |token: &str, tokens: &[StaticToken]| static_token(token, tokens).map(|t| t.name.clone());
+        assert_eq!(name("s3cret", &tokens).as_deref(), Some("ops"));
+        assert_eq!(name("s3cret ", &tokens), None);
+        assert_eq!(name("", &tokens), None);
+        assert_eq!(name("s3cret", &[]), None);
     }
 }

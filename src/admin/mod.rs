@@ -37,6 +37,7 @@ mod contracts;
 pub mod extract;
 pub mod guard;
 mod jobs;
+pub mod manage;
 mod openapi;
 mod organizations;
 mod reconciliations;

@@ -46,7 +46,12 @@ const BEARER: &str = "bearer";
             jobs and the audit trail under `/admin/v1`, plus health, readiness, metrics and the \
             entitlement JWKS. Request bodies are JSON objects; unknown fields are refused (400) \
             and values that break a rule are 422, both naming the field in `errors`. Lists page \
-            with `?limit=&offset=` and answer `{items, total, limit, offset}`."
+            with `?limit=&offset=` and answer `{items, total, limit, offset}`. Read-only access \
+            (a Keycloak token with one of `admin.read_roles`, or a static token with \
+            `access = \"read\"`) may use every GET and gets 403 on any other method; it sees \
+            each enrollment code as its fingerprint (the first 8 hex digits of the code's \
+            SHA-256), never the code. Organization managers reach some of these operations on \
+            the public port under `/_sidecar/manage/organizations/{org}` (docs/managers.md)."
     ),
     components(schemas(Problem, FieldError)),
     modifiers(&BearerScheme),
@@ -74,7 +79,9 @@ impl Modify for BearerScheme {
             .description(Some(
                 "Either a static admin token whose SHA-256 (lower-case hex) is listed in \
                  `admin.token_sha256`, or a Keycloak access token carrying one of \
-                 `admin.required_roles` (realm role, or `client:role`).",
+                 `admin.required_roles` (realm role, or `client:role`). Read-only access: a \
+                 static token with `access = \"read\"`, or a Keycloak token carrying one of \
+                 `admin.read_roles` (and none of `admin.required_roles`).",
             ))
             .build();
         openapi
@@ -115,7 +122,11 @@ pub(super) fn guarded(api: &mut OpenApi) {
             "No bearer token, or one that is neither a configured static token nor a valid \
              Keycloak access token (`WWW-Authenticate` says which).",
         ),
-        ("403", "A valid Keycloak access token without an admin role (`admin.required_roles`)."),
+        (
+            "403",
+            "A valid Keycloak access token without an admin role (`admin.required_roles` or \
+             `admin.read_roles`), or read-only access on a method other than GET.",
+        ),
         (
             "503",
             "The identity provider's keys are not loaded yet, so a Keycloak token cannot be \

@@ -16,7 +16,9 @@ use super::guard::Admin;
 use super::{OrNotFound, Page, created};
 use crate::error::{ApiError, FieldError};
 use crate::state::AppState;
-use crate::store::model::{NewAuditEvent, NewOrganization, Organization, OrganizationMember, is_valid_key};
+use crate::store::model::{
+    NewAuditEvent, NewOrganization, Organization, OrganizationMember, is_valid_email_domain, is_valid_key,
+};
 use crate::store::{StoreError, audit, organizations};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -44,7 +46,41 @@ fn validate(new: &NewOrganization) -> Result<(), ApiError> {
     if new.keycloak_alias.as_deref().is_some_and(|a| a.trim().is_empty()) {
         errors.push(FieldError::new("keycloak_alias", "must not be empty (use null to clear it)"));
     }
+    errors.extend(email_domain_errors(&new.email_domains));
     if errors.is_empty() { Ok(()) } else { Err(ApiError::Unprocessable(errors)) }
+}
+
+/// At most this many `email_domains` per organization.
+const MAX_EMAIL_DOMAINS: usize = 100;
+
+/// The rule violations of `email_domains`, each naming its entry (`email_domains.2`): a
+/// lower-case domain ([`is_valid_email_domain`]), listed once, at most [`MAX_EMAIL_DOMAINS`].
+fn email_domain_errors(domains: &[String]) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if domains.len() > MAX_EMAIL_DOMAINS {
+        errors
+            .push(FieldError::new("email_domains", format!("must hold at most {MAX_EMAIL_DOMAINS} domains")));
+    }
+    for (i, domain) in domains.iter().enumerate() {
+        let field = format!("email_domains.{i}");
+        if !is_valid_email_domain(domain) {
+            errors.push(FieldError::new(
+                field,
+                "must be a lower-case domain such as example.com (no @, no wildcard)",
+            ));
+        } else if domains[..i].contains(domain) {
+            errors.push(FieldError::new(field, "is listed twice"));
+        }
+    }
+    errors
+}
+
+/// The path of an organization's routes. On a manage route the organization is `{org}`
+/// (`/_sidecar/manage/organizations/{org}`), hence the alias.
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct OrganizationPath {
+    #[serde(alias = "org")]
+    key: String,
 }
 
 fn no_such(key: &str) -> impl FnOnce() -> String + '_ {
@@ -118,10 +154,12 @@ async fn create(
         (status = 404, description = "No organization has this key."),
     )
 )]
-async fn show(
+pub(super) async fn show(
     State(state): State<AppState>,
-    Path(key): Path<String>,
+    admin: Admin,
+    Path(OrganizationPath { key }): Path<OrganizationPath>,
 ) -> Result<Json<Organization>, ApiError> {
+    admin.within(&key, no_such(&key))?;
     let mut conn = state.store.conn().await?;
     Ok(Json(organizations::get(&mut conn, &key).await.or_not_found(no_such(&key))?))
 }
@@ -229,11 +267,13 @@ async fn remove(
         (status = 422, description = "`limit` is out of range."),
     )
 )]
-async fn members(
+pub(super) async fn members(
     State(state): State<AppState>,
-    Path(key): Path<String>,
+    admin: Admin,
+    Path(OrganizationPath { key }): Path<OrganizationPath>,
     mut params: Params,
 ) -> Result<Json<Page<OrganizationMember>>, ApiError> {
+    admin.within(&key, no_such(&key))?;
     let page = params.page()?;
     params.finish()?;
     let mut conn = state.store.conn().await?;
@@ -263,6 +303,7 @@ mod tests {
             description: String::new(),
             keycloak_id: None,
             keycloak_alias: alias.map(Into::into),
+            email_domains: Vec::new(),
         }
     }
 

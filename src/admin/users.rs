@@ -267,10 +267,18 @@ async fn put_membership(
 
 /// What a membership removal did.
 #[derive(Debug, Serialize, ToSchema)]
-struct Removed {
+pub(super) struct Removed {
     organization: String,
     /// Keys of the `auto`/`managed` contracts the user was detached from.
     detached_contracts: Vec<String>,
+}
+
+/// The path of a membership's routes. Named, not positional: the manage route names the
+/// same two values in the other order (`/organizations/{org}/members/{sub}`).
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct MembershipPath {
+    sub: String,
+    org: String,
 }
 
 /// Removes a membership as reconciliation removes one: the organization's `auto` and `managed`
@@ -291,17 +299,22 @@ struct Removed {
         (status = 404, description = "No organization has this key, or the user is not a member."),
     )
 )]
-async fn delete_membership(
+pub(super) async fn delete_membership(
     State(state): State<AppState>,
     admin: Admin,
-    Path((sub, org_key)): Path<(String, String)>,
+    Path(MembershipPath { sub, org: org_key }): Path<MembershipPath>,
 ) -> Result<Json<Removed>, ApiError> {
+    admin.within(&org_key, || format!("No organization with key `{org_key}`."))?;
     let (mut tx, _user) = state.store.begin_user(&sub, None).await?;
     let org = organizations::get(&mut tx, &org_key)
         .await
         .or_not_found(|| format!("No organization with key `{org_key}`."))?;
-    let reasons =
-        RemovalReasons { membership: "removed by admin", attachment: "membership removed by admin" };
+    let reasons = match admin.organization() {
+        None => RemovalReasons { membership: "removed by admin", attachment: "membership removed by admin" },
+        Some(_) => {
+            RemovalReasons { membership: "removed by manager", attachment: "membership removed by manager" }
+        }
+    };
     let push_memberships = state.config.keycloak_admin.push_memberships;
     let removed = remove_membership(&mut tx, push_memberships, &sub, &org, &admin.actor(), &reasons).await?;
     let Some(removed) = removed else {

@@ -124,6 +124,9 @@ async fn import(
                     description,
                     keycloak_id: Some(org.id),
                     keycloak_alias: Some(alias),
+                    // Which domains managers may assign seats to is the operator's choice,
+                    // not Keycloak's (its organization domains serve identity-provider routing).
+                    email_domains: Vec::new(),
                 };
                 let created = organizations::insert(conn, &new).await?;
                 audit::insert(conn, &event(actor, "organization.create", &created.key, json!(new))).await?;

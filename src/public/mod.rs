@@ -13,6 +13,8 @@
 //!           forward_auth     /_sidecar/auth: read X-Forwarded-*, then gate::admit
 //!           proxy            any other path: gate::admit, then forward upstream
 //!           me, redeem       gate::Authenticated extractor, then the handler's own work
+//!           manage           delegated management: the admin API's handlers behind the
+//!                            manager check (admin::manage, handed in by the app)
 //!           jwks             the entitlement token's public keys
 //! ```
 //!
@@ -45,7 +47,11 @@ use crate::metrics::Metrics;
 use crate::state::AppState;
 
 /// The public router. Paths under `server.reserved_prefix` are the sidecar's own.
-pub fn router(state: AppState) -> Router {
+///
+/// `manage` are the delegated-management routes (paths below the prefix), counted as mode
+/// `manage`. The app passes them in from `admin::manage`, whose handlers are the admin API's:
+/// the admin module sits above this one, so this one cannot name them (docs/architecture.md).
+pub fn router(state: AppState, manage: Vec<(String, MethodRouter<AppState>)>) -> Router {
     let prefix = state.config.server.reserved_prefix.trim_end_matches('/').to_owned();
     let at = |path: &str| format!("{prefix}{path}");
     // The route table: path, mode it is counted as (`requests_total{mode}`), handler.
@@ -65,7 +71,8 @@ pub fn router(state: AppState) -> Router {
     ];
     let fallback =
         if state.upstream.is_some() { ("proxy", any(proxy::forward)) } else { ("other", any(not_found)) };
-    let router = routes.into_iter().fold(Router::new(), |router, (path, mode, handler)| {
+    let manage = manage.into_iter().map(|(path, handler)| (at(&path), "manage", handler));
+    let router = routes.into_iter().chain(manage).fold(Router::new(), |router, (path, mode, handler)| {
         router.route(&path, counted(&state, mode, handler))
     });
     router.fallback(counted(&state, fallback.0, fallback.1)).with_state(state)

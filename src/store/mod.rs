@@ -336,9 +336,15 @@ impl Store {
 /// `migrations/<backend>/` is listed here.
 fn migrator(postgres: bool) -> Migrator {
     let files: &[(i64, &str, &'static str)] = if postgres {
-        &[(1, "initial", include_str!("../../migrations/postgres/0001_initial.sql"))]
+        &[
+            (1, "initial", include_str!("../../migrations/postgres/0001_initial.sql")),
+            (4, "delegation", include_str!("../../migrations/postgres/0004_delegation.sql")),
+        ]
     } else {
-        &[(1, "initial", include_str!("../../migrations/sqlite/0001_initial.sql"))]
+        &[
+            (1, "initial", include_str!("../../migrations/sqlite/0001_initial.sql")),
+            (4, "delegation", include_str!("../../migrations/sqlite/0004_delegation.sql")),
+        ]
     };
     Migrator::with_migrations(
         files

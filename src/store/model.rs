@@ -50,6 +50,9 @@ pub struct Organization {
     pub description: String,
     pub keycloak_id: Option<Uuid>,
     pub keycloak_alias: Option<String>,
+    /// Lower-case e-mail domains whose addresses the organization's managers may assign seats
+    /// to (docs/contract.md §11, §12); empty: managers cannot assign.
+    pub email_domains: Vec<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -61,6 +64,31 @@ impl Organization {
     pub fn is_local(&self) -> bool {
         self.keycloak_id.is_none() && self.keycloak_alias.is_none()
     }
+
+    /// Whether `email`'s domain (after its last `@`, compared case-insensitively) is exactly one
+    /// of [`email_domains`](Self::email_domains): `jo@acme.com` is admitted by `acme.com`, not
+    /// `jo@mail.acme.com`. An address without a local part or domain is never admitted, and an
+    /// organization without domains admits nobody.
+    pub fn admits_email(&self, email: &str) -> bool {
+        let Some((local, domain)) = email.rsplit_once('@') else {
+            return false;
+        };
+        !local.is_empty()
+            && !domain.is_empty()
+            && self.email_domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+    }
+}
+
+/// A lower-case DNS name of two or more labels (letters, digits, inner hyphens), at most 253
+/// characters, e.g. `example.com`: what an organization's `email_domains` may hold.
+pub fn is_valid_email_domain(domain: &str) -> bool {
+    let label = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    domain.len() <= 253 && domain.split('.').count() >= 2 && domain.split('.').all(label)
 }
 
 /// The writable fields of an organization (create, or full state for an update).
@@ -81,6 +109,9 @@ pub struct NewOrganization {
     #[serde(default)]
     #[schema(pattern = "\\S")]
     pub keycloak_alias: Option<String>,
+    /// Lower-case e-mail domains (`example.com`) managers may assign seats to; default none.
+    #[serde(default)]
+    pub email_domains: Vec<String>,
 }
 
 impl From<&Organization> for NewOrganization {
@@ -93,6 +124,7 @@ impl From<&Organization> for NewOrganization {
             description: o.description.clone(),
             keycloak_id: o.keycloak_id,
             keycloak_alias: o.keycloak_alias.clone(),
+            email_domains: o.email_domains.clone(),
         }
     }
 }
@@ -475,6 +507,59 @@ text_enum!(JobStatus { Queued => "queued", Running => "running", Done => "done",
 mod tests {
     use super::*;
     use time::macros::{date, datetime};
+
+    fn organization_with_domains(domains: &[&str]) -> Organization {
+        Organization {
+            id: 1,
+            key: "acme".into(),
+            name: "Acme".into(),
+            description: String::new(),
+            keycloak_id: None,
+            keycloak_alias: None,
+            email_domains: domains.iter().map(|d| d.to_string()).collect(),
+            created_at: datetime!(2026-01-01 0:00 UTC),
+            updated_at: datetime!(2026-01-01 0:00 UTC),
+        }
+    }
+
+    #[test]
+    fn an_organization_admits_an_email_whose_domain_is_exactly_one_of_its_domains_in_any_case() {
+        let org = organization_with_domains(&["acme.com", "acme.co.uk"]);
+        assert!(org.admits_email("jo@acme.com"));
+        assert!(org.admits_email("Jo.Doe@ACME.Com"));
+        assert!(org.admits_email("jo@acme.co.uk"));
+        assert!(org.admits_email("\"odd@name\"@acme.com"), "the domain follows the last @");
+        assert!(!org.admits_email("jo@mail.acme.com"), "no subdomains");
+        assert!(!org.admits_email("jo@acme.com.evil.example"));
+        assert!(!org.admits_email("jo@notacme.com"));
+        assert!(!org.admits_email("acme.com"));
+        assert!(!org.admits_email("@acme.com"));
+        assert!(!org.admits_email("jo@"));
+        assert!(!org.admits_email("jo@acme.com@evil.example"));
+        assert!(!organization_with_domains(&[]).admits_email("jo@acme.com"), "no domains: nobody");
+    }
+
+    #[test]
+    fn email_domains_are_lower_case_dns_names_of_two_labels_or_more() {
+        for good in ["acme.com", "mail.acme.co.uk", "x-1.io", "123.example"] {
+            assert!(is_valid_email_domain(good), "{good}");
+        }
+        let long_label = format!("{}.com", "a".repeat(64));
+        for bad in [
+            "",
+            "acme",
+            "Acme.com",
+            "@acme.com",
+            "*.acme.com",
+            "acme..com",
+            "-acme.com",
+            "acme-.com",
+            "acme.com.",
+            long_label.as_str(),
+        ] {
+            assert!(!is_valid_email_domain(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn keys_are_lowercase_slugs_up_to_64_bytes() {

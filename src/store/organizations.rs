@@ -14,6 +14,8 @@ from_row!(Organization, |row| Ok(Organization {
     description: row.try_get("description")?,
     keycloak_id: row.try_get::<Option<KcId>, _>("keycloak_id")?.map(|k| k.0),
     keycloak_alias: row.try_get("keycloak_alias")?,
+    email_domains: serde_json::from_str(row.try_get::<&str, _>("email_domains")?)
+        .map_err(|e| sqlx::Error::Decode(e.into()))?,
     created_at: row.try_get("created_at")?,
     updated_at: row.try_get("updated_at")?,
 }));
@@ -36,9 +38,9 @@ pub async fn insert(conn: &mut Conn, new: &NewOrganization) -> Result<Organizati
     let org = run!(conn, |c| {
         sqlx::query_as::<_, Organization>(
             "INSERT INTO organizations
-                 (key, name, description, keycloak_id, keycloak_alias, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $6)
-             RETURNING id, key, name, description, keycloak_id, keycloak_alias,
+                 (key, name, description, keycloak_id, keycloak_alias, email_domains, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $7, $6, $6)
+             RETURNING id, key, name, description, keycloak_id, keycloak_alias, email_domains,
                        created_at, updated_at",
         )
         .bind(&new.key)
@@ -47,6 +49,7 @@ pub async fn insert(conn: &mut Conn, new: &NewOrganization) -> Result<Organizati
         .bind(new.keycloak_id.map(KcId))
         .bind(&new.keycloak_alias)
         .bind(at)
+        .bind(serde_json::to_string(&new.email_domains).expect("strings serialise"))
         .fetch_one(c)
         .await
     })?;
@@ -60,9 +63,9 @@ pub async fn update(conn: &mut Conn, new: &NewOrganization) -> Result<Organizati
         sqlx::query_as::<_, Organization>(
             "UPDATE organizations
                 SET name = $2, description = $3, keycloak_id = $4, keycloak_alias = $5,
-                    updated_at = $6
+                    updated_at = $6, email_domains = $7
               WHERE key = $1
-             RETURNING id, key, name, description, keycloak_id, keycloak_alias,
+             RETURNING id, key, name, description, keycloak_id, keycloak_alias, email_domains,
                        created_at, updated_at",
         )
         .bind(&new.key)
@@ -71,6 +74,7 @@ pub async fn update(conn: &mut Conn, new: &NewOrganization) -> Result<Organizati
         .bind(new.keycloak_id.map(KcId))
         .bind(&new.keycloak_alias)
         .bind(at)
+        .bind(serde_json::to_string(&new.email_domains).expect("strings serialise"))
         .fetch_optional(c)
         .await
     })?;
@@ -100,7 +104,7 @@ pub async fn set_keycloak_id(conn: &mut Conn, id: i64, keycloak_id: Uuid) -> Res
 pub async fn get(conn: &mut Conn, key: &str) -> Result<Organization, StoreError> {
     let org = run!(conn, |c| {
         sqlx::query_as::<_, Organization>(
-            "SELECT id, key, name, description, keycloak_id, keycloak_alias, created_at, updated_at
+            "SELECT id, key, name, description, keycloak_id, keycloak_alias, email_domains, created_at, updated_at
                FROM organizations
               WHERE key = $1",
         )
@@ -115,7 +119,7 @@ pub async fn get(conn: &mut Conn, key: &str) -> Result<Organization, StoreError>
 pub async fn by_keycloak_id(conn: &mut Conn, keycloak_id: Uuid) -> Result<Option<Organization>, StoreError> {
     Ok(run!(conn, |c| {
         sqlx::query_as::<_, Organization>(
-            "SELECT id, key, name, description, keycloak_id, keycloak_alias, created_at, updated_at
+            "SELECT id, key, name, description, keycloak_id, keycloak_alias, email_domains, created_at, updated_at
                FROM organizations
               WHERE keycloak_id = $1",
         )
@@ -129,7 +133,7 @@ pub async fn by_keycloak_id(conn: &mut Conn, keycloak_id: Uuid) -> Result<Option
 pub async fn by_alias(conn: &mut Conn, alias: &str) -> Result<Option<Organization>, StoreError> {
     Ok(run!(conn, |c| {
         sqlx::query_as::<_, Organization>(
-            "SELECT id, key, name, description, keycloak_id, keycloak_alias, created_at, updated_at
+            "SELECT id, key, name, description, keycloak_id, keycloak_alias, email_domains, created_at, updated_at
                FROM organizations
               WHERE keycloak_alias = $1",
         )
@@ -156,7 +160,7 @@ pub async fn matching_claim(
         Backend::Sqlite(c) => {
             let ids: Vec<String> = ids.iter().map(|u| u.hyphenated().to_string()).collect();
             sqlx::query_as::<_, Organization>(
-                "SELECT id, key, name, description, keycloak_id, keycloak_alias,
+                "SELECT id, key, name, description, keycloak_id, keycloak_alias, email_domains,
                         created_at, updated_at
                    FROM organizations
                   WHERE keycloak_id IN (SELECT value FROM json_each($1))
@@ -170,7 +174,7 @@ pub async fn matching_claim(
         }
         Backend::Postgres(c) => {
             sqlx::query_as::<_, Organization>(
-                "SELECT id, key, name, description, keycloak_id, keycloak_alias,
+                "SELECT id, key, name, description, keycloak_id, keycloak_alias, email_domains,
                         created_at, updated_at
                    FROM organizations
                   WHERE keycloak_id = ANY($1)
@@ -191,7 +195,7 @@ pub async fn list(conn: &mut Conn, limit: u32, offset: u32) -> Result<Vec<Organi
     let (limit, offset) = page(limit, offset);
     Ok(run!(conn, |c| {
         sqlx::query_as::<_, Organization>(
-            "SELECT id, key, name, description, keycloak_id, keycloak_alias, created_at, updated_at
+            "SELECT id, key, name, description, keycloak_id, keycloak_alias, email_domains, created_at, updated_at
                FROM organizations
               ORDER BY key
               LIMIT $1 OFFSET $2",

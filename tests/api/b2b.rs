@@ -110,6 +110,7 @@ impl World {
                 description: String::new(),
                 keycloak_id: linked.then(Uuid::new_v4),
                 keycloak_alias: linked.then(|| key.to_owned()),
+                email_domains: Vec::new(),
             };
             organizations::insert(&mut conn, &new).await.unwrap()
         };
@@ -404,6 +405,7 @@ async fn claims_match_by_id_then_by_alias_and_unknown_entries_create_nothing(db:
             description: String::new(),
             keycloak_id: None,
             keycloak_alias: Some("lima-kc".into()),
+            email_domains: Vec::new(),
         })
         .await;
     let lima_id = Uuid::new_v4();
@@ -698,6 +700,7 @@ async fn owned_headers_of_a_large_b2b_user_fit_the_stated_budget(db: Db) {
                 description: "A customer".into(),
                 keycloak_id: Some(Uuid::new_v4()),
                 keycloak_alias: Some(key.clone()),
+                email_domains: Vec::new(),
             })
             .await;
         claim.insert(key.clone(), json!({"id": org.keycloak_id}));

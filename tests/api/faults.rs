@@ -66,6 +66,7 @@ async fn linked_org(store: &Store, key: &str) -> Organization {
         description: String::new(),
         keycloak_id: Some(Uuid::new_v4()),
         keycloak_alias: Some(key.into()),
+        email_domains: Vec::new(),
     };
     organizations::insert(&mut store.conn().await.unwrap(), &new).await.unwrap()
 }

@@ -13,6 +13,7 @@ mod chart;
 mod codes;
 mod commands;
 mod connections;
+mod delegation;
 mod demo;
 mod django;
 mod faults;

@@ -108,6 +108,7 @@ async fn seed_org(app: &TestApp, alias: &str) -> (String, String) {
             description: String::new(),
             keycloak_id: None,
             keycloak_alias: Some(alias.into()),
+            email_domains: Vec::new(),
         },
     )
     .await

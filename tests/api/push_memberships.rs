@@ -306,8 +306,8 @@ async fn patching_an_organization_or_a_contract_audits_the_values_before_and_aft
     assert_eq!(
         event["detail"],
         json!({
-            "before": {"key": "acme", "name": "ACME", "description": "", "keycloak_id": null, "keycloak_alias": null},
-            "after": {"key": "acme", "name": "ACME", "description": "Rockets", "keycloak_id": null, "keycloak_alias": "acme"},
+            "before": {"key": "acme", "name": "ACME", "description": "", "keycloak_id": null, "keycloak_alias": null, "email_domains": []},
+            "after": {"key": "acme", "name": "ACME", "description": "Rockets", "keycloak_id": null, "keycloak_alias": "acme", "email_domains": []},
         })
     );
 

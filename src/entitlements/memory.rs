@@ -22,7 +22,8 @@ use time::Date;
 use crate::auth::validate::Principal;
 use crate::b2b::Facts;
 use crate::entitlements::exp_for;
-use crate::entitlements::render::{RenderContext, render};
+use crate::entitlements::active::choose;
+use crate::entitlements::render::{RenderContext, render_for};
 use crate::headers::B2b;
 use crate::reconcile::plan::UnclaimedMemberships;
 use crate::weigh::{CacheBudget, ENTRY_OVERHEAD, string};
@@ -174,20 +175,24 @@ impl Logins {
 }
 
 impl LoginEntry {
-    /// The B2B facts for this request: contracts valid `today`, and a signed entitlement
-    /// token, re-signed only when the day changed, half its lifetime passed, or this access
-    /// token expires sooner than the one it was signed for.
+    /// The B2B facts for this request: contracts valid `today`, the active organization of
+    /// this token, and a signed entitlement token, re-signed only when the day changed, half
+    /// its lifetime passed, this access token expires sooner than the one it was signed for,
+    /// or this token's active organization differs (the login key has no `scope`, so two
+    /// tokens of one login may choose differently; see `super::active`).
     pub fn b2b(&self, principal: &Principal, ctx: &RenderContext<'_>, now: u64, today: Date) -> Arc<B2b> {
+        let active = choose(&self.facts, &principal.scope, &principal.organizations.orgs).map(|a| a.key);
         let mut slot = self.rendered.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(r) = slot.as_ref()
             && r.day == today
+            && r.b2b.active_organization.as_deref() == active
             && r.token_exp <= principal.exp
             && r.jws_exp > now + ctx.ttl_secs / 2
             && r.jws_exp <= principal.exp
         {
             return r.b2b.clone();
         }
-        let b2b = Arc::new(render(&self.facts, principal, ctx, now, today));
+        let b2b = Arc::new(render_for(&self.facts, active, principal, ctx, now, today));
         let jws_exp = exp_for(now, ctx.ttl_secs, principal.exp);
         *slot = Some(Rendered { b2b: b2b.clone(), day: today, jws_exp, token_exp: principal.exp });
         b2b
@@ -208,7 +213,8 @@ fn facts_weight(s: &Facts) -> usize {
             size_of::<crate::b2b::HeldContract>() + string(&c.contract.key) + string(&c.contract.organization)
         })
         .sum();
-    size_of::<Facts>() + orgs + contracts
+    let aliases: usize = s.aliases.iter().map(|(a, k)| size_of::<(String, String)>() + string(a) + string(k)).sum();
+    size_of::<Facts>() + orgs + contracts + aliases + s.selection.as_deref().map_or(0, string)
 }
 
 /// Estimated bytes of a cached login entry: its key and `sub`, the user's [`Facts`], and the
@@ -241,7 +247,7 @@ mod tests {
                     manager: false,
                 })
                 .collect();
-            let facts = Facts { organizations, contracts: Vec::new() };
+            let facts = Facts { organizations, ..Facts::default() };
             let mut key = [0u8; 32];
             key[..8].copy_from_slice(&(i as u64).to_le_bytes());
             logins.put(key, &format!("user-{i}"), facts, exp, logins.generation());

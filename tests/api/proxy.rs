@@ -28,7 +28,7 @@ use crate::helpers::{
 };
 
 /// Every header the sidecar owns (docs/contract.md §5), lower-case.
-const OWNED: [&str; 11] = [
+const OWNED: [&str; 12] = [
     "x-identity-status",
     "x-identity-subject",
     "x-identity-email",
@@ -40,6 +40,7 @@ const OWNED: [&str; 11] = [
     "x-identity-contracts",
     "x-identity-entitlements",
     "x-userinfo",
+    "x-identity-active-organization",
 ];
 
 /// The base test config with `upstream.url` set.

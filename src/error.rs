@@ -119,7 +119,12 @@ pub fn problem(status: StatusCode, detail: Option<&str>, errors: &[FieldError]) 
 }
 
 /// A problem+json response of the given `type` (a URI naming the problem).
-pub fn typed_problem(status: StatusCode, kind: &str, detail: Option<&str>, errors: &[FieldError]) -> Response {
+pub fn typed_problem(
+    status: StatusCode,
+    kind: &str,
+    detail: Option<&str>,
+    errors: &[FieldError],
+) -> Response {
     let body = Problem {
         kind,
         title: status.canonical_reason().unwrap_or("Error"),

@@ -989,7 +989,10 @@ mod tests {
         assert_eq!(decide(Some(&r), Some(learner.holdings())), Decision::Forbidden);
         assert_eq!(decide(Some(&r), Some(active)), Decision::Forbidden);
         assert_eq!(stricter(Decision::ActiveOrganizationRequired, Decision::Forbidden), Decision::Forbidden);
-        assert_eq!(stricter(Decision::Allow, Decision::ActiveOrganizationRequired), Decision::ActiveOrganizationRequired);
+        assert_eq!(
+            stricter(Decision::Allow, Decision::ActiveOrganizationRequired),
+            Decision::ActiveOrganizationRequired
+        );
     }
 
     #[test]

@@ -21,8 +21,8 @@ use time::Date;
 
 use crate::auth::validate::Principal;
 use crate::b2b::Facts;
-use crate::entitlements::exp_for;
 use crate::entitlements::active::choose;
+use crate::entitlements::exp_for;
 use crate::entitlements::render::{RenderContext, render_for};
 use crate::headers::B2b;
 use crate::reconcile::plan::UnclaimedMemberships;
@@ -213,7 +213,8 @@ fn facts_weight(s: &Facts) -> usize {
             size_of::<crate::b2b::HeldContract>() + string(&c.contract.key) + string(&c.contract.organization)
         })
         .sum();
-    let aliases: usize = s.aliases.iter().map(|(a, k)| size_of::<(String, String)>() + string(a) + string(k)).sum();
+    let aliases: usize =
+        s.aliases.iter().map(|(a, k)| size_of::<(String, String)>() + string(a) + string(k)).sum();
     size_of::<Facts>() + orgs + contracts + aliases + s.selection.as_deref().map_or(0, string)
 }
 

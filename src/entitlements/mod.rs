@@ -51,8 +51,8 @@ use crate::headers::{B2b, Status};
 use crate::metrics::Metrics;
 use crate::reconcile::apply::{Actor, Mode, Outcome, Reconciliation};
 use crate::reconcile::plan::{UnclaimedMemberships, unclaimed_memberships};
-use crate::store::{Store, StoreError, selections};
 use crate::store::model::Profile;
+use crate::store::{Store, StoreError, selections};
 use crate::weigh::CacheBudget;
 
 /// The store failed while reconciling a login and `reconcile.on_store_error = "reject"`: the

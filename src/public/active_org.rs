@@ -69,7 +69,10 @@ struct Selection {
 }
 
 /// `GET`: the caller's active organization for this token.
-pub async fn get(State(state): State<AppState>, Authenticated(p): Authenticated) -> Result<Response, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    Authenticated(p): Authenticated,
+) -> Result<Response, ApiError> {
     let (facts, _, _) = state.entitlements.lookup(&p).await?;
     Ok(answer(&facts, choose(&facts, &p.scope, &p.organizations.orgs)))
 }
@@ -160,7 +163,10 @@ fn limit(state: &AppState, p: &Principal) -> Result<(), ApiError> {
 
 fn not_member(state: &AppState) -> ApiError {
     state.metrics.count_selection("not_member");
-    ApiError::Unprocessable(vec![FieldError::new("organization", "You are not a member of this organization.")])
+    ApiError::Unprocessable(vec![FieldError::new(
+        "organization",
+        "You are not a member of this organization.",
+    )])
 }
 
 /// The audit event of a change (the session id stays out of the trail).

@@ -339,7 +339,11 @@ fn migrator(postgres: bool) -> Migrator {
     let files: &[(i64, &str, &'static str)] = if postgres {
         &[
             (1, "initial", include_str!("../../migrations/postgres/0001_initial.sql")),
-            (2, "active organization", include_str!("../../migrations/postgres/0002_active_organization.sql")),
+            (
+                2,
+                "active organization",
+                include_str!("../../migrations/postgres/0002_active_organization.sql"),
+            ),
         ]
     } else {
         &[

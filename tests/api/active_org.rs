@@ -159,7 +159,8 @@ fn read(res: &reqwest::Response) -> Seen {
         Some(key) => assert_eq!(claims["active_organization"], json!(key), "token vs header"),
         None => assert!(claims.get("active_organization").is_none(), "a null member is left out: {claims}"),
     }
-    let userinfo: Value = serde_json::from_slice(&STANDARD.decode(header(res, "x-userinfo")).unwrap()).unwrap();
+    let userinfo: Value =
+        serde_json::from_slice(&STANDARD.decode(header(res, "x-userinfo")).unwrap()).unwrap();
     assert_eq!(userinfo["b2b"]["active_organization"], json!(active), "x-userinfo vs header");
     let token_contracts = claims["contracts"].as_array().unwrap().iter();
     let token_contracts = token_contracts.map(|c| c["key"].as_str().unwrap().to_owned()).collect();
@@ -266,7 +267,8 @@ async fn a_non_member_organization_is_422_naming_the_field_and_bad_bodies_are_re
     }
     let res = w.endpoint(Method::PUT, &token).json(&json!({"organization": 7})).send().await.unwrap();
     assert_eq!(res.status(), 400);
-    let res = w.endpoint(Method::PUT, &token).json(&json!({"organization": "acme", "x": 1})).send().await.unwrap();
+    let res =
+        w.endpoint(Method::PUT, &token).json(&json!({"organization": "acme", "x": 1})).send().await.unwrap();
     assert_eq!(res.status(), 400);
     let res = w.endpoint(Method::PUT, &token).body(r#"{"organization":"acme"}"#).send().await.unwrap();
     assert_eq!(res.status(), 415);
@@ -321,7 +323,10 @@ async fn too_many_changes_in_a_minute_are_429_with_retry_after(db: Db) {
     assert_eq!(active(&w.see(&token).await), Some("globex"), "the refused writes changed nothing");
     let text = w.app.metrics().await;
     let count = |action: &str| {
-        metric(&text, &format!(r#"identity_sidecar_active_organization_selections_total{{action="{action}"}}"#))
+        metric(
+            &text,
+            &format!(r#"identity_sidecar_active_organization_selections_total{{action="{action}"}}"#),
+        )
     };
     assert_eq!((count("selected"), count("cleared"), count("rate_limited")), (2.0, 1.0, 2.0));
 }
@@ -338,7 +343,10 @@ async fn scoping_to_the_active_organization_limits_contracts_and_empties_them_wh
 
     assert_eq!(w.select(&token, "globex").await.status(), 200);
     let seen = w.see(&token).await;
-    assert_eq!((seen.contracts.as_str(), seen.token_contracts.as_slice()), ("globex-all", &["globex-all".to_owned()][..]));
+    assert_eq!(
+        (seen.contracts.as_str(), seen.token_contracts.as_slice()),
+        ("globex-all", &["globex-all".to_owned()][..])
+    );
     assert_eq!(seen.organizations, "acme,globex");
 
     // Without the option every valid contract shows, whatever is active.
@@ -390,7 +398,8 @@ async fn a_selection_is_ignored_once_the_membership_is_gone_and_erasure_removes_
     assert_eq!(w.get(&token).await["source"], Value::Null);
 
     assert_eq!(w.select(&token, "acme").await.status(), 200);
-    let audit: Value = w.admin(Method::GET, &format!("/audit?sub={sub}")).send().await.unwrap().json().await.unwrap();
+    let audit: Value =
+        w.admin(Method::GET, &format!("/audit?sub={sub}")).send().await.unwrap().json().await.unwrap();
     let actions: Vec<&str> = audit
         .as_array()
         .or_else(|| audit["items"].as_array())

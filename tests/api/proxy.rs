@@ -131,7 +131,7 @@ async fn a_valid_token_reaches_the_upstream_with_every_identity_header() {
             "given_name": "Zoë",
             "family_name": "Ämm",
             "organization": ["acme"],
-            "b2b": {"organizations": [], "managed_organizations": [], "contracts": []},
+            "b2b": {"organizations": [], "managed_organizations": [], "contracts": [], "active_organization": null},
         })
     );
     // By default the app keeps the token (it may call APIs with it).

@@ -1011,6 +1011,24 @@ mod tests {
     }
 
     #[test]
+    fn the_active_organization_settings_default_off_and_are_read_from_the_environment() {
+        let defaults = Config::load(None, base()).unwrap();
+        assert!(!defaults.headers.scope_to_active_organization);
+        assert_eq!(defaults.server.max_selections_per_minute, 30);
+        let mut vars = base();
+        vars.push(("SIDECAR__SERVER__MAX_SELECTIONS_PER_MINUTE".into(), "0".into()));
+        vars.push(("SIDECAR__HEADERS__SCOPE_TO_ACTIVE_ORGANIZATION".into(), "true".into()));
+        vars.push((
+            "SIDECAR__AUTH__RULES".into(),
+            r#"[{"prefix":"/checkout","active_organization":true}]"#.into(),
+        ));
+        let c = Config::load(None, vars).unwrap();
+        assert!(c.headers.scope_to_active_organization);
+        assert_eq!(c.server.max_selections_per_minute, 0);
+        assert!(c.auth.rules[0].active_organization && !c.auth.rules[0].require);
+    }
+
+    #[test]
     fn allowed_origins_must_be_bare_origins() {
         let mut vars = base();
         vars.push(("SIDECAR__SERVER__ALLOWED_ORIGINS".into(), r#"["HTTPS://Shop.Example:443"]"#.into()));

@@ -232,7 +232,60 @@ pub fn weight(sub: &str, s: &Facts) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::org_claim::{ClaimedOrg, ClaimedOrgs};
     use crate::b2b::EntitledOrganization;
+    use crate::entitlements::Signer;
+
+    fn org(key: &str) -> EntitledOrganization {
+        EntitledOrganization { key: key.into(), name: key.into(), keycloak_id: None, manager: false }
+    }
+
+    fn principal(scope: &str, claimed: &str) -> Principal {
+        Principal {
+            sub: "u".into(),
+            sid: Some("s".into()),
+            exp: crate::auth::authenticator::unix_now() + 3600,
+            scope: scope.into(),
+            email: None,
+            preferred_username: None,
+            name: None,
+            roles: vec![],
+            organizations: ClaimedOrgs {
+                orgs: vec![ClaimedOrg { alias: claimed.into(), id: None }],
+                ignored: 0,
+            },
+            userinfo: Default::default(),
+        }
+    }
+
+    #[test]
+    fn two_tokens_of_one_login_that_choose_differently_each_get_their_own_headers() {
+        let logins = Logins::new(10, Duration::from_secs(300));
+        let facts = Facts {
+            organizations: vec![org("acme"), org("globex")],
+            aliases: vec![("acme".into(), "acme".into()), ("globex".into(), "globex".into())],
+            selection: Some("globex".into()),
+            ..Facts::default()
+        };
+        let fixed = principal("openid organization:acme", "acme");
+        let picked = principal("openid organization", "acme");
+        let entry = logins.put([7; 32], "u", facts, fixed.exp, logins.generation());
+        let signer = Signer::ephemeral().unwrap();
+        let ctx = RenderContext {
+            signer: &signer,
+            issuer: "i",
+            audience: "a",
+            ttl_secs: 300,
+            scope_to_active_organization: false,
+        };
+        let (now, today) = (crate::auth::authenticator::unix_now(), time::OffsetDateTime::now_utc().date());
+        let first = entry.b2b(&fixed, &ctx, now, today);
+        assert_eq!(first.active_organization.as_deref(), Some("acme"), "the scope fixes it");
+        let second = entry.b2b(&picked, &ctx, now, today);
+        assert_eq!(second.active_organization.as_deref(), Some("globex"), "the selection beats the pick");
+        let again = entry.b2b(&picked, &ctx, now + 1, today);
+        assert!(Arc::ptr_eq(&second, &again), "the same choice reuses the rendered set");
+    }
 
     #[test]
     fn the_login_cache_stays_within_its_byte_budget() {

@@ -429,7 +429,31 @@ async fn a_single_or_picked_organization_scope_never_removes_memberships(db: Db)
     assert_eq!(w.see(&all).await.organizations, "acme");
 }
 
+async fn requests_after_a_selection_are_answered_from_the_cache_without_the_database(db: Db) {
+    let w = World::new(db, &[]).await;
+    let sub = "learner";
+    w.member_of_both(sub).await;
+    let token = w.token(sub, Some(&new_sid()), ALL, &["acme", "globex"]);
+    assert_eq!(w.select(&token, "globex").await.status(), 200);
+    assert_eq!(active(&w.see(&token).await), Some("globex"), "the login is reconciled again");
+    let picked = w.token(sub, Some(&new_sid()), PICK, &["acme"]);
+    assert_eq!(active(&w.see(&picked).await), Some("acme"));
+
+    let queries = async || metric(&w.app.metrics().await, "identity_sidecar_store_queries_total");
+    let before = queries().await;
+    for _ in 0..10 {
+        assert_eq!(active(&w.see(&token).await), Some("globex"));
+        assert_eq!(active(&w.see(&picked).await), Some("acme"));
+    }
+    assert_eq!(
+        queries().await,
+        before,
+        "cached requests chose their active organization without the database"
+    );
+}
+
 on_both_databases!(
+    requests_after_a_selection_are_answered_from_the_cache_without_the_database,
     the_five_sources_apply_in_order,
     a_new_session_starts_without_a_selection_and_tokens_without_sid_share_one,
     a_non_member_organization_is_422_naming_the_field_and_bad_bodies_are_refused,

@@ -233,6 +233,7 @@ fn headers(c: &mut Criterion) {
         managed_organizations: vec!["organization-0".into()],
         contracts: (0..10).map(|i| format!("contract-{i:02}")).collect(),
         entitlements: format!("eyJhbGciOiJFUzI1NiJ9.{}.{}", "x".repeat(1400), "y".repeat(86)),
+        active_organization: Some("organization-0".into()),
     };
     let mut group = c.benchmark_group("headers");
     group.bench_function("render/userinfo", |b| {

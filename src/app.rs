@@ -108,6 +108,10 @@ impl App {
         let keycloak = keycloak_admin(&config)?;
         let code_failures =
             crate::codes::FailureLimiter::new(config.codes.max_failures_per_minute, config.cache.max_entries);
+        let selection_changes = crate::codes::FailureLimiter::new(
+            config.server.max_selections_per_minute,
+            config.cache.max_entries,
+        );
         let state = AppState::new(Inner {
             config: Arc::new(config),
             auth,
@@ -118,6 +122,7 @@ impl App {
             jobs: Jobs::default(),
             metrics,
             code_failures,
+            selection_changes,
         });
         Ok(App { state, public, admin, metrics: metrics_listener })
     }

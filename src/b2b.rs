@@ -79,6 +79,15 @@ pub struct Facts {
     pub organizations: Vec<EntitledOrganization>,
     /// Every attached contract with what validity needs; filtered per request.
     pub contracts: Vec<HeldContract>,
+    /// `(keycloak_alias, key)` of the user's organizations that have an alias, sorted: how a
+    /// single-organization scope (`organization:<alias>`) names one (docs/contract.md §10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<(String, String)>,
+    /// The organization key the login's session selected (`PUT /_sidecar/active-organization`),
+    /// as read when the login was reconciled; it counts only while the user is still a member
+    /// of it. `None` in a user's last known facts, which are not per session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<String>,
 }
 
 impl Facts {
@@ -196,6 +205,8 @@ mod tests {
         };
         let facts = Facts {
             organizations: Vec::new(),
+            aliases: Vec::new(),
+            selection: None,
             contracts: vec![
                 held("a-valid", true, Some(TODAY)),
                 held("b-ended", true, TODAY.previous_day()),

@@ -87,6 +87,9 @@ pub struct ServerConfig {
     pub max_headers: usize,
     /// A request head (request line + headers) larger than this: 431.
     pub max_header_bytes: usize,
+    /// Changes of the active organization (`PUT`/`DELETE /_sidecar/active-organization`) one
+    /// user may make per minute on one replica; beyond it, 429 with `Retry-After`. 0: no limit.
+    pub max_selections_per_minute: u32,
 }
 
 impl Default for ServerConfig {
@@ -115,6 +118,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             max_headers: 100,
             max_header_bytes: 64 * 1024,
+            max_selections_per_minute: 30,
         }
     }
 }
@@ -276,6 +280,10 @@ pub struct RuleConfig {
     pub roles_any: Vec<String>,
     pub organizations_any: Vec<String>,
     pub contracts_any: Vec<String>,
+    /// An authenticated request must have an active organization (docs/contract.md §10):
+    /// without one, 403 with the problem type `urn:identity-sidecar:active-organization-required`.
+    /// Implies a login, like `require`.
+    pub active_organization: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -408,6 +416,10 @@ pub struct HeadersConfig {
     pub max_userinfo_bytes: usize,
     /// Remove `Authorization` and `X-Access-Token` before forwarding.
     pub hide_credentials: bool,
+    /// `X-Identity-Contracts` and the entitlement token's `contracts` list only the active
+    /// organization's contracts, and none while no organization is active (docs/contract.md
+    /// §10). `X-Identity-Organizations` always lists every organization.
+    pub scope_to_active_organization: bool,
 }
 
 /// The default of `headers.userinfo_claims`, and the claims an oversized `X-Userinfo` keeps
@@ -435,6 +447,7 @@ impl Default for HeadersConfig {
             userinfo_claims: DEFAULT_USERINFO_CLAIMS.map(str::to_owned).to_vec(),
             max_userinfo_bytes: 8000,
             hide_credentials: false,
+            scope_to_active_organization: false,
         }
     }
 }
@@ -1033,6 +1046,24 @@ mod tests {
         assert_eq!(c.oidc.issuer, "https://file/realms/r");
         assert_eq!(c.oidc.audiences, vec!["b"]);
         assert_eq!(c.auth.rules.len(), 1);
+    }
+
+    #[test]
+    fn the_active_organization_settings_default_off_and_are_read_from_the_environment() {
+        let defaults = Config::load(None, base()).unwrap();
+        assert!(!defaults.headers.scope_to_active_organization);
+        assert_eq!(defaults.server.max_selections_per_minute, 30);
+        let mut vars = base();
+        vars.push(("SIDECAR__SERVER__MAX_SELECTIONS_PER_MINUTE".into(), "0".into()));
+        vars.push(("SIDECAR__HEADERS__SCOPE_TO_ACTIVE_ORGANIZATION".into(), "true".into()));
+        vars.push((
+            "SIDECAR__AUTH__RULES".into(),
+            r#"[{"prefix":"/checkout","active_organization":true}]"#.into(),
+        ));
+        let c = Config::load(None, vars).unwrap();
+        assert!(c.headers.scope_to_active_organization);
+        assert_eq!(c.server.max_selections_per_minute, 0);
+        assert!(c.auth.rules[0].active_organization && !c.auth.rules[0].require);
     }
 
     #[test]

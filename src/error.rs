@@ -38,6 +38,10 @@ pub enum ApiError {
     Unauthenticated,
     /// Authenticated, but not allowed: 403.
     Forbidden(String),
+    /// A path rule with `active_organization = true` and no active organization for the
+    /// request: 403 with the problem type [`ACTIVE_ORGANIZATION_REQUIRED`] (docs/contract.md §10),
+    /// so an app can tell "choose an organization first" from "no access".
+    ActiveOrganizationRequired,
     /// Malformed request (bad JSON, wrong types): 400.
     BadRequest {
         detail: String,
@@ -88,10 +92,14 @@ impl From<crate::entitlements::Unavailable> for ApiError {
     }
 }
 
+/// The problem `type` of a request refused for want of an active organization.
+pub const ACTIVE_ORGANIZATION_REQUIRED: &str = "urn:identity-sidecar:active-organization-required";
+
 /// An RFC 9457 problem (`application/problem+json`): the body of every error answer.
 #[derive(Serialize, ToSchema)]
 pub struct Problem<'a> {
-    /// Always `about:blank`: `title` is the HTTP status's reason phrase.
+    /// `about:blank` (then `title` is the HTTP status's reason phrase), or on the public port
+    /// `urn:identity-sidecar:active-organization-required` (docs/contract.md §10).
     #[serde(rename = "type")]
     kind: &'a str,
     title: &'a str,
@@ -107,8 +115,18 @@ pub struct Problem<'a> {
 
 /// Builds a problem+json response.
 pub fn problem(status: StatusCode, detail: Option<&str>, errors: &[FieldError]) -> Response {
+    typed_problem(status, "about:blank", detail, errors)
+}
+
+/// A problem+json response of the given `type` (a URI naming the problem).
+pub fn typed_problem(
+    status: StatusCode,
+    kind: &str,
+    detail: Option<&str>,
+    errors: &[FieldError],
+) -> Response {
     let body = Problem {
-        kind: "about:blank",
+        kind,
         title: status.canonical_reason().unwrap_or("Error"),
         status: status.as_u16(),
         detail,
@@ -137,6 +155,12 @@ impl IntoResponse for ApiError {
                 r
             }
             ApiError::Forbidden(detail) => problem(StatusCode::FORBIDDEN, Some(&detail), &[]),
+            ApiError::ActiveOrganizationRequired => typed_problem(
+                StatusCode::FORBIDDEN,
+                ACTIVE_ORGANIZATION_REQUIRED,
+                Some("Choose an active organization first (PUT /_sidecar/active-organization)."),
+                &[],
+            ),
             ApiError::BadRequest { detail, errors } => {
                 problem(StatusCode::BAD_REQUEST, Some(&detail), &errors)
             }

@@ -25,9 +25,10 @@ pub const MANAGED_ORGANIZATIONS: HeaderName = HeaderName::from_static("x-identit
 pub const CONTRACTS: HeaderName = HeaderName::from_static("x-identity-contracts");
 pub const ENTITLEMENTS: HeaderName = HeaderName::from_static("x-identity-entitlements");
 pub const USERINFO: HeaderName = HeaderName::from_static("x-userinfo");
+pub const ACTIVE_ORGANIZATION: HeaderName = HeaderName::from_static("x-identity-active-organization");
 
 /// Every header the sidecar owns, in the order it emits them.
-pub const OWNED: [HeaderName; 11] = [
+pub const OWNED: [HeaderName; 12] = [
     STATUS,
     SUBJECT,
     EMAIL,
@@ -39,6 +40,7 @@ pub const OWNED: [HeaderName; 11] = [
     CONTRACTS,
     ENTITLEMENTS,
     USERINFO,
+    ACTIVE_ORGANIZATION,
 ];
 
 /// Whether a client-sent header name is one the sidecar owns. Names are compared
@@ -118,6 +120,8 @@ pub struct B2b {
     pub contracts: Vec<String>,
     /// The signed entitlement token (compact JWS), empty when none.
     pub entitlements: String,
+    /// Key of the request's active organization (docs/contract.md §10), `None` when none is.
+    pub active_organization: Option<String>,
 }
 
 /// The rendered owned header set, and what had to be left out of `X-Userinfo` to keep it
@@ -165,6 +169,7 @@ pub fn render(status: Status, caller: Option<(&Principal, &B2b)>, max_userinfo: 
         encode_list(&b2b.contracts),
         b2b.entitlements.clone(),
         userinfo,
+        opt(&b2b.active_organization),
     ];
     let headers = OWNED
         .iter()
@@ -189,6 +194,7 @@ pub fn render(status: Status, caller: Option<(&Principal, &B2b)>, max_userinfo: 
 /// an oversized one pays for measuring its claims.
 fn userinfo_value(p: &Principal, b2b: &B2b, max_bytes: usize) -> (String, Trimmed) {
     let summary = B2bSummary {
+        active_organization: b2b.active_organization.as_deref(),
         contracts: &b2b.contracts,
         managed_organizations: &b2b.managed_organizations,
         organizations: &b2b.organizations,
@@ -313,10 +319,12 @@ impl Serialize for Userinfo<'_> {
     }
 }
 
-/// `{"contracts": [...], "managed_organizations": [...], "organizations": [...]}`, each list
-/// sorted (the members in the order a `json!` object prints them).
+/// `{"active_organization": key or null, "contracts": [...], "managed_organizations": [...],
+/// "organizations": [...]}`, each list sorted (the members in the order a `json!` object
+/// prints them).
 #[derive(Clone, Copy)]
 struct B2bSummary<'a> {
+    active_organization: Option<&'a str>,
     contracts: &'a [String],
     managed_organizations: &'a [String],
     organizations: &'a [String],
@@ -324,7 +332,8 @@ struct B2bSummary<'a> {
 
 impl Serialize for B2bSummary<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(3))?;
+        let mut map = serializer.serialize_map(Some(4))?;
+        map.serialize_entry("active_organization", &self.active_organization)?;
         map.serialize_entry("contracts", &Sorted(self.contracts))?;
         map.serialize_entry("managed_organizations", &Sorted(self.managed_organizations))?;
         map.serialize_entry("organizations", &Sorted(self.organizations))?;
@@ -410,6 +419,7 @@ mod tests {
         object.insert(
             "b2b".into(),
             serde_json::json!({
+                "active_organization": b2b.active_organization,
                 "organizations": sorted(&b2b.organizations),
                 "managed_organizations": sorted(&b2b.managed_organizations),
                 "contracts": sorted(&b2b.contracts),
@@ -426,6 +436,7 @@ mod tests {
             managed_organizations: vec!["acme".into()],
             contracts: vec![],
             entitlements: String::new(),
+            active_organization: Some("acme".into()),
         };
         let claims = [
             json!({}),
@@ -511,7 +522,7 @@ mod tests {
         assert_eq!(
             object,
             json!({"sub": "u1", "email": "a@x.org",
-                                  "b2b": {"contracts": [], "managed_organizations": [], "organizations": []}})
+             "b2b": {"active_organization": null, "contracts": [], "managed_organizations": [], "organizations": []}})
         );
 
         // A subject too long for the bound: the value is empty, never cut.

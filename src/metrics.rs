@@ -75,6 +75,9 @@ pub struct Metrics {
     /// Requests of organization managers on the public port that succeeded (2xx), by `route`
     /// (the path below `/manage/organizations/{org}`) and `method`.
     pub manager_actions: Family<Labels, Counter>,
+    /// Changes of a session's active organization by `action`: `selected`, `cleared`, or
+    /// refused: `not_member` (422), `fixed` (409, a single-organization scope), `rate_limited`.
+    pub active_organization_selections: Family<Labels, Counter>,
     /// The series every request counts, resolved once (see [`Hot`]).
     hot: Hot,
 }
@@ -251,6 +254,12 @@ impl Metrics {
             "Claims left out of X-Userinfo to keep it under headers.max_userinfo_bytes, by list",
             userinfo_claims_dropped.clone(),
         );
+        let active_organization_selections = Family::default();
+        registry.register(
+            "active_organization_selections",
+            "Changes of a session's active organization by action (selected, cleared, not_member, fixed, rate_limited)",
+            active_organization_selections.clone(),
+        );
         let userinfo_omitted = Counter::default();
         registry.register(
             "userinfo_omitted",
@@ -270,6 +279,7 @@ impl Metrics {
             jobs_queue_depth,
             jobs,
             code_redemptions,
+            active_organization_selections,
             hot: Hot::default(),
             redis_errors,
             redis_invalidations,
@@ -362,6 +372,11 @@ impl Metrics {
     /// already, invalid, no_contract, full, rate_limited).
     pub fn count_redemption(&self, result: &'static str) {
         self.code_redemptions.get_or_create(&vec![("result", result)]).inc();
+    }
+
+    /// Counts a change of a session's active organization (or its refusal) by `action`.
+    pub fn count_selection(&self, action: &'static str) {
+        self.active_organization_selections.get_or_create(&vec![("action", action)]).inc();
     }
 
     /// Counts a lookup in `cache_lookups` by `cache` and `result`.

@@ -51,6 +51,9 @@ pub struct Inner {
     /// Failed enrollment-code redemptions per user, for the 429 of docs/contract.md §7 (this
     /// replica only): the redemption route's own state.
     pub code_failures: FailureLimiter,
+    /// Changes of the active organization per user (`server.max_selections_per_minute`, this
+    /// replica only): every `PUT`/`DELETE /_sidecar/active-organization` counts.
+    pub selection_changes: FailureLimiter,
 }
 
 impl AppState {

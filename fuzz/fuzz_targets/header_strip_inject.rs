@@ -43,6 +43,7 @@ fuzz_target!(|data: &[u8]| {
         managed_organizations: words.iter().take(2).cloned().collect(),
         contracts: words.iter().rev().take(3).cloned().collect(),
         entitlements: String::new(),
+        active_organization: words.first().cloned(),
     };
     let rendered = match data.first().map(|b| b % 3) {
         Some(0) => render(Status::Authenticated, Some((&principal, &b2b)), true),

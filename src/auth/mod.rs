@@ -9,6 +9,7 @@ pub mod authenticator;
 pub mod discovery;
 pub mod jwks;
 pub mod org_claim;
+pub mod org_scope;
 pub mod rules;
 pub mod validate;
 

@@ -254,8 +254,9 @@ impl Applicable<'_> {
 pub fn stricter(a: Decision, b: Decision) -> Decision {
     let rank = |d: Decision| match d {
         Decision::Allow => 0,
-        Decision::Forbidden => 1,
-        Decision::Unauthenticated => 2,
+        Decision::ActiveOrganizationRequired => 1,
+        Decision::Forbidden => 2,
+        Decision::Unauthenticated => 3,
     };
     if rank(b) > rank(a) { b } else { a }
 }
@@ -418,8 +419,11 @@ pub struct Holdings<'a> {
     pub roles: &'a [String],
     /// Keys of the caller's organizations.
     pub organizations: &'a [String],
-    /// Keys of the contracts attached to the caller and valid today.
+    /// Keys of the contracts attached to the caller and valid today (only the active
+    /// organization's with `headers.scope_to_active_organization`: the lists the headers carry).
     pub contracts: &'a [String],
+    /// Key of the request's active organization (docs/contract.md §10), if one is.
+    pub active_organization: Option<&'a str>,
 }
 
 /// The outcome of applying a rule.
@@ -431,6 +435,10 @@ pub enum Decision {
     Unauthenticated,
     /// Authenticated but holding none of a non-empty `*_any` list: 403.
     Forbidden,
+    /// Authenticated and holding what the lists ask, but without an active organization where
+    /// the rule has `active_organization = true`: 403 with the problem type
+    /// `urn:identity-sidecar:active-organization-required` (docs/contract.md §10).
+    ActiveOrganizationRequired,
 }
 
 /// Applies `rule` to a caller (`None` = anonymous). No rule: everyone passes.
@@ -443,6 +451,8 @@ pub enum Decision {
 ///   `roles_any = ["staff"]` and `organizations_any = ["acme", "globex"]` requires the `staff`
 ///   role *and* membership of `acme` or `globex`. Empty lists impose nothing. Failing any list
 ///   is [`Decision::Forbidden`].
+/// - A rule with `active_organization = true` asks for a login too, and then for an active
+///   organization ([`Decision::ActiveOrganizationRequired`] without one).
 pub fn decide(rule: Option<&RuleConfig>, caller: Option<Holdings<'_>>) -> Decision {
     let Some(rule) = rule else {
         return Decision::Allow;
@@ -451,15 +461,18 @@ pub fn decide(rule: Option<&RuleConfig>, caller: Option<Holdings<'_>>) -> Decisi
         let names_any = !(rule.roles_any.is_empty()
             && rule.organizations_any.is_empty()
             && rule.contracts_any.is_empty());
-        return if rule.require || names_any { Decision::Unauthenticated } else { Decision::Allow };
+        let login = rule.require || names_any || rule.active_organization;
+        return if login { Decision::Unauthenticated } else { Decision::Allow };
     };
-    if satisfies(&rule.roles_any, held.roles)
+    if !(satisfies(&rule.roles_any, held.roles)
         && satisfies(&rule.organizations_any, held.organizations)
-        && satisfies(&rule.contracts_any, held.contracts)
+        && satisfies(&rule.contracts_any, held.contracts))
     {
-        Decision::Allow
-    } else {
         Decision::Forbidden
+    } else if rule.active_organization && held.active_organization.is_none() {
+        Decision::ActiveOrganizationRequired
+    } else {
+        Decision::Allow
     }
 }
 
@@ -943,7 +956,12 @@ mod tests {
         }
 
         fn holdings(&self) -> Holdings<'_> {
-            Holdings { roles: &self.roles, organizations: &self.organizations, contracts: &self.contracts }
+            Holdings {
+                roles: &self.roles,
+                organizations: &self.organizations,
+                contracts: &self.contracts,
+                active_organization: None,
+            }
         }
     }
 
@@ -954,7 +972,27 @@ mod tests {
             roles_any: strings(roles),
             organizations_any: strings(organizations),
             contracts_any: strings(contracts),
+            active_organization: false,
         }
+    }
+
+    #[test]
+    fn the_active_organization_option_asks_for_a_login_then_for_an_active_organization() {
+        let r = RuleConfig { active_organization: true, ..rule("/x") };
+        let learner = Held::new(&[], &["acme", "globex"], &[]);
+        assert_eq!(decide(Some(&r), None), Decision::Unauthenticated);
+        assert_eq!(decide(Some(&r), Some(learner.holdings())), Decision::ActiveOrganizationRequired);
+        let active = Holdings { active_organization: Some("acme"), ..learner.holdings() };
+        assert_eq!(decide(Some(&r), Some(active)), Decision::Allow);
+        // A list the caller fails is the plain 403, whatever the active organization.
+        let r = RuleConfig { organizations_any: strings(&["initech"]), ..r };
+        assert_eq!(decide(Some(&r), Some(learner.holdings())), Decision::Forbidden);
+        assert_eq!(decide(Some(&r), Some(active)), Decision::Forbidden);
+        assert_eq!(stricter(Decision::ActiveOrganizationRequired, Decision::Forbidden), Decision::Forbidden);
+        assert_eq!(
+            stricter(Decision::Allow, Decision::ActiveOrganizationRequired),
+            Decision::ActiveOrganizationRequired
+        );
     }
 
     #[test]
@@ -1152,9 +1190,10 @@ mod tests {
         fn strictness(verdict: Result<Decision, PathError>) -> u8 {
             match verdict {
                 Ok(Decision::Allow) => 0,
-                Ok(Decision::Forbidden) => 1,
-                Ok(Decision::Unauthenticated) => 2,
-                Err(_) => 3,
+                Ok(Decision::ActiveOrganizationRequired) => 1,
+                Ok(Decision::Forbidden) => 2,
+                Ok(Decision::Unauthenticated) => 3,
+                Err(_) => 4,
             }
         }
 

@@ -24,8 +24,13 @@ pub struct EntitlementClaims {
     pub name: Option<String>,
     /// The user's organizations.
     pub organizations: Vec<EntitledOrganization>,
-    /// The contracts attached to the user and valid when the token was made.
+    /// The contracts attached to the user and valid when the token was made (only the active
+    /// organization's with `headers.scope_to_active_organization`).
     pub contracts: Vec<EntitledContract>,
+    /// The key of the request's active organization (docs/contract.md §10); left out when none
+    /// is active (members whose value is null are left out, §5 v2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_organization: Option<String>,
 }
 
 /// The entitlement token's `exp`: `ttl_secs` from `now`, but never after the access token's
@@ -67,6 +72,7 @@ mod tests {
                 starts_on: Some(date!(2026 - 01 - 05)),
                 ends_on: None,
             }],
+            active_organization: None,
         };
         let value = serde_json::to_value(&claims).unwrap();
         assert_eq!(
@@ -86,6 +92,11 @@ mod tests {
         );
         let back: EntitlementClaims = serde_json::from_value(value).unwrap();
         assert_eq!(back, claims);
+
+        let active = EntitlementClaims { active_organization: Some("acme".into()), ..claims };
+        let value = serde_json::to_value(&active).unwrap();
+        assert_eq!(value["active_organization"], "acme");
+        assert_eq!(serde_json::from_value::<EntitlementClaims>(value).unwrap(), active);
     }
 
     #[test]

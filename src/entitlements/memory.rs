@@ -21,8 +21,9 @@ use time::Date;
 
 use crate::auth::validate::Principal;
 use crate::b2b::Facts;
+use crate::entitlements::active::choose;
 use crate::entitlements::exp_for;
-use crate::entitlements::render::{RenderContext, render};
+use crate::entitlements::render::{RenderContext, render_for};
 use crate::headers::B2b;
 use crate::reconcile::plan::UnclaimedMemberships;
 use crate::weigh::{CacheBudget, ENTRY_OVERHEAD, string};
@@ -174,20 +175,24 @@ impl Logins {
 }
 
 impl LoginEntry {
-    /// The B2B facts for this request: contracts valid `today`, and a signed entitlement
-    /// token, re-signed only when the day changed, half its lifetime passed, or this access
-    /// token expires sooner than the one it was signed for.
+    /// The B2B facts for this request: contracts valid `today`, the active organization of
+    /// this token, and a signed entitlement token, re-signed only when the day changed, half
+    /// its lifetime passed, this access token expires sooner than the one it was signed for,
+    /// or this token's active organization differs (the login key has no `scope`, so two
+    /// tokens of one login may choose differently; see `super::active`).
     pub fn b2b(&self, principal: &Principal, ctx: &RenderContext<'_>, now: u64, today: Date) -> Arc<B2b> {
+        let active = choose(&self.facts, &principal.scope, &principal.organizations.orgs).map(|a| a.key);
         let mut slot = self.rendered.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(r) = slot.as_ref()
             && r.day == today
+            && r.b2b.active_organization.as_deref() == active
             && r.token_exp <= principal.exp
             && r.jws_exp > now + ctx.ttl_secs / 2
             && r.jws_exp <= principal.exp
         {
             return r.b2b.clone();
         }
-        let b2b = Arc::new(render(&self.facts, principal, ctx, now, today));
+        let b2b = Arc::new(render_for(&self.facts, active, principal, ctx, now, today));
         let jws_exp = exp_for(now, ctx.ttl_secs, principal.exp);
         *slot = Some(Rendered { b2b: b2b.clone(), day: today, jws_exp, token_exp: principal.exp });
         b2b
@@ -208,7 +213,9 @@ fn facts_weight(s: &Facts) -> usize {
             size_of::<crate::b2b::HeldContract>() + string(&c.contract.key) + string(&c.contract.organization)
         })
         .sum();
-    size_of::<Facts>() + orgs + contracts
+    let aliases: usize =
+        s.aliases.iter().map(|(a, k)| size_of::<(String, String)>() + string(a) + string(k)).sum();
+    size_of::<Facts>() + orgs + contracts + aliases + s.selection.as_deref().map_or(0, string)
 }
 
 /// Estimated bytes of a cached login entry: its key and `sub`, the user's [`Facts`], and the
@@ -225,7 +232,60 @@ pub fn weight(sub: &str, s: &Facts) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::org_claim::{ClaimedOrg, ClaimedOrgs};
     use crate::b2b::EntitledOrganization;
+    use crate::entitlements::Signer;
+
+    fn org(key: &str) -> EntitledOrganization {
+        EntitledOrganization { key: key.into(), name: key.into(), keycloak_id: None, manager: false }
+    }
+
+    fn principal(scope: &str, claimed: &str) -> Principal {
+        Principal {
+            sub: "u".into(),
+            sid: Some("s".into()),
+            exp: crate::auth::authenticator::unix_now() + 3600,
+            scope: scope.into(),
+            email: None,
+            preferred_username: None,
+            name: None,
+            roles: vec![],
+            organizations: ClaimedOrgs {
+                orgs: vec![ClaimedOrg { alias: claimed.into(), id: None }],
+                ignored: 0,
+            },
+            userinfo: Default::default(),
+        }
+    }
+
+    #[test]
+    fn two_tokens_of_one_login_that_choose_differently_each_get_their_own_headers() {
+        let logins = Logins::new(10, Duration::from_secs(300));
+        let facts = Facts {
+            organizations: vec![org("acme"), org("globex")],
+            aliases: vec![("acme".into(), "acme".into()), ("globex".into(), "globex".into())],
+            selection: Some("globex".into()),
+            ..Facts::default()
+        };
+        let fixed = principal("openid organization:acme", "acme");
+        let picked = principal("openid organization", "acme");
+        let entry = logins.put([7; 32], "u", facts, fixed.exp, logins.generation());
+        let signer = Signer::ephemeral().unwrap();
+        let ctx = RenderContext {
+            signer: &signer,
+            issuer: "i",
+            audience: "a",
+            ttl_secs: 300,
+            scope_to_active_organization: false,
+        };
+        let (now, today) = (crate::auth::authenticator::unix_now(), time::OffsetDateTime::now_utc().date());
+        let first = entry.b2b(&fixed, &ctx, now, today);
+        assert_eq!(first.active_organization.as_deref(), Some("acme"), "the scope fixes it");
+        let second = entry.b2b(&picked, &ctx, now, today);
+        assert_eq!(second.active_organization.as_deref(), Some("globex"), "the selection beats the pick");
+        let again = entry.b2b(&picked, &ctx, now + 1, today);
+        assert!(Arc::ptr_eq(&second, &again), "the same choice reuses the rendered set");
+    }
 
     #[test]
     fn the_login_cache_stays_within_its_byte_budget() {
@@ -241,7 +301,7 @@ mod tests {
                     manager: false,
                 })
                 .collect();
-            let facts = Facts { organizations, contracts: Vec::new() };
+            let facts = Facts { organizations, ..Facts::default() };
             let mut key = [0u8; 32];
             key[..8].copy_from_slice(&(i as u64).to_le_bytes());
             logins.put(key, &format!("user-{i}"), facts, exp, logins.generation());

@@ -22,6 +22,7 @@
 //! [`Entitlements::invalidate_user`]); writers call it after their write committed. The Redis
 //! subscriber applies other replicas' invalidations ([`Entitlements::apply_invalidation`]).
 
+pub mod active;
 pub mod claims;
 pub mod memory;
 pub mod redis;
@@ -50,8 +51,8 @@ use crate::headers::{B2b, Status};
 use crate::metrics::Metrics;
 use crate::reconcile::apply::{Actor, Mode, Outcome, Reconciliation};
 use crate::reconcile::plan::{UnclaimedMemberships, unclaimed_memberships};
-use crate::store::Store;
 use crate::store::model::Profile;
+use crate::store::{Store, StoreError, selections};
 use crate::weigh::CacheBudget;
 
 /// The store failed while reconciling a login and `reconcile.on_store_error = "reject"`: the
@@ -91,6 +92,8 @@ pub struct Entitlements {
     audience: String,
     /// `entitlements.ttl_secs`: the token's lifetime, never past the access token's.
     ttl_secs: u64,
+    /// `headers.scope_to_active_organization`: contracts of the active organization only.
+    scope_to_active_organization: bool,
     /// Login cache lookups and reconciliation counts.
     metrics: Arc<Metrics>,
 }
@@ -148,6 +151,7 @@ impl Entitlements {
             issuer: e.issuer.clone(),
             audience: e.audience.clone(),
             ttl_secs: e.ttl_secs,
+            scope_to_active_organization: config.headers.scope_to_active_organization,
             metrics,
         })
     }
@@ -164,12 +168,19 @@ impl Entitlements {
             issuer: &self.issuer,
             audience: &self.audience,
             ttl_secs: self.ttl_secs,
+            scope_to_active_organization: self.scope_to_active_organization,
         }
     }
 
     /// The caller's B2B facts for this request and the status to report: `authenticated`, or
     /// `stale` when the store failed and the last known facts stand in.
     pub async fn facts(&self, p: &Principal) -> Result<(Arc<B2b>, Status), Unavailable> {
+        self.lookup(p).await.map(|(_, b2b, status)| (b2b, status))
+    }
+
+    /// [`Entitlements::facts`] with the login's stored facts they were rendered from (the
+    /// active-organization route lists the organizations' names and the choice's source).
+    pub async fn lookup(&self, p: &Principal) -> Result<(Arc<Facts>, Arc<B2b>, Status), Unavailable> {
         let unclaimed =
             unclaimed_memberships(self.policy.removal, &p.scope, &self.policy.full_membership_scopes);
         let key = login_key(p, unclaimed);
@@ -177,7 +188,8 @@ impl Entitlements {
         let today = OffsetDateTime::now_utc().date();
         if let Some(entry) = self.logins.get(&key) {
             self.metrics.count_cache("login", "hit");
-            return Ok((entry.b2b(p, &self.render_context(), now, today), Status::Authenticated));
+            let b2b = entry.b2b(p, &self.render_context(), now, today);
+            return Ok((entry.facts.clone(), b2b, Status::Authenticated));
         }
         self.metrics.count_cache("login", "miss");
         // Boxed: a login's future (Redis, the store's queries) is large, and every cached
@@ -195,7 +207,7 @@ impl Entitlements {
         unclaimed: UnclaimedMemberships,
         now: u64,
         today: Date,
-    ) -> Result<(Arc<B2b>, Status), Unavailable> {
+    ) -> Result<(Arc<Facts>, Arc<B2b>, Status), Unavailable> {
         // Captured before anything is read (Redis or the store): an invalidation from here on
         // keeps what is read out of the memory tier.
         let generation = self.logins.generation();
@@ -207,8 +219,9 @@ impl Entitlements {
                     // reconciled again `max_age_secs` after that replica did it.
                     let until = p.exp.min(login.expires_at);
                     let entry = self.logins.put(key, &p.sub, login.facts, until, generation);
-                    self.last_known.insert(p.sub.clone(), entry.facts.clone());
-                    return Ok((entry.b2b(p, &self.render_context(), now, today), Status::Authenticated));
+                    self.remember(&p.sub, &entry.facts);
+                    let b2b = entry.b2b(p, &self.render_context(), now, today);
+                    return Ok((entry.facts.clone(), b2b, Status::Authenticated));
                 }
                 redis::Lookup::Miss(current) => epochs = Some(current),
                 redis::Lookup::Unavailable => {}
@@ -217,28 +230,37 @@ impl Entitlements {
         let profile =
             Profile { email: p.email.clone(), username: p.preferred_username.clone(), name: p.name.clone() };
         let actor = Actor("login".into());
-        let result = Reconciliation {
-            sub: &p.sub,
-            profile: Some(&profile),
-            claimed: &p.organizations.orgs,
-            unclaimed,
-            today,
-            actor: &actor,
-            mode: Mode::Apply,
+        let result = async {
+            let (outcome, mut facts) = Reconciliation {
+                sub: &p.sub,
+                profile: Some(&profile),
+                claimed: &p.organizations.orgs,
+                unclaimed,
+                today,
+                actor: &actor,
+                mode: Mode::Apply,
+            }
+            .run(&self.store)
+            .await?;
+            // The session's selection belongs to the login (its key holds the `sid`), so it is
+            // read here, once per login, and cached with the facts (docs/architecture.md).
+            let mut conn = self.store.conn().await?;
+            facts.selection = selections::get(&mut conn, &p.sub, p.sid.as_deref().unwrap_or("")).await?;
+            Ok::<_, StoreError>((outcome, facts))
         }
-        .run(&self.store)
         .instrument(tracing::info_span!("reconcile"))
         .await;
         match result {
             Ok((outcome, facts)) => {
                 self.count_reconciliation(&outcome);
-                self.last_known.insert(p.sub.clone(), Arc::new(facts.clone()));
+                self.remember(&p.sub, &facts);
                 if let (Some(redis), Some(epochs)) = (&self.redis, epochs) {
                     let until = p.exp.min(now.saturating_add(self.policy.max_age_secs));
                     redis.store(&key, &p.sub, &facts, epochs, until).await;
                 }
                 let entry = self.logins.put(key, &p.sub, facts, p.exp, generation);
-                Ok((entry.b2b(p, &self.render_context(), now, today), Status::Authenticated))
+                let b2b = entry.b2b(p, &self.render_context(), now, today);
+                Ok((entry.facts.clone(), b2b, Status::Authenticated))
             }
             Err(e) => {
                 self.metrics.reconciliations.get_or_create(&vec![("result", "error")]).inc();
@@ -248,11 +270,17 @@ impl Entitlements {
                     OnStoreError::Degrade => {
                         let last = self.last_known.get(&p.sub).unwrap_or_else(|| Arc::new(Facts::default()));
                         let b2b = render(&last, p, &self.render_context(), now, today);
-                        Ok((Arc::new(b2b), Status::Stale))
+                        Ok((last, Arc::new(b2b), Status::Stale))
                     }
                 }
             }
         }
+    }
+
+    /// Keeps a user's facts as their last known ones, without the session's selection: they
+    /// stand in for any session of the user when the store fails.
+    fn remember(&self, sub: &str, facts: &Facts) {
+        self.last_known.insert(sub.to_owned(), Arc::new(Facts { selection: None, ..facts.clone() }));
     }
 
     /// Counts a login's reconciliation and what it changed.

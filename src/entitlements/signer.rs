@@ -263,6 +263,7 @@ mod tests {
             name: Some("Ada".into()),
             organizations: Vec::new(),
             contracts: Vec::new(),
+            active_organization: Some("acme".into()),
         }
     }
 

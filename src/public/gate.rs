@@ -10,7 +10,8 @@
 //! 3. **authenticate**: token → principal ([`crate::auth::authenticator`]), or anonymous; a token that
 //!    cannot be accepted is a 401 (503 while no keys were ever loaded);
 //! 4. **facts**: the caller's B2B memberships and contracts;
-//! 5. **authorize**: `[[auth.rules]]` against roles, organizations and contracts (401/403);
+//! 5. **authorize**: `[[auth.rules]]` against roles, organizations, contracts and the active
+//!    organization (401/403);
 //! 6. **render**: the owned header set, empty values where nothing applies.
 //!
 //! Routes of the sidecar's own that need a caller and not the header set (`/me`, code
@@ -108,6 +109,7 @@ pub async fn admit(
                 roles: &p.roles,
                 organizations: &b2b.organizations,
                 contracts: &b2b.contracts,
+                active_organization: b2b.active_organization.as_deref(),
             }),
         };
         match applicable.decide(holdings) {
@@ -116,6 +118,7 @@ pub async fn admit(
             Decision::Forbidden => {
                 return Err(ApiError::Forbidden("You do not have access to this resource.".into()));
             }
+            Decision::ActiveOrganizationRequired => return Err(ApiError::ActiveOrganizationRequired),
         }
     }
     let config = &state.config.headers;

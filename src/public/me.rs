@@ -1,5 +1,6 @@
 //! `/_sidecar/me`: the caller's identity and entitlements as JSON — the claims of the
-//! entitlement token the headers carry, plus the identity status and roles. For an app's
+//! entitlement token the headers carry, plus the identity status, roles and the active
+//! organization (`null` when none, where the token leaves it out). For an app's
 //! frontend that wants to know who is signed in without parsing a token.
 
 use axum::Json;
@@ -26,5 +27,7 @@ pub async fn me(
         .unwrap_or_else(|| json!({"sub": principal.sub}));
     claims["status"] = json!(status.as_str());
     claims["roles"] = json!(principal.roles);
+    // The token leaves a null member out; here it is always present (docs/contract.md §10).
+    claims["active_organization"] = json!(b2b.active_organization);
     Ok(Json(claims))
 }

@@ -12,7 +12,8 @@
 //!         handler
 //!           forward_auth     /_sidecar/auth: read X-Forwarded-*, then gate::admit
 //!           proxy            any other path: gate::admit, then forward upstream
-//!           me, redeem       gate::Authenticated extractor, then the handler's own work
+//!           me, redeem,      gate::Authenticated extractor, then the handler's own work
+//!           active_org
 //!           manage           delegated management: the admin API's handlers behind the
 //!                            manager check (admin::manage, handed in by the app)
 //!           jwks             the entitlement token's public keys
@@ -26,6 +27,7 @@
 //! Every route is added through the route table in [`router`], which pairs it with the mode it
 //! is counted as: a new route cannot forget its count.
 
+pub mod active_org;
 pub mod forward_auth;
 pub mod gate;
 pub mod me;
@@ -55,7 +57,7 @@ pub fn router(state: AppState, manage: Vec<(String, MethodRouter<AppState>)>) ->
     let prefix = state.config.server.reserved_prefix.trim_end_matches('/').to_owned();
     let at = |path: &str| format!("{prefix}{path}");
     // The route table: path, mode it is counted as (`requests_total{mode}`), handler.
-    let routes: [(String, Mode, MethodRouter<AppState>); 7] = [
+    let routes: [(String, Mode, MethodRouter<AppState>); 8] = [
         (at("/auth"), "forward_auth", any(forward_auth::forward_auth)),
         (at("/me"), "me", get(me::me)),
         (at("/jwks.json"), "jwks", get(entitlement_jwks)),
@@ -65,6 +67,14 @@ pub fn router(state: AppState, manage: Vec<(String, MethodRouter<AppState>)>) ->
             post(redeem::from_body).layer(DefaultBodyLimit::max(redeem::MAX_BODY_BYTES)),
         ),
         (at("/enrollment-codes/{code}/redeem"), "redeem", post(redeem::from_path)),
+        (
+            at("/active-organization"),
+            "active_organization",
+            get(active_org::get)
+                .put(active_org::put)
+                .delete(active_org::delete)
+                .layer(DefaultBodyLimit::max(redeem::MAX_BODY_BYTES)),
+        ),
         // Reserved paths the sidecar does not serve stay 404, never proxied.
         (prefix.clone(), "other", any(not_found)),
         (at("/{*rest}"), "other", any(not_found)),

@@ -85,7 +85,7 @@ pub async fn from_body(
 }
 
 /// Step 2 of the order above: refuses a cross-site request from an origin not allowed.
-fn same_site(state: &AppState, peer: SocketAddr, request: &Request) -> Result<(), ApiError> {
+pub(super) fn same_site(state: &AppState, peer: SocketAddr, request: &Request) -> Result<(), ApiError> {
     let allowed = &state.config.server.allowed_origins;
     let trusted = state.auth.is_trusted(peer.ip());
     crate::cross_site::check(allowed, trusted, request.headers(), request.uri())
@@ -95,7 +95,7 @@ fn same_site(state: &AppState, peer: SocketAddr, request: &Request) -> Result<()
 /// parameters (`; charset=utf-8`) allowed. A form post (`application/x-www-form-urlencoded`,
 /// `text/plain`) is what a cross-site page can send without a CORS preflight, so it is
 /// refused (415), not guessed at.
-fn says_json(headers: &HeaderMap) -> bool {
+pub(super) fn says_json(headers: &HeaderMap) -> bool {
     let mut values = headers.get_all(header::CONTENT_TYPE).iter();
     match (values.next(), values.next()) {
         (Some(value), None) => value.to_str().ok().is_some_and(is_json),
@@ -111,7 +111,7 @@ fn is_json(content_type: &str) -> bool {
 
 /// Reads at most [`MAX_BODY_BYTES`]: a larger `Content-Length` is refused before anything is
 /// read, a longer body as soon as it passes the limit (413 either way).
-async fn read_body(request: Request) -> Result<Bytes, Response> {
+pub(super) async fn read_body(request: Request) -> Result<Bytes, Response> {
     let declared =
         request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {

@@ -314,5 +314,10 @@ pub fn facts(memberships: &[Membership], attachments: &[Attachment]) -> Facts {
         })
         .collect();
     contracts.sort_by(|a, b| a.contract.key.cmp(&b.contract.key));
-    Facts { organizations, contracts }
+    let mut aliases: Vec<(String, String)> = memberships
+        .iter()
+        .filter_map(|m| Some((m.keycloak_alias.clone()?, m.organization.clone())))
+        .collect();
+    aliases.sort();
+    Facts { organizations, contracts, aliases, selection: None }
 }

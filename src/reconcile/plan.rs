@@ -287,7 +287,14 @@ pub enum UnclaimedMemberships {
 /// Whether an absent or partial claim means "not a member" (docs/contract.md §3). `scope` is the token's
 /// space-separated `scope`; a configured scope must equal one of its values exactly (`*` in
 /// `organization:*` is Keycloak's literal scope value, not a pattern).
+///
+/// A token whose `scope` holds `organization` or an `organization:<alias>` carries at most the
+/// one organization Keycloak picked (docs/contract.md §10): it is never complete, whatever
+/// `mode` says ([`crate::auth::org_scope::is_partial`]).
 pub fn unclaimed_memberships(mode: Removal, scope: &str, full_scopes: &[String]) -> UnclaimedMemberships {
+    if crate::auth::org_scope::is_partial(scope) {
+        return UnclaimedMemberships::Keep;
+    }
     let complete = match mode {
         Removal::Always => true,
         Removal::Never => false,
@@ -829,6 +836,17 @@ mod tests {
         assert_eq!(unclaimed_memberships(Removal::Always, "", &full), Remove);
         assert_eq!(unclaimed_memberships(Removal::Never, "organization:*", &full), Keep);
         assert_eq!(unclaimed_memberships(Removal::Scope, "organization:*", &[]), Keep);
+    }
+
+    #[test]
+    fn a_single_or_picked_organization_scope_is_never_authoritative_for_removals() {
+        let full = vec!["organization:*".to_owned(), "organization".to_owned()];
+        for mode in [Removal::Scope, Removal::Always, Removal::Never] {
+            for scope in ["openid organization", "organization:acme", "organization:* organization:acme"] {
+                assert_eq!(unclaimed_memberships(mode, scope, &full), Keep, "{mode:?} {scope}");
+            }
+        }
+        assert_eq!(unclaimed_memberships(Removal::Always, "openid organization:*", &full), Remove);
     }
 
     #[test]

@@ -116,6 +116,7 @@ pub mod jwks;
 pub mod memberships;
 pub mod model;
 pub mod organizations;
+pub mod selections;
 pub mod user_rows;
 pub mod users;
 
@@ -338,11 +339,17 @@ fn migrator(postgres: bool) -> Migrator {
     let files: &[(i64, &str, &'static str)] = if postgres {
         &[
             (1, "initial", include_str!("../../migrations/postgres/0001_initial.sql")),
+            (
+                2,
+                "active organization",
+                include_str!("../../migrations/postgres/0002_active_organization.sql"),
+            ),
             (4, "delegation", include_str!("../../migrations/postgres/0004_delegation.sql")),
         ]
     } else {
         &[
             (1, "initial", include_str!("../../migrations/sqlite/0001_initial.sql")),
+            (2, "active organization", include_str!("../../migrations/sqlite/0002_active_organization.sql")),
             (4, "delegation", include_str!("../../migrations/sqlite/0004_delegation.sql")),
         ]
     };

@@ -128,8 +128,8 @@ pub async fn count(conn: &mut Conn) -> Result<i64, StoreError> {
 }
 
 /// Erases a user (admin `DELETE /users/{sub}`): unlinks the one-time codes they redeemed, frees
-/// the seats of their attachments, then deletes attachments, memberships, redemptions and the
-/// user row. The audit trail keeps the subject (it holds no other personal data); a one-time
+/// the seats of their attachments, then deletes attachments, memberships, redemptions, the
+/// sessions' active-organization selections and the user row. The audit trail keeps the subject (it holds no other personal data); a one-time
 /// code stays spent, its `redeemed_by` becomes [`super::codes::ERASED_REDEEMER`]. Returns
 /// whether the user existed.
 ///
@@ -160,6 +160,7 @@ pub async fn erase(tx: &mut Tx, sub: &str) -> Result<bool, StoreError> {
         "DELETE FROM attachments WHERE sub = $1",
         "DELETE FROM memberships WHERE sub = $1",
         "DELETE FROM redemptions WHERE sub = $1",
+        "DELETE FROM active_organization_selections WHERE sub = $1",
     ] {
         run!(tx, |c| sqlx::query(statement).bind(sub).execute(c).await.map(|r| r.rows_affected()))?;
     }

@@ -210,12 +210,12 @@ fn plugin_keys(name: &str) -> Option<&'static [&'static str]> {
 // ---------------------------------------------------------------------------------------------
 // What the sidecar needs.
 
-/// Headers the sidecar owns: the crate's list, plus docs/contract.md §10's (v2) active organization,
-/// which every v2 recipe must carry even before the code emits it.
+/// Headers the sidecar owns: the crate's list, which holds docs/contract.md §10's (v2) active
+/// organization too.
 fn owned_headers() -> BTreeSet<String> {
-    let mut owned: BTreeSet<String> =
+    let owned: BTreeSet<String> =
         identity_sidecar::headers::OWNED.iter().map(|h| h.as_str().to_ascii_lowercase()).collect();
-    owned.insert("x-identity-active-organization".into());
+    assert!(owned.contains("x-identity-active-organization"), "the v2 header is owned");
     owned
 }
 

@@ -288,8 +288,11 @@ impl Facts {
 
         let userinfo: Value =
             serde_json::from_slice(&STANDARD.decode(header("x-userinfo")).unwrap()).unwrap();
-        let b2b =
-            json!({"organizations": organizations, "managed_organizations": managed, "contracts": contracts});
+        let active = header("x-identity-active-organization");
+        let active = if active.is_empty() { Value::Null } else { json!(active) };
+        assert_eq!(entitlements.get("active_organization").cloned().unwrap_or(Value::Null), active, "token");
+        let b2b = json!({"organizations": organizations, "managed_organizations": managed,
+                         "contracts": contracts, "active_organization": active});
         assert_eq!(userinfo["b2b"], b2b, "x-userinfo vs headers");
 
         let owned: Vec<(String, usize)> = res
@@ -556,7 +559,13 @@ async fn a_cached_login_drops_a_contract_the_day_after_it_ends(db: Db) {
         logins.generation(),
     );
     let signer = Signer::ephemeral().unwrap();
-    let ctx = RenderContext { signer: &signer, issuer: "identity-sidecar", audience: "apps", ttl_secs: 300 };
+    let ctx = RenderContext {
+        signer: &signer,
+        issuer: "identity-sidecar",
+        audience: "apps",
+        ttl_secs: 300,
+        scope_to_active_organization: false,
+    };
 
     let first = entry.b2b(&principal, &ctx, now, today);
     assert_eq!(first.contracts, ["a-auto", "a-ends"]);

@@ -4,6 +4,7 @@
 //! `harness_selftest` proves those helpers behave before any sidecar test relies on them.
 
 mod access_log;
+mod active_org;
 mod admin;
 mod apisix;
 mod architecture;

@@ -28,7 +28,7 @@ use crate::helpers::{
 };
 
 /// Every header the sidecar owns (docs/contract.md §5), lower-case.
-const OWNED: [&str; 11] = [
+const OWNED: [&str; 12] = [
     "x-identity-status",
     "x-identity-subject",
     "x-identity-email",
@@ -40,6 +40,7 @@ const OWNED: [&str; 11] = [
     "x-identity-contracts",
     "x-identity-entitlements",
     "x-userinfo",
+    "x-identity-active-organization",
 ];
 
 /// The base test config with `upstream.url` set.
@@ -130,7 +131,7 @@ async fn a_valid_token_reaches_the_upstream_with_every_identity_header() {
             "given_name": "Zoë",
             "family_name": "Ämm",
             "organization": ["acme"],
-            "b2b": {"organizations": [], "managed_organizations": [], "contracts": []},
+            "b2b": {"organizations": [], "managed_organizations": [], "contracts": [], "active_organization": null},
         })
     );
     // By default the app keeps the token (it may call APIs with it).

@@ -58,7 +58,7 @@ async fn facts(app: &TestApp, token: &str) -> (u16, String, String) {
 }
 
 /// Waits until `check` holds, polling; panics with `what` after `within`.
-async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+pub(crate) async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -88,7 +88,7 @@ fn redis_lines(metrics: &str) -> String {
     metrics.lines().filter(|l| l.contains("redis") && !l.starts_with('#')).collect::<Vec<_>>().join("; ")
 }
 
-async fn wait_subscribed(app: &TestApp, within: Duration) {
+pub(crate) async fn wait_subscribed(app: &TestApp, within: Duration) {
     eventually(within, "the app subscribes to Redis invalidations", || async {
         metric(&app.metrics().await, SUBSCRIBED) == 1.0
     })
@@ -480,6 +480,7 @@ async fn a_redis_entry_written_before_an_invalidation_is_never_served_after_it()
             },
             active: true,
         }],
+        ..Facts::default()
     };
     let until = identity_sidecar::auth::authenticator::unix_now() + 60;
 
@@ -507,13 +508,13 @@ async fn a_redis_entry_written_before_an_invalidation_is_never_served_after_it()
 
 /// A Redis of the test's own, on a free port, that it can kill and restart; killed when
 /// dropped. Declare it before the apps that use it, so it outlives them.
-struct TestRedis {
+pub(crate) struct TestRedis {
     port: u16,
     child: Option<Child>,
 }
 
 impl TestRedis {
-    async fn start() -> TestRedis {
+    pub(crate) async fn start() -> TestRedis {
         // The port is free when chosen but may be taken before redis-server binds it (by
         // another test's server): then the server exits and another port is tried.
         for _ in 0..5 {
@@ -525,7 +526,7 @@ impl TestRedis {
         panic!("could not start a redis-server of the test's own");
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 

@@ -58,7 +58,10 @@ async fn a_valid_token_gets_200_with_identity_headers() {
     assert_eq!(userinfo["sub"], "u-1");
     assert_eq!(userinfo["email"], "zoë@example.org");
     assert_eq!(userinfo["organization"]["acme"]["id"], "6f1c2b1e-8a6f-4a51-9f53-1d3c6f0e1a11");
-    assert_eq!(userinfo["b2b"], json!({"organizations": [], "managed_organizations": [], "contracts": []}));
+    assert_eq!(
+        userinfo["b2b"],
+        json!({"organizations": [], "managed_organizations": [], "contracts": [], "active_organization": null})
+    );
     assert!(userinfo.get("realm_access").is_none());
 }
 

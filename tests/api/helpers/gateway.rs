@@ -117,11 +117,10 @@ impl Scene {
 }
 
 /// Header names the gateway must strip when a client sends them, in dash and underscore
-/// spellings: every owned header, the v2 `X-Identity-Active-Organization`, `X-Id-Token`, and
+/// spellings: every owned header (the v2 `X-Identity-Active-Organization` among them), `X-Id-Token`, and
 /// `extra` (for a recipe that strips by prefix: a name no version has owned yet).
 pub fn forged_lines(extra: &[&str]) -> Vec<String> {
     let mut names: Vec<String> = OWNED.iter().map(|n| n.as_str().to_owned()).collect();
-    names.push("x-identity-active-organization".into());
     names.push("x-id-token".into());
     names.extend(extra.iter().map(|s| s.to_ascii_lowercase()));
     let mut lines = Vec::new();

@@ -27,5 +27,6 @@ mod openapi;
 mod paths;
 mod proxy;
 mod redis;
+mod redis_sentinel;
 mod token_gate;
 mod traces;

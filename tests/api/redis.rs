@@ -26,10 +26,10 @@ use tokio_util::sync::CancellationToken;
 use crate::helpers::TestDatabase;
 use crate::helpers::{FakeKeycloak, HangingServer, TestApp, base_env, closed_port, metric, set};
 
-const QUERIES: &str = "identity_sidecar_store_queries_total";
-const SUBSCRIBED: &str = "identity_sidecar_redis_subscribed";
-const RECEIVED: &str = r#"identity_sidecar_redis_invalidations_total{direction="received"}"#;
-const REDIS_HITS: &str = r#"identity_sidecar_cache_lookups_total{cache="redis",result="hit"}"#;
+pub(crate) const QUERIES: &str = "identity_sidecar_store_queries_total";
+pub(crate) const SUBSCRIBED: &str = "identity_sidecar_redis_subscribed";
+pub(crate) const RECEIVED: &str = r#"identity_sidecar_redis_invalidations_total{direction="received"}"#;
+pub(crate) const REDIS_HITS: &str = r#"identity_sidecar_cache_lookups_total{cache="redis",result="hit"}"#;
 const REDIS_MISSES: &str = r#"identity_sidecar_cache_lookups_total{cache="redis",result="miss"}"#;
 const BAD_SIGNATURE: &str = r#"identity_sidecar_redis_errors_total{op="lookup",kind="bad_signature"}"#;
 const UNSIGNED: &str = r#"identity_sidecar_redis_errors_total{op="lookup",kind="unsigned"}"#;
@@ -37,7 +37,7 @@ const UNSIGNED: &str = r#"identity_sidecar_redis_errors_total{op="lookup",kind="
 const OLD_KEY: &str = "5VP1oqZGYTfBQXz0AhcdEACzVaj1ij+AnH5+V4x3jGc=";
 const NEW_KEY: &str = "17742bbee4b94841811f5efdd94256b1dddc40a5d28637778d2abe583df06f77";
 
-fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
 
@@ -46,7 +46,7 @@ fn header(res: &reqwest::Response, name: &str) -> String {
 }
 
 /// Status, organizations and contracts a forward-auth call reports for this token.
-async fn facts(app: &TestApp, token: &str) -> (u16, String, String) {
+pub(crate) async fn facts(app: &TestApp, token: &str) -> (u16, String, String) {
     let res = app.forward_auth("GET", "/").bearer_auth(token).send().await.expect("sidecar answers");
     let facts = (
         res.status().as_u16(),
@@ -58,7 +58,7 @@ async fn facts(app: &TestApp, token: &str) -> (u16, String, String) {
 }
 
 /// Waits until `check` holds, polling; panics with `what` after `within`.
-async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+pub(crate) async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -71,7 +71,7 @@ where
 }
 
 /// The store query count once background work (the JWKS persisted after start) has settled.
-async fn settled_queries(app: &TestApp) -> f64 {
+pub(crate) async fn settled_queries(app: &TestApp) -> f64 {
     let mut last = metric(&app.metrics().await, QUERIES);
     loop {
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -84,11 +84,11 @@ async fn settled_queries(app: &TestApp) -> f64 {
 }
 
 /// The Redis lines of a metrics page, for failure messages.
-fn redis_lines(metrics: &str) -> String {
+pub(crate) fn redis_lines(metrics: &str) -> String {
     metrics.lines().filter(|l| l.contains("redis") && !l.starts_with('#')).collect::<Vec<_>>().join("; ")
 }
 
-async fn wait_subscribed(app: &TestApp, within: Duration) {
+pub(crate) async fn wait_subscribed(app: &TestApp, within: Duration) {
     eventually(within, "the app subscribes to Redis invalidations", || async {
         metric(&app.metrics().await, SUBSCRIBED) == 1.0
     })
@@ -96,7 +96,7 @@ async fn wait_subscribed(app: &TestApp, within: Duration) {
 }
 
 /// An organization claimed as `alias` with one `auto` contract; returns their keys.
-async fn seed_org(app: &TestApp, alias: &str) -> (String, String) {
+pub(crate) async fn seed_org(app: &TestApp, alias: &str) -> (String, String) {
     let store = app.store().await;
     let mut conn = store.conn().await.unwrap();
     let org = unique("org");
@@ -116,7 +116,7 @@ async fn seed_org(app: &TestApp, alias: &str) -> (String, String) {
     (org, contract)
 }
 
-async fn add_contract(app: &TestApp, org: &str) -> String {
+pub(crate) async fn add_contract(app: &TestApp, org: &str) -> String {
     let store = app.store().await;
     let mut conn = store.conn().await.unwrap();
     let key = unique("contract");
@@ -743,7 +743,7 @@ async fn two_replicas_agree_after_an_admin_change_made_on_one_of_them() {
 }
 
 /// A login reconciled by `a` is served by `b` from Redis, without the database.
-async fn b_serves_what_a_reconciled(kc: &FakeKeycloak, a: &TestApp, b: &TestApp) {
+pub(crate) async fn b_serves_what_a_reconciled(kc: &FakeKeycloak, a: &TestApp, b: &TestApp) {
     let alias = unique("acme");
     let (org, contract) = seed_org(a, &alias).await;
     let token = kc.token().sub(&unique("u")).organization(json!([alias])).sign();
@@ -766,7 +766,7 @@ struct TlsRedis {
 }
 
 /// A CA: its certificate (PEM) and issuer.
-fn test_ca(name: &str) -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
+pub(crate) fn test_ca(name: &str) -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);

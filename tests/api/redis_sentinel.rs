@@ -83,9 +83,12 @@ impl TestSentinel {
                 key: file("server.key", key.serialize_pem()),
             }
         });
-        let primary = start_server(tls.as_ref(), |port| server_args(tls.as_ref(), port, None)).await;
-        let replica =
-            start_server(tls.as_ref(), |port| server_args(tls.as_ref(), port, Some(primary.port))).await;
+        let primary =
+            start_server(tls.as_ref(), |port| server_args(tls.as_ref(), dir.path(), port, None)).await;
+        let replica = start_server(tls.as_ref(), |port| {
+            server_args(tls.as_ref(), dir.path(), port, Some(primary.port))
+        })
+        .await;
         let conf = |port: u16| {
             let path = dir.path().join(format!("sentinel-{port}.conf"));
             let listen = match &tls {
@@ -233,8 +236,9 @@ fn raw_client(tls: Option<&TlsFiles>, port: u16) -> redis::Client {
     }
 }
 
-/// `redis-server` for a primary, or a replica of the primary on `replica_of`.
-fn server_args(tls: Option<&TlsFiles>, port: u16, replica_of: Option<u16>) -> Command {
+/// `redis-server` for a primary, or a replica of the primary on `replica_of`, with its files
+/// (a replica writes the copy it receives to disk) in `dir`.
+fn server_args(tls: Option<&TlsFiles>, dir: &std::path::Path, port: u16, replica_of: Option<u16>) -> Command {
     let mut command = Command::new("redis-server");
     let port = port.to_string();
     match tls {
@@ -244,7 +248,7 @@ fn server_args(tls: Option<&TlsFiles>, port: u16, replica_of: Option<u16>) -> Co
             .args(["--tls-cert-file", &t.cert, "--tls-key-file", &t.key, "--tls-ca-cert-file", &t.ca])
             .args(["--tls-auth-clients", "no", "--tls-replication", "yes"]),
     };
-    command.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+    command.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]).arg("--dir").arg(dir);
     if let Some(primary) = replica_of {
         command.args(["--replicaof", "127.0.0.1", &primary.to_string()]);
     }

@@ -63,8 +63,18 @@ pub struct Primary {
     master: String,
     /// Timeouts of the connections to the primary and to a sentinel (for the address check).
     config: AsyncConnectionConfig,
-    /// A connection to one sentinel, kept for [`Primary::moved_from`].
-    watch: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    /// The sentinels as configured, for [`Primary::moved_from`].
+    sentinel_clients: Vec<redis::Client>,
+    /// Which sentinel [`Primary::moved_from`] asks, and a connection to it once made.
+    watch: tokio::sync::Mutex<Watch>,
+}
+
+/// The sentinel [`Primary::moved_from`] asks.
+#[derive(Default)]
+struct Watch {
+    /// Index into `sentinel_clients` of the sentinel to ask (modulo their number).
+    next: usize,
+    conn: Option<MultiplexedConnection>,
 }
 
 struct Sentinels {
@@ -113,6 +123,7 @@ impl Primary {
             master,
             SentinelServerType::Master,
         )
+        .ok()
         .context("cache.redis_urls: cannot set up the sentinel client")?;
         let (username, password, db) = credentials(first);
         if let Some(username) = username {
@@ -142,7 +153,8 @@ impl Primary {
             lookups: AtomicU64::new(0),
             master: master.to_owned(),
             config,
-            watch: tokio::sync::Mutex::new(None),
+            sentinel_clients: sentinels.to_vec(),
+            watch: tokio::sync::Mutex::new(Watch::default()),
         })
     }
 
@@ -228,32 +240,37 @@ impl Primary {
         addr != now
     }
 
-    /// The primary's `host:port` as one sentinel announces it (`SENTINEL
-    /// GET-MASTER-ADDR-BY-NAME`), through a kept connection to a sentinel the crate found.
+    /// The primary's `host:port` as a sentinel announces it (`SENTINEL
+    /// GET-MASTER-ADDR-BY-NAME`): the one asked last, over the connection kept to it, or else
+    /// the next ones in turn. (Not the crate's `async_get_sentinel_client`: it keeps the
+    /// connection it makes for whichever sentinel answers in the first sentinel's slot.)
     async fn announced(&self) -> Option<String> {
         let mut watch = self.watch.lock().await;
-        if watch.is_none() {
-            // A lookup in progress holds the sentinels; the next tick asks again.
-            let mut sentinels = self.sentinels.try_lock().ok()?;
-            let client = tokio::time::timeout(RESOLVE_TIMEOUT, sentinels.client.async_get_sentinel_client())
-                .await
-                .ok()?
-                .ok()?;
-            drop(sentinels);
-            *watch = Some(client.get_multiplexed_async_connection_with_config(&self.config).await.ok()?);
-        }
-        let conn = watch.as_mut()?;
         let mut ask = redis::cmd("SENTINEL");
         ask.arg("GET-MASTER-ADDR-BY-NAME").arg(&self.master);
-        match ask.query_async::<Option<(String, u16)>>(conn).await {
-            Ok(Some((host, port))) => Some(format!("{host}:{port}")),
-            Ok(None) => None,
-            Err(e) => {
-                tracing::debug!(error = %e, "Redis Sentinel: a sentinel did not say where the primary is");
-                *watch = None;
-                None
+        for _ in 0..self.sentinel_clients.len() {
+            if watch.conn.is_none() {
+                let i = watch.next % self.sentinel_clients.len();
+                // Moved on before connecting: if the caller gives up on a sentinel that does
+                // not answer, the next check starts with the next one.
+                watch.next = i + 1;
+                let client = &self.sentinel_clients[i];
+                if let Ok(conn) = client.get_multiplexed_async_connection_with_config(&self.config).await {
+                    (watch.next, watch.conn) = (i, Some(conn));
+                }
             }
+            let Some(conn) = watch.conn.as_mut() else { continue };
+            match ask.query_async::<Option<(String, u16)>>(conn).await {
+                Ok(Some((host, port))) => return Some(format!("{host}:{port}")),
+                Ok(None) => tracing::debug!("Redis Sentinel: a sentinel does not know cache.sentinel_master"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "Redis Sentinel: a sentinel did not say where the primary is")
+                }
+            }
+            watch.conn = None;
+            watch.next += 1;
         }
+        None
     }
 }
 

@@ -866,28 +866,53 @@ async fn over_tls_replicas_share_logins_and_a_server_the_ca_did_not_sign_is_refu
 }
 
 /// Three `redis-server --cluster-enabled yes` of the test's own, joined by
-/// `redis-cli --cluster create` (no replicas), each stopped by its pid.
+/// `redis-cli --cluster create` (no replicas), each stopped by its pid; over TLS only (client
+/// port and cluster bus) when started with [`TestCluster::start_tls`].
 struct TestCluster {
     ports: Vec<u16>,
     children: Vec<Child>,
+    /// The CA's PEM file under TLS.
+    ca: Option<String>,
     _dir: tempfile::TempDir,
 }
 
 impl TestCluster {
     async fn start() -> TestCluster {
+        TestCluster::start_with(false).await
+    }
+
+    /// Every node on a TLS port only (`tls-cluster yes`: the bus too, and the nodes announce
+    /// their TLS ports), its certificate signed by a CA made for the test.
+    async fn start_tls() -> TestCluster {
+        TestCluster::start_with(true).await
+    }
+
+    async fn start_with(tls: bool) -> TestCluster {
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
+        let path = |f: &str| dir.path().join(f).to_str().unwrap().to_owned();
+        let ca = tls.then(|| {
+            let (ca_pem, ca) = test_ca("identity-sidecar cluster test CA");
+            let key = rcgen::KeyPair::generate().unwrap();
+            let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+            std::fs::write(path("server.pem"), params.signed_by(&key, &ca).unwrap().pem()).unwrap();
+            std::fs::write(path("server.key"), key.serialize_pem()).unwrap();
+            std::fs::write(path("ca.pem"), ca_pem).unwrap();
+            path("ca.pem")
+        });
         let (mut ports, mut children) = (Vec::new(), Vec::new());
         for _ in 0..3 {
             let (port, bus) = (closed_port(), closed_port());
-            let child = Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--cluster-port",
-                    &bus.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                ])
+            let mut command = Command::new("redis-server");
+            match &ca {
+                None => command.args(["--port", &port.to_string()]),
+                Some(ca) => command
+                    .args(["--port", "0", "--tls-port", &port.to_string(), "--tls-cluster", "yes"])
+                    .args(["--tls-cert-file", &path("server.pem"), "--tls-key-file", &path("server.key")])
+                    .args(["--tls-ca-cert-file", ca, "--tls-auth-clients", "no"]),
+            };
+            let child = command
+                .args(["--cluster-port", &bus.to_string(), "--bind", "127.0.0.1"])
                 .args(["--cluster-enabled", "yes", "--cluster-config-file"])
                 .arg(dir.path().join(format!("nodes-{port}.conf")))
                 .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
@@ -898,9 +923,9 @@ impl TestCluster {
             ports.push(port);
             children.push(child);
         }
-        let cluster = TestCluster { ports, children, _dir: dir };
+        let cluster = TestCluster { ports, children, ca, _dir: dir };
         for &port in &cluster.ports {
-            let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+            let client = cluster.client(port);
             let deadline = Instant::now() + Duration::from_secs(10);
             while client.get_multiplexed_async_connection().await.is_err() {
                 assert!(Instant::now() < deadline, "a cluster node did not answer within 10 s");
@@ -908,7 +933,11 @@ impl TestCluster {
             }
         }
         let nodes: Vec<String> = cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let created = Command::new("redis-cli")
+        let mut cli = Command::new("redis-cli");
+        if let Some(ca) = &cluster.ca {
+            cli.args(["--tls", "--cacert", ca]);
+        }
+        let created = cli
             .args(["--cluster", "create"])
             .args(&nodes)
             .args(["--cluster-replicas", "0", "--cluster-yes"])
@@ -916,7 +945,7 @@ impl TestCluster {
             .expect("redis-cli is installed");
         assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stdout));
         for &port in &cluster.ports {
-            let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+            let client = cluster.client(port);
             let conn = client.get_multiplexed_async_connection().await.unwrap();
             eventually(Duration::from_secs(10), "the cluster is ok on every node", || {
                 let mut conn = conn.clone();
@@ -932,7 +961,29 @@ impl TestCluster {
     }
 
     fn urls(&self) -> Vec<String> {
-        self.ports.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect()
+        let scheme = if self.ca.is_some() { "rediss" } else { "redis" };
+        self.ports.iter().map(|p| format!("{scheme}://127.0.0.1:{p}")).collect()
+    }
+
+    /// A client of one node (verifying it with the test's CA under TLS).
+    fn client(&self, port: u16) -> redis::Client {
+        match &self.ca {
+            None => redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap(),
+            Some(ca) => redis::Client::build_with_tls(
+                format!("rediss://127.0.0.1:{port}"),
+                redis::TlsCertificates { client_tls: None, root_cert: Some(std::fs::read(ca).unwrap()) },
+            )
+            .unwrap(),
+        }
+    }
+
+    /// The target a publisher or replica uses.
+    fn target(&self) -> Target {
+        let target = Target::cluster(&self.urls());
+        match &self.ca {
+            None => target,
+            Some(ca) => target.with_ca(std::fs::read(ca).unwrap()),
+        }
     }
 }
 
@@ -947,13 +998,24 @@ impl Drop for TestCluster {
 
 #[tokio::test]
 async fn on_a_cluster_replicas_share_logins_and_invalidations() {
+    replicas_share_logins_and_invalidations_on(TestCluster::start().await).await;
+}
+
+#[tokio::test]
+async fn on_a_cluster_over_tls_replicas_share_logins_and_invalidations() {
+    replicas_share_logins_and_invalidations_on(TestCluster::start_tls().await).await;
+}
+
+async fn replicas_share_logins_and_invalidations_on(cluster: TestCluster) {
     let kc = FakeKeycloak::start().await;
-    let cluster = TestCluster::start().await;
     let db = TestDatabase::create().await;
     let mut env = base_env(&kc);
     set(&mut env, "SIDECAR__DATABASE__URL", db.url.clone());
     set(&mut env, "SIDECAR__CACHE__REDIS_MODE", "cluster");
     set(&mut env, "SIDECAR__CACHE__REDIS_URLS", serde_json::to_string(&cluster.urls()).unwrap());
+    if let Some(ca) = &cluster.ca {
+        set(&mut env, "SIDECAR__CACHE__REDIS_CA_FILE", ca.clone());
+    }
     let a = TestApp::spawn_with(env.clone()).await;
     let b = TestApp::spawn_with(env).await;
     wait_subscribed(&a, Duration::from_secs(5)).await;
@@ -972,8 +1034,10 @@ async fn on_a_cluster_replicas_share_logins_and_invalidations() {
     let second = add_contract(&a, &org).await;
     assert_eq!(facts(&b, &token).await.2, first, "served from memory until invalidated");
     let received = metric(&b.metrics().await, RECEIVED);
-    let publisher =
-        RedisTier::connect(&Target::cluster(&cluster.urls()), None, Arc::new(Metrics::new())).unwrap();
+    let publisher = RedisTier::connect(&cluster.target(), None, Arc::new(Metrics::new())).unwrap();
+    // Connected first, as a process does at startup (`ping`, 1 s): connecting a cluster over
+    // TLS (a handshake per node) can take longer than one command's 250 ms in a debug build.
+    assert!(publisher.ping().await, "the publisher cannot reach the cluster");
     publisher.publish(&Invalidation::All).await;
     eventually(Duration::from_secs(2), "the invalidation is received", || async {
         metric(&b.metrics().await, RECEIVED) > received

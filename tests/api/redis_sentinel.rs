@@ -328,7 +328,11 @@ async fn through_sentinel_replicas_share_logins_and_invalidations_on_the_primary
     let second = add_contract(&a, &org).await;
     assert_eq!(facts(&b, &token).await.2, first, "served from memory until invalidated");
     let received = (metric(&a.metrics().await, RECEIVED), metric(&b.metrics().await, RECEIVED));
-    sentinel.handle().publish(&Invalidation::All).await;
+    let publisher = sentinel.handle();
+    // Connected first, as a process does at startup (`ping`, 1 s): finding the primary may
+    // take longer than one command's 250 ms on a busy machine.
+    assert!(publisher.ping().await, "the publisher cannot reach the primary");
+    publisher.publish(&Invalidation::All).await;
     for (app, before) in [(&a, received.0), (&b, received.1)] {
         eventually(Duration::from_secs(2), "the invalidation is received", || async {
             metric(&app.metrics().await, RECEIVED) > before

@@ -36,7 +36,10 @@
 //! nodes, so the subscriber listens on one seed node and moves to the next after a failure.
 //! Under Sentinel the subscriber listens on the primary and moves when the sentinels name
 //! another (checked every [`TICK`]); a replica also relays the primary's `PUBLISH`es, so a
-//! subscriber still on a demoted primary that follows the new one misses nothing.
+//! subscriber still on a demoted primary that follows the new one misses nothing. Writes the
+//! old primary took after the new one was promoted are lost with it, an epoch change among
+//! them: so a process that moves to another primary replaces the global epoch there once
+//! (as after a failed publish), and every entry shared before is reconciled again.
 //!
 //! # Why a Redis entry written before an invalidation is never served after it
 //!
@@ -1035,6 +1038,30 @@ mod tests {
             tampered[i] ^= 1;
             assert_eq!(old.open("login:1", &tampered), Err("bad_signature"), "byte {i}");
         }
+    }
+
+    #[test]
+    fn sentinel_urls_that_differ_in_scheme_or_credentials_are_refused_without_echoing_them() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        for urls in [
+            ["redis://:hunter2@a:26379", "redis://:other@b:26379"],
+            ["redis://:hunter2@a:26379", "rediss://:hunter2@b:26379"],
+            ["redis://u:hunter2@a:26379", "redis://:hunter2@b:26379"],
+        ] {
+            let target = Target::sentinel(&urls.map(String::from), "mymaster");
+            let err =
+                format!("{:#}", RedisTier::connect(&target, None, Arc::new(Metrics::new())).err().unwrap());
+            assert!(err.contains("same scheme"), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        let same = ["redis://:hunter2@a:26379".to_owned(), "redis://:hunter2@b:26379/2".to_owned()];
+        assert!(
+            RedisTier::connect(&Target::sentinel(&same, "mymaster"), None, Arc::new(Metrics::new())).is_err()
+        );
+        let same = ["redis://:hunter2@a:26379/2".to_owned(), "redis://:hunter2@b:26379/2".to_owned()];
+        assert!(
+            RedisTier::connect(&Target::sentinel(&same, "mymaster"), None, Arc::new(Metrics::new())).is_ok()
+        );
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub mod claims;
 pub mod memory;
 pub mod redis;
 pub mod render;
+pub mod sentinel;
 pub mod signer;
 
 use std::future::Future;

@@ -28,10 +28,18 @@
 //! # Where
 //!
 //! [`Target`] (`cache.redis_mode`): one server (`standalone`) through a reconnecting
-//! connection manager, or Redis Cluster through the crate's cluster client (seed nodes; it
-//! follows the slots itself). `rediss://` connects with rustls, verifying the server against
+//! connection manager, Redis Cluster through the crate's cluster client (seed nodes; it
+//! follows the slots itself), or the primary that Redis Sentinel names (`sentinel`, see
+//! [`super::sentinel`]: found through the crate's sentinel client, followed across a
+//! failover). `rediss://` connects with rustls, verifying the server against
 //! `cache.redis_ca_file` or the system's roots. A cluster relays every `PUBLISH` to all its
 //! nodes, so the subscriber listens on one seed node and moves to the next after a failure.
+//! Under Sentinel the subscriber listens on the primary and moves when the sentinels name
+//! another (checked every [`TICK`]); a replica also relays the primary's `PUBLISH`es, so a
+//! subscriber still on a demoted primary that follows the new one misses nothing. Writes the
+//! old primary took after the new one was promoted are lost with it, an epoch change among
+//! them: so a process that moves to another primary replaces the global epoch there once
+//! (as after a failed publish), and every entry shared before is reconciled again.
 //!
 //! # Why a Redis entry written before an invalidation is never served after it
 //!
@@ -114,6 +122,7 @@ use tokio_util::sync::CancellationToken;
 use crate::b2b::Facts;
 use crate::config::{CacheConfig, RedisMode};
 use crate::entitlements::memory::LoginKey;
+use crate::entitlements::sentinel::{Primary, PrimaryConnection};
 use crate::metrics::Metrics;
 
 /// The invalidation channel. Not versioned: its payload is the same in every version, so
@@ -327,7 +336,8 @@ struct Stored {
 /// manager, and [`RedisTier::run_subscriber`] for the bus.
 pub struct RedisTier {
     /// Where the subscriber connects: the server (standalone), or each seed node in turn
-    /// (cluster: a cluster forwards every `PUBLISH` to all its nodes).
+    /// (cluster: a cluster forwards every `PUBLISH` to all its nodes). Empty under Sentinel:
+    /// the subscriber connects to the primary the sentinels name.
     subscribe_to: Vec<redis::Client>,
     /// Which of `subscribe_to` the next subscription tries (moves on after a failure).
     next_subscriber: std::sync::atomic::AtomicUsize,
@@ -355,6 +365,8 @@ pub struct Target {
     urls: Vec<String>,
     /// PEM of `cache.redis_ca_file`; `None`: the system's roots.
     ca: Option<Vec<u8>>,
+    /// `cache.sentinel_master` (sentinel mode).
+    master: Option<String>,
 }
 
 impl std::fmt::Debug for Target {
@@ -367,12 +379,17 @@ impl std::fmt::Debug for Target {
 impl Target {
     /// One server at `url` (`redis://` or `rediss://`).
     pub fn standalone(url: &str) -> Target {
-        Target { mode: RedisMode::Standalone, urls: vec![url.to_owned()], ca: None }
+        Target { mode: RedisMode::Standalone, urls: vec![url.to_owned()], ca: None, master: None }
     }
 
     /// A Redis Cluster reached through these seed nodes.
     pub fn cluster(urls: &[String]) -> Target {
-        Target { mode: RedisMode::Cluster, urls: urls.to_vec(), ca: None }
+        Target { mode: RedisMode::Cluster, urls: urls.to_vec(), ca: None, master: None }
+    }
+
+    /// The primary named `master` that these sentinels watch.
+    pub fn sentinel(urls: &[String], master: &str) -> Target {
+        Target { mode: RedisMode::Sentinel, urls: urls.to_vec(), ca: None, master: Some(master.to_owned()) }
     }
 
     /// `rediss://` servers are verified against this PEM CA (instead of the system's roots).
@@ -392,11 +409,6 @@ impl Target {
         if urls.is_empty() {
             return Ok(None);
         }
-        if cache.redis_mode == RedisMode::Sentinel {
-            bail!(
-                "cache.redis_mode = \"sentinel\" is not supported by this version yet: use standalone or cluster"
-            );
-        }
         let ca = match &cache.redis_ca_file {
             Some(path) => Some(
                 std::fs::read(path)
@@ -404,7 +416,14 @@ impl Target {
             ),
             None => None,
         };
-        Ok(Some(Target { mode: cache.redis_mode, urls, ca }))
+        let master = match cache.redis_mode {
+            RedisMode::Sentinel => match cache.sentinel_master.as_deref() {
+                Some(master) if !master.is_empty() => Some(master.to_owned()),
+                _ => bail!("cache.redis_mode is sentinel but cache.sentinel_master is not set"),
+            },
+            RedisMode::Standalone | RedisMode::Cluster => None,
+        };
+        Ok(Some(Target { mode: cache.redis_mode, urls, ca, master }))
     }
 
     /// The TLS material of `rediss://` connections, when a CA is configured.
@@ -428,12 +447,15 @@ impl Target {
     }
 }
 
-/// The command connection: a reconnecting manager of one server, or a cluster connection
-/// (made on first use, since connecting a cluster needs a node that answers).
+/// The command connection: a reconnecting manager of one server, a cluster connection
+/// (made on first use, since connecting a cluster needs a node that answers), or the
+/// connection to the primary the sentinels name (found on first use, and again after a
+/// failover).
 #[derive(Clone)]
 enum Commands {
     Single(ConnectionManager),
     Cluster(Arc<ClusterCommands>),
+    Sentinel(Arc<Primary>),
 }
 
 /// A cluster client and its connection once made.
@@ -450,6 +472,7 @@ impl Commands {
             Commands::Cluster(c) => {
                 Connection::Cluster(c.conn.get_or_try_init(|| c.client.get_async_connection()).await?.clone())
             }
+            Commands::Sentinel(primary) => Connection::Sentinel(primary.connection().await?),
         })
     }
 }
@@ -458,6 +481,7 @@ impl Commands {
 enum Connection {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    Sentinel(PrimaryConnection),
 }
 
 impl redis::aio::ConnectionLike for Connection {
@@ -465,6 +489,7 @@ impl redis::aio::ConnectionLike for Connection {
         match self {
             Connection::Single(c) => c.req_packed_command(cmd),
             Connection::Cluster(c) => c.req_packed_command(cmd),
+            Connection::Sentinel(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -477,6 +502,7 @@ impl redis::aio::ConnectionLike for Connection {
         match self {
             Connection::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Connection::Sentinel(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
@@ -484,6 +510,7 @@ impl redis::aio::ConnectionLike for Connection {
         match self {
             Connection::Single(c) => c.get_db(),
             Connection::Cluster(c) => c.get_db(),
+            Connection::Sentinel(c) => c.get_db(),
         }
     }
 }
@@ -527,7 +554,15 @@ impl RedisTier {
                     builder.build().ok().context("cache.redis_urls: cannot set up the cluster client")?;
                 Commands::Cluster(Arc::new(ClusterCommands { client, conn: tokio::sync::OnceCell::new() }))
             }
-            RedisMode::Standalone | RedisMode::Sentinel => {
+            RedisMode::Sentinel => {
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_response_timeout(Some(COMMAND_TIMEOUT))
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT));
+                let master = target.master.as_deref().context("cache.sentinel_master is not set")?;
+                let primary = Primary::new(&subscribe_to, master, target.certificates(), config)?;
+                Commands::Sentinel(Arc::new(primary))
+            }
+            RedisMode::Standalone => {
                 let config = ConnectionManagerConfig::new()
                     .set_response_timeout(Some(COMMAND_TIMEOUT))
                     .set_connection_timeout(Some(CONNECT_TIMEOUT))
@@ -540,6 +575,7 @@ impl RedisTier {
                 Commands::Single(conn)
             }
         };
+        let subscribe_to = if target.mode == RedisMode::Sentinel { Vec::new() } else { subscribe_to };
         Ok(RedisTier {
             subscribe_to,
             next_subscriber: std::sync::atomic::AtomicUsize::new(0),
@@ -731,20 +767,32 @@ impl RedisTier {
     ) -> anyhow::Result<()> {
         let mut backoff = Duration::from_millis(100);
         let mut was_up = true;
+        // Sentinel: the primary subscribed on last.
+        let mut last_primary: Option<String> = None;
         loop {
             let subscribed = tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
                 r = tokio::time::timeout(CONNECT_TIMEOUT, self.subscribe()) => r,
             };
             match subscribed {
-                Ok(Ok((sink, stream))) => {
+                Ok(Ok((sink, stream, primary))) => {
                     apply(&Invalidation::All);
+                    if let Some(now) = &primary {
+                        if last_primary.as_ref().is_some_and(|last| last != now) {
+                            // Another primary: what this process wrote to the old one after
+                            // the new one took over is lost, epoch changes included. Replace
+                            // the global epoch on the new one (sent at the first tick).
+                            tracing::info!(primary = %now, "the Redis primary changed; invalidating every shared login once");
+                            self.pending.store(true, Ordering::Release);
+                        }
+                        last_primary = Some(now.clone());
+                    }
                     self.subscribed.store(true, Ordering::Release);
                     self.metrics.redis_subscribed.set(1);
                     tracing::info!("subscribed to Redis invalidations");
                     backoff = Duration::from_millis(100);
                     was_up = true;
-                    let stopped = self.listen(sink, stream, &apply, &stop).await;
+                    let stopped = self.listen(sink, stream, primary.as_deref(), &apply, &stop).await;
                     self.subscribed.store(false, Ordering::Release);
                     self.metrics.redis_subscribed.set(0);
                     if stopped {
@@ -777,7 +825,20 @@ impl RedisTier {
         }
     }
 
-    async fn subscribe(&self) -> redis::RedisResult<(redis::aio::PubSubSink, redis::aio::PubSubStream)> {
+    /// A subscription to [`CHANNEL`], and under Sentinel the primary's `host:port` it is on.
+    async fn subscribe(
+        &self,
+    ) -> redis::RedisResult<(redis::aio::PubSubSink, redis::aio::PubSubStream, Option<String>)> {
+        if let Commands::Sentinel(primary) = &self.conn {
+            let current = primary.current().await?;
+            let subscribed = async {
+                let (mut sink, stream) = current.client.get_async_pubsub().await?.split();
+                sink.subscribe(CHANNEL).await?;
+                Ok((sink, stream, Some(current.addr.clone())))
+            };
+            // Cannot subscribe there: the primary may have moved; look it up again.
+            return subscribed.await.inspect_err(|_| primary.forget(current.id));
+        }
         // A cluster forwards every PUBLISH to all its nodes: any one node will do. After a
         // failure the next attempt goes to the next node.
         let i = self.next_subscriber.load(Ordering::Relaxed) % self.subscribe_to.len();
@@ -790,14 +851,17 @@ impl RedisTier {
         };
         let (mut sink, stream) = pubsub.split();
         sink.subscribe(CHANNEL).await?;
-        Ok((sink, stream))
+        Ok((sink, stream, None))
     }
 
-    /// Applies messages until the connection is lost (false) or `stop` (true).
+    /// Applies messages until the connection is lost (false) or `stop` (true). Under
+    /// Sentinel (`primary`: where the subscription is) also until the sentinels name another
+    /// primary (false).
     async fn listen(
         &self,
         mut sink: redis::aio::PubSubSink,
         mut stream: redis::aio::PubSubStream,
+        primary: Option<&str>,
         apply: &impl Fn(&Invalidation),
         stop: &CancellationToken,
     ) -> bool {
@@ -823,6 +887,13 @@ impl RedisTier {
                     let pong = tokio::time::timeout(CONNECT_TIMEOUT, sink.ping::<redis::Value>()).await;
                     if !matches!(pong, Ok(Ok(_))) {
                         self.count_error("subscribe", "timeout");
+                        return false;
+                    }
+                    // Under Sentinel: has the primary moved? (Bounded: a sentinel that
+                    // does not answer must not hold up the messages.)
+                    if let (Some(at), Commands::Sentinel(sentinel)) = (primary, &self.conn)
+                        && tokio::time::timeout(CONNECT_TIMEOUT, sentinel.moved_from(at)).await.unwrap_or(false)
+                    {
                         return false;
                     }
                     self.flush_pending().await;
@@ -967,6 +1038,30 @@ mod tests {
             tampered[i] ^= 1;
             assert_eq!(old.open("login:1", &tampered), Err("bad_signature"), "byte {i}");
         }
+    }
+
+    #[test]
+    fn sentinel_urls_that_differ_in_scheme_or_credentials_are_refused_without_echoing_them() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        for urls in [
+            ["redis://:hunter2@a:26379", "redis://:other@b:26379"],
+            ["redis://:hunter2@a:26379", "rediss://:hunter2@b:26379"],
+            ["redis://u:hunter2@a:26379", "redis://:hunter2@b:26379"],
+        ] {
+            let target = Target::sentinel(&urls.map(String::from), "mymaster");
+            let err =
+                format!("{:#}", RedisTier::connect(&target, None, Arc::new(Metrics::new())).err().unwrap());
+            assert!(err.contains("same scheme"), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        let same = ["redis://:hunter2@a:26379".to_owned(), "redis://:hunter2@b:26379/2".to_owned()];
+        assert!(
+            RedisTier::connect(&Target::sentinel(&same, "mymaster"), None, Arc::new(Metrics::new())).is_err()
+        );
+        let same = ["redis://:hunter2@a:26379/2".to_owned(), "redis://:hunter2@b:26379/2".to_owned()];
+        assert!(
+            RedisTier::connect(&Target::sentinel(&same, "mymaster"), None, Arc::new(Metrics::new())).is_ok()
+        );
     }
 
     #[test]

@@ -30,5 +30,6 @@ mod paths;
 mod proxy;
 mod push_memberships;
 mod redis;
+mod redis_sentinel;
 mod token_gate;
 mod traces;

@@ -26,10 +26,10 @@ use tokio_util::sync::CancellationToken;
 use crate::helpers::TestDatabase;
 use crate::helpers::{FakeKeycloak, HangingServer, TestApp, base_env, closed_port, metric, set};
 
-const QUERIES: &str = "identity_sidecar_store_queries_total";
-const SUBSCRIBED: &str = "identity_sidecar_redis_subscribed";
-const RECEIVED: &str = r#"identity_sidecar_redis_invalidations_total{direction="received"}"#;
-const REDIS_HITS: &str = r#"identity_sidecar_cache_lookups_total{cache="redis",result="hit"}"#;
+pub(crate) const QUERIES: &str = "identity_sidecar_store_queries_total";
+pub(crate) const SUBSCRIBED: &str = "identity_sidecar_redis_subscribed";
+pub(crate) const RECEIVED: &str = r#"identity_sidecar_redis_invalidations_total{direction="received"}"#;
+pub(crate) const REDIS_HITS: &str = r#"identity_sidecar_cache_lookups_total{cache="redis",result="hit"}"#;
 const REDIS_MISSES: &str = r#"identity_sidecar_cache_lookups_total{cache="redis",result="miss"}"#;
 const BAD_SIGNATURE: &str = r#"identity_sidecar_redis_errors_total{op="lookup",kind="bad_signature"}"#;
 const UNSIGNED: &str = r#"identity_sidecar_redis_errors_total{op="lookup",kind="unsigned"}"#;
@@ -37,7 +37,7 @@ const UNSIGNED: &str = r#"identity_sidecar_redis_errors_total{op="lookup",kind="
 const OLD_KEY: &str = "5VP1oqZGYTfBQXz0AhcdEACzVaj1ij+AnH5+V4x3jGc=";
 const NEW_KEY: &str = "17742bbee4b94841811f5efdd94256b1dddc40a5d28637778d2abe583df06f77";
 
-fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
 
@@ -46,7 +46,7 @@ fn header(res: &reqwest::Response, name: &str) -> String {
 }
 
 /// Status, organizations and contracts a forward-auth call reports for this token.
-async fn facts(app: &TestApp, token: &str) -> (u16, String, String) {
+pub(crate) async fn facts(app: &TestApp, token: &str) -> (u16, String, String) {
     let res = app.forward_auth("GET", "/").bearer_auth(token).send().await.expect("sidecar answers");
     let facts = (
         res.status().as_u16(),
@@ -71,7 +71,7 @@ where
 }
 
 /// The store query count once background work (the JWKS persisted after start) has settled.
-async fn settled_queries(app: &TestApp) -> f64 {
+pub(crate) async fn settled_queries(app: &TestApp) -> f64 {
     let mut last = metric(&app.metrics().await, QUERIES);
     loop {
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -84,7 +84,7 @@ async fn settled_queries(app: &TestApp) -> f64 {
 }
 
 /// The Redis lines of a metrics page, for failure messages.
-fn redis_lines(metrics: &str) -> String {
+pub(crate) fn redis_lines(metrics: &str) -> String {
     metrics.lines().filter(|l| l.contains("redis") && !l.starts_with('#')).collect::<Vec<_>>().join("; ")
 }
 
@@ -96,7 +96,7 @@ pub(crate) async fn wait_subscribed(app: &TestApp, within: Duration) {
 }
 
 /// An organization claimed as `alias` with one `auto` contract; returns their keys.
-async fn seed_org(app: &TestApp, alias: &str) -> (String, String) {
+pub(crate) async fn seed_org(app: &TestApp, alias: &str) -> (String, String) {
     let store = app.store().await;
     let mut conn = store.conn().await.unwrap();
     let org = unique("org");
@@ -117,7 +117,7 @@ async fn seed_org(app: &TestApp, alias: &str) -> (String, String) {
     (org, contract)
 }
 
-async fn add_contract(app: &TestApp, org: &str) -> String {
+pub(crate) async fn add_contract(app: &TestApp, org: &str) -> String {
     let store = app.store().await;
     let mut conn = store.conn().await.unwrap();
     let key = unique("contract");
@@ -745,7 +745,7 @@ async fn two_replicas_agree_after_an_admin_change_made_on_one_of_them() {
 }
 
 /// A login reconciled by `a` is served by `b` from Redis, without the database.
-async fn b_serves_what_a_reconciled(kc: &FakeKeycloak, a: &TestApp, b: &TestApp) {
+pub(crate) async fn b_serves_what_a_reconciled(kc: &FakeKeycloak, a: &TestApp, b: &TestApp) {
     let alias = unique("acme");
     let (org, contract) = seed_org(a, &alias).await;
     let token = kc.token().sub(&unique("u")).organization(json!([alias])).sign();
@@ -768,7 +768,7 @@ struct TlsRedis {
 }
 
 /// A CA: its certificate (PEM) and issuer.
-fn test_ca(name: &str) -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
+pub(crate) fn test_ca(name: &str) -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -868,28 +868,53 @@ async fn over_tls_replicas_share_logins_and_a_server_the_ca_did_not_sign_is_refu
 }
 
 /// Three `redis-server --cluster-enabled yes` of the test's own, joined by
-/// `redis-cli --cluster create` (no replicas), each stopped by its pid.
+/// `redis-cli --cluster create` (no replicas), each stopped by its pid; over TLS only (client
+/// port and cluster bus) when started with [`TestCluster::start_tls`].
 struct TestCluster {
     ports: Vec<u16>,
     children: Vec<Child>,
+    /// The CA's PEM file under TLS.
+    ca: Option<String>,
     _dir: tempfile::TempDir,
 }
 
 impl TestCluster {
     async fn start() -> TestCluster {
+        TestCluster::start_with(false).await
+    }
+
+    /// Every node on a TLS port only (`tls-cluster yes`: the bus too, and the nodes announce
+    /// their TLS ports), its certificate signed by a CA made for the test.
+    async fn start_tls() -> TestCluster {
+        TestCluster::start_with(true).await
+    }
+
+    async fn start_with(tls: bool) -> TestCluster {
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
+        let path = |f: &str| dir.path().join(f).to_str().unwrap().to_owned();
+        let ca = tls.then(|| {
+            let (ca_pem, ca) = test_ca("identity-sidecar cluster test CA");
+            let key = rcgen::KeyPair::generate().unwrap();
+            let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+            std::fs::write(path("server.pem"), params.signed_by(&key, &ca).unwrap().pem()).unwrap();
+            std::fs::write(path("server.key"), key.serialize_pem()).unwrap();
+            std::fs::write(path("ca.pem"), ca_pem).unwrap();
+            path("ca.pem")
+        });
         let (mut ports, mut children) = (Vec::new(), Vec::new());
         for _ in 0..3 {
             let (port, bus) = (closed_port(), closed_port());
-            let child = Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--cluster-port",
-                    &bus.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                ])
+            let mut command = Command::new("redis-server");
+            match &ca {
+                None => command.args(["--port", &port.to_string()]),
+                Some(ca) => command
+                    .args(["--port", "0", "--tls-port", &port.to_string(), "--tls-cluster", "yes"])
+                    .args(["--tls-cert-file", &path("server.pem"), "--tls-key-file", &path("server.key")])
+                    .args(["--tls-ca-cert-file", ca, "--tls-auth-clients", "no"]),
+            };
+            let child = command
+                .args(["--cluster-port", &bus.to_string(), "--bind", "127.0.0.1"])
                 .args(["--cluster-enabled", "yes", "--cluster-config-file"])
                 .arg(dir.path().join(format!("nodes-{port}.conf")))
                 .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
@@ -900,9 +925,9 @@ impl TestCluster {
             ports.push(port);
             children.push(child);
         }
-        let cluster = TestCluster { ports, children, _dir: dir };
+        let cluster = TestCluster { ports, children, ca, _dir: dir };
         for &port in &cluster.ports {
-            let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+            let client = cluster.client(port);
             let deadline = Instant::now() + Duration::from_secs(10);
             while client.get_multiplexed_async_connection().await.is_err() {
                 assert!(Instant::now() < deadline, "a cluster node did not answer within 10 s");
@@ -910,7 +935,11 @@ impl TestCluster {
             }
         }
         let nodes: Vec<String> = cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let created = Command::new("redis-cli")
+        let mut cli = Command::new("redis-cli");
+        if let Some(ca) = &cluster.ca {
+            cli.args(["--tls", "--cacert", ca]);
+        }
+        let created = cli
             .args(["--cluster", "create"])
             .args(&nodes)
             .args(["--cluster-replicas", "0", "--cluster-yes"])
@@ -918,7 +947,7 @@ impl TestCluster {
             .expect("redis-cli is installed");
         assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stdout));
         for &port in &cluster.ports {
-            let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+            let client = cluster.client(port);
             let conn = client.get_multiplexed_async_connection().await.unwrap();
             eventually(Duration::from_secs(10), "the cluster is ok on every node", || {
                 let mut conn = conn.clone();
@@ -934,7 +963,29 @@ impl TestCluster {
     }
 
     fn urls(&self) -> Vec<String> {
-        self.ports.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect()
+        let scheme = if self.ca.is_some() { "rediss" } else { "redis" };
+        self.ports.iter().map(|p| format!("{scheme}://127.0.0.1:{p}")).collect()
+    }
+
+    /// A client of one node (verifying it with the test's CA under TLS).
+    fn client(&self, port: u16) -> redis::Client {
+        match &self.ca {
+            None => redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap(),
+            Some(ca) => redis::Client::build_with_tls(
+                format!("rediss://127.0.0.1:{port}"),
+                redis::TlsCertificates { client_tls: None, root_cert: Some(std::fs::read(ca).unwrap()) },
+            )
+            .unwrap(),
+        }
+    }
+
+    /// The target a publisher or replica uses.
+    fn target(&self) -> Target {
+        let target = Target::cluster(&self.urls());
+        match &self.ca {
+            None => target,
+            Some(ca) => target.with_ca(std::fs::read(ca).unwrap()),
+        }
     }
 }
 
@@ -949,13 +1000,24 @@ impl Drop for TestCluster {
 
 #[tokio::test]
 async fn on_a_cluster_replicas_share_logins_and_invalidations() {
+    replicas_share_logins_and_invalidations_on(TestCluster::start().await).await;
+}
+
+#[tokio::test]
+async fn on_a_cluster_over_tls_replicas_share_logins_and_invalidations() {
+    replicas_share_logins_and_invalidations_on(TestCluster::start_tls().await).await;
+}
+
+async fn replicas_share_logins_and_invalidations_on(cluster: TestCluster) {
     let kc = FakeKeycloak::start().await;
-    let cluster = TestCluster::start().await;
     let db = TestDatabase::create().await;
     let mut env = base_env(&kc);
     set(&mut env, "SIDECAR__DATABASE__URL", db.url.clone());
     set(&mut env, "SIDECAR__CACHE__REDIS_MODE", "cluster");
     set(&mut env, "SIDECAR__CACHE__REDIS_URLS", serde_json::to_string(&cluster.urls()).unwrap());
+    if let Some(ca) = &cluster.ca {
+        set(&mut env, "SIDECAR__CACHE__REDIS_CA_FILE", ca.clone());
+    }
     let a = TestApp::spawn_with(env.clone()).await;
     let b = TestApp::spawn_with(env).await;
     wait_subscribed(&a, Duration::from_secs(5)).await;
@@ -974,8 +1036,10 @@ async fn on_a_cluster_replicas_share_logins_and_invalidations() {
     let second = add_contract(&a, &org).await;
     assert_eq!(facts(&b, &token).await.2, first, "served from memory until invalidated");
     let received = metric(&b.metrics().await, RECEIVED);
-    let publisher =
-        RedisTier::connect(&Target::cluster(&cluster.urls()), None, Arc::new(Metrics::new())).unwrap();
+    let publisher = RedisTier::connect(&cluster.target(), None, Arc::new(Metrics::new())).unwrap();
+    // Connected first, as a process does at startup (`ping`, 1 s): connecting a cluster over
+    // TLS (a handshake per node) can take longer than one command's 250 ms in a debug build.
+    assert!(publisher.ping().await, "the publisher cannot reach the cluster");
     publisher.publish(&Invalidation::All).await;
     eventually(Duration::from_secs(2), "the invalidation is received", || async {
         metric(&b.metrics().await, RECEIVED) > received

@@ -557,11 +557,14 @@ pub struct StaticToken {
 pub struct CodesConfig {
     /// Failed redemptions per user in any minute before 429 (per replica; 0 = no limit).
     pub max_failures_per_minute: u32,
+    /// A link that redeems a code, `{code}` standing for the percent-encoded code (an http(s)
+    /// URL; checked at startup). Adds `redeem_url` to the codes listing and CSV export.
+    pub redeem_url_template: Option<String>,
 }
 
 impl Default for CodesConfig {
     fn default() -> Self {
-        Self { max_failures_per_minute: 10 }
+        Self { max_failures_per_minute: 10, redeem_url_template: None }
     }
 }
 
@@ -726,6 +729,20 @@ impl Config {
         }
         if kc.retry_base_ms == 0 {
             bail!("keycloak_admin.retry_base_ms must be at least 1");
+        }
+        if let Some(template) = &self.codes.redeem_url_template {
+            let example = template.replace("{code}", "ABCD-EFGH");
+            let ok = template.contains("{code}")
+                && example.parse::<http::Uri>().is_ok_and(|uri| {
+                    matches!(uri.scheme_str(), Some("http" | "https"))
+                        && uri.host().is_some_and(|h| !h.is_empty())
+                });
+            if !ok {
+                bail!(
+                    "codes.redeem_url_template must be an http:// or https:// URL containing {{code}}, \
+                     e.g. https://learn.example.com/enrollmentcode/{{code}}"
+                );
+            }
         }
         if let Some(url) = &self.upstream.url {
             let uri: http::Uri = url.parse().with_context(|| format!("upstream.url {url:?}"))?;

@@ -72,6 +72,9 @@ pub struct Metrics {
     pub userinfo_claims_dropped: Family<Labels, Counter>,
     /// `X-Userinfo` values left empty because even `sub` and `b2b` did not fit.
     pub userinfo_omitted: Counter,
+    /// Seat assignments entering a `state` (allocated, accepted, expired, revoked;
+    /// docs/contract.md §12).
+    pub assignments: Family<Labels, Counter>,
     /// The series every request counts, resolved once (see [`Hot`]).
     hot: Hot,
 }
@@ -254,7 +257,14 @@ impl Metrics {
             "X-Userinfo values left empty because sub and b2b alone exceed headers.max_userinfo_bytes",
             userinfo_omitted.clone(),
         );
+        let assignments = Family::default();
+        registry.register(
+            "assignments",
+            "Seat assignments entering a state (allocated, accepted, expired, revoked)",
+            assignments.clone(),
+        );
         Metrics {
+            assignments,
             userinfo_claims_dropped,
             userinfo_omitted,
             jobs_queue_depth,
@@ -293,6 +303,11 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+
+    /// Counts `n` seat assignments entering `state`.
+    pub fn count_assignments(&self, state: &'static str, n: u64) {
+        self.assignments.get_or_create(&vec![("state", state)]).inc_by(n);
     }
 
     /// Counts a request in `requests` by `mode` and status `class`.

@@ -73,6 +73,25 @@ struct CodeView {
     redemptions: i64,
     #[serde(with = "time::serde::rfc3339")]
     created_at: OffsetDateTime,
+    /// The link that redeems the code (`codes.redeem_url_template`); only when configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redeem_url: Option<String>,
+}
+
+impl CodeView {
+    /// The view with its `redeem_url`, when a template is configured.
+    fn linked(mut self, template: Option<&str>) -> CodeView {
+        self.redeem_url = template.map(|t| redeem_url(t, &self.code));
+        self
+    }
+}
+
+/// The template with `{code}` replaced by the percent-encoded code (RFC 3986: everything but
+/// unreserved characters is encoded, so a code can never change the URL's structure).
+fn redeem_url(template: &str, code: &str) -> String {
+    const KEEP: &percent_encoding::AsciiSet =
+        &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+    template.replace("{code}", &percent_encoding::utf8_percent_encode(code, KEEP).to_string())
 }
 
 impl From<EnrollmentCode> for CodeView {
@@ -90,6 +109,7 @@ impl From<EnrollmentCode> for CodeView {
             redeemed_at: c.redeemed_at,
             redemptions: c.redemptions,
             created_at: c.created_at,
+            redeem_url: None,
         }
     }
 }
@@ -186,6 +206,8 @@ async fn create(
     }
     let items = read_back(&mut tx, contract.id, before, &new).await?;
     tx.commit().await?;
+    let template = state.config.codes.redeem_url_template.as_deref();
+    let items: Vec<CodeView> = items.into_iter().map(|c| c.linked(template)).collect();
     let total = items.len();
     Ok((StatusCode::CREATED, Json(Generated { items, total })).into_response())
 }
@@ -261,6 +283,7 @@ async fn list(
     mut params: Params,
 ) -> Result<Response, ApiError> {
     let csv = wants_csv(&headers);
+    let template = state.config.codes.redeem_url_template.as_deref();
     let explicit_page = params.contains("limit") || params.contains("offset");
     let page = params.page()?;
     params.finish()?;
@@ -270,7 +293,7 @@ async fn list(
     let total = codes::count_for_contract(&mut conn, contract.id).await?;
     if !csv {
         let items = codes::list_for_contract(&mut conn, contract.id, page.limit, page.offset).await?;
-        let items = items.into_iter().map(CodeView::from).collect();
+        let items = items.into_iter().map(|c| CodeView::from(c).linked(template)).collect();
         return Ok(Json(Page::new(items, total, page)).into_response());
     }
     let mut rows = Vec::new();
@@ -288,7 +311,7 @@ async fn list(
             }
         }
     }
-    let body = to_csv(rows.into_iter().map(CodeView::from));
+    let body = to_csv(rows.into_iter().map(|c| CodeView::from(c).linked(template)), template.is_some());
     let disposition = format!("attachment; filename=\"{}-codes.csv\"", contract.key);
     Ok((
         [
@@ -310,8 +333,9 @@ fn wants_csv(headers: &HeaderMap) -> bool {
 
 /// CSV (RFC 4180): a header row, CRLF line ends, fields quoted when they hold a comma, a quote
 /// or a line break (quotes doubled). Empty fields for absent values. A cell that a spreadsheet
-/// would run as a formula is defused ([`defuse`]), in every column.
-fn to_csv(rows: impl Iterator<Item = CodeView>) -> String {
+/// would run as a formula is defused ([`defuse`]), in every column. With `links`, a last
+/// column `redeem_url`.
+fn to_csv(rows: impl Iterator<Item = CodeView>, links: bool) -> String {
     const HEADER: [&str; 12] = [
         "code",
         "contract",
@@ -327,7 +351,8 @@ fn to_csv(rows: impl Iterator<Item = CodeView>) -> String {
         "created_at",
     ];
     let mut out = String::new();
-    push_row(&mut out, HEADER.iter().map(|h| h.to_string()));
+    let link_header = links.then(|| "redeem_url".to_owned());
+    push_row(&mut out, HEADER.iter().map(|h| h.to_string()).chain(link_header));
     let time = |t: Option<OffsetDateTime>| t.map(rfc3339).unwrap_or_default();
     for c in rows {
         push_row(
@@ -346,7 +371,8 @@ fn to_csv(rows: impl Iterator<Item = CodeView>) -> String {
                 c.redemptions.to_string(),
                 rfc3339(c.created_at),
             ]
-            .into_iter(),
+            .into_iter()
+            .chain(c.redeem_url.filter(|_| links)),
         );
     }
     out
@@ -486,6 +512,16 @@ mod tests {
         let cells = ["=1+1", "+1", "-2", "@SUM(A1)", "\tx", "\r=1", "a=b", "1-2", "", "'=x"];
         push_row(&mut out, cells.map(String::from).into_iter());
         assert_eq!(out, "'=1+1,'+1,'-2,'@SUM(A1),'\tx,\"'\r=1\",a=b,1-2,,'=x\r\n");
+    }
+
+    #[test]
+    fn a_redeem_url_carries_the_code_percent_encoded() {
+        let t = "https://learn.example.com/enrollmentcode/{code}?src=csv";
+        assert_eq!(redeem_url(t, "ABCD-EFGH"), "https://learn.example.com/enrollmentcode/ABCD-EFGH?src=csv");
+        assert_eq!(
+            redeem_url(t, "a/b?c&d é"),
+            "https://learn.example.com/enrollmentcode/a%2Fb%3Fc%26d%20%C3%A9?src=csv"
+        );
     }
 
     #[test]

@@ -352,14 +352,15 @@ fn match_claims(claimed: &[ClaimedOrg], organizations: &[KnownOrg]) -> Matches {
 
 /// Step 3's rule for attachments: when the user's memberships of the `removed` organizations
 /// go, the user leaves those organizations' `auto` and `managed` contracts, except attachments
-/// made by a code (see the module docs). Shared by [`plan`] and the admin API's membership
+/// made by a code, a seat assignment or an admin (see the module docs; *v2*: before, admin
+/// attachments went too). Shared by [`plan`] and the admin API's membership
 /// removal, so both remove the same way. Sorted by key.
 pub fn detached_on_removal(state: &UserState, removed: &HashSet<i64>) -> Vec<ContractRef> {
     let contracts: HashMap<i64, &KnownContract> = state.contracts.iter().map(|c| (c.id, c)).collect();
     let mut detach: Vec<ContractRef> = state
         .attachments
         .iter()
-        .filter(|a| a.source != AttachmentSource::Code)
+        .filter(|a| a.source == AttachmentSource::Sso)
         .filter_map(|a| contracts.get(&a.contract_id))
         .filter(|c| removed.contains(&c.organization_id) && c.membership_type.is_sso())
         .map(|c| c.to_ref())

@@ -105,6 +105,7 @@ macro_rules! from_row {
     };
 }
 
+pub mod assignments;
 pub mod attachments;
 pub mod audit;
 pub mod codec;
@@ -307,8 +308,21 @@ impl Store {
     /// also records the login (profile fields and `last_login_at`); without, only locks.
     pub async fn begin_user(&self, sub: &str, login: Option<&Profile>) -> Result<(Tx, User), StoreError> {
         let mut tx = self.begin().await?;
-        let user = users::lock(&mut tx, sub, login).await?;
+        let (user, _) = users::lock(&mut tx, sub, login, None).await?;
         Ok((tx, user))
+    }
+
+    /// [`Store::begin_user`] for a login whose token has a verified e-mail (lower-cased):
+    /// also answers whether `allocated` seat assignments name it, in the same statement.
+    pub async fn begin_login(
+        &self,
+        sub: &str,
+        login: &Profile,
+        verified_email: &str,
+    ) -> Result<(Tx, User, bool), StoreError> {
+        let mut tx = self.begin().await?;
+        let (user, assignments) = users::lock(&mut tx, sub, Some(login), Some(verified_email)).await?;
+        Ok((tx, user, assignments > 0))
     }
 
     /// One round trip to the database (readiness probes).
@@ -336,9 +350,15 @@ impl Store {
 /// `migrations/<backend>/` is listed here.
 fn migrator(postgres: bool) -> Migrator {
     let files: &[(i64, &str, &'static str)] = if postgres {
-        &[(1, "initial", include_str!("../../migrations/postgres/0001_initial.sql"))]
+        &[
+            (1, "initial", include_str!("../../migrations/postgres/0001_initial.sql")),
+            (3, "seat_assignments", include_str!("../../migrations/postgres/0003_seat_assignments.sql")),
+        ]
     } else {
-        &[(1, "initial", include_str!("../../migrations/sqlite/0001_initial.sql"))]
+        &[
+            (1, "initial", include_str!("../../migrations/sqlite/0001_initial.sql")),
+            (3, "seat_assignments", include_str!("../../migrations/sqlite/0003_seat_assignments.sql")),
+        ]
     };
     Migrator::with_migrations(
         files

@@ -1524,6 +1524,7 @@ fn every_family_touched() -> String {
         &m.jobs,
         &m.code_redemptions,
         &m.userinfo_claims_dropped,
+        &m.assignments,
     ] {
         family.get_or_create(&one()).inc();
     }

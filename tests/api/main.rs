@@ -7,6 +7,7 @@ mod access_log;
 mod admin;
 mod apisix;
 mod architecture;
+mod assignments;
 mod b2b;
 mod caddy;
 mod chart;

@@ -260,7 +260,7 @@ struct Removed {
 }
 
 /// Removes a membership as reconciliation removes one: the organization's `auto` and `managed`
-/// contracts go with it, code attachments stay (shared logic: `reconcile::apply`).
+/// contracts go with it, code, admin and assignment attachments stay (shared logic: `reconcile::apply`).
 #[utoipa::path(
     delete,
     path = "/users/{sub}/organizations/{org}",

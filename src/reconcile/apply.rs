@@ -244,7 +244,7 @@ const NOT_CLAIMED: RemovalReasons =
 
 /// Removes one membership exactly as step 3 of a reconciliation removes one (the admin API's
 /// `DELETE /admin/v1/users/{sub}/organizations/{org}`): detaches the user from the
-/// organization's `auto` and `managed` contracts except code attachments
+/// organization's `auto` and `managed` contracts except code, admin and assignment attachments
 /// ([`detached_on_removal`]), deletes the membership, and writes one audit event per change.
 /// Run it in a per-user transaction. Returns the detached contracts, or `None` when the user is
 /// not a member (nothing written).

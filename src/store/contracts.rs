@@ -254,6 +254,16 @@ pub async fn delete(conn: &mut Conn, key: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Number of users attached to a contract (for paging its members).
+pub async fn member_count(conn: &mut Conn, contract_id: i64) -> Result<i64, StoreError> {
+    Ok(run!(conn, |c| {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM attachments WHERE contract_id = $1")
+            .bind(contract_id)
+            .fetch_one(c)
+            .await
+    })?)
+}
+
 /// One page of the users attached to a contract, in `sub` order.
 pub async fn members(
     conn: &mut Conn,

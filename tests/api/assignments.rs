@@ -518,7 +518,7 @@ async fn two_replicas_racing_to_accept_assignments_and_redeem_codes_never_overfi
 
     assert_eq!(w.seats_used("ten").await, 10);
     let members = w.get("/contracts/ten/members").await;
-    assert_eq!(members.body["total"], 6 + redeemed as i64);
+    assert_eq!(members.body["total"], 6 + redeemed as i64, "{outcomes:?} {}", members.body);
     assert_eq!(w.assignments("ten", "state=allocated").await.len(), late);
     assert_eq!(w.assignments("ten", "state=accepted").await.len(), 6);
 }

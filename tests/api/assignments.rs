@@ -300,24 +300,8 @@ async fn expiry_and_revocation_release_the_seat(db: Db) {
     let late = w.kc.token().sub("late").sid("s").email("soon@example.org").sign();
     assert_eq!(w.contracts_header(&late).await, "", "an expired assignment is never accepted");
 
-    // The freed seat can be assigned again; the expiry is marked and audited on the way.
-    let a = w.assign("one", json!({"emails": ["later@example.org"]})).await;
-    assert_eq!(a.status, 201, "{}", a.body);
-    let later = a.body["created"][0]["id"].as_i64().unwrap();
-    assert!(w.actions("contract=one").await.contains(&"assignment.expire".to_owned()));
-
-    // Revocation releases the seat; twice is 409, unknown ids 404.
-    assert_eq!(w.seats_used("one").await, 1);
-    assert_eq!(w.delete(&format!("/assignments/{later}")).await.status, 204);
-    assert_eq!(w.seats_used("one").await, 0);
-    assert_eq!(w.delete(&format!("/assignments/{later}")).await.status, 409);
-    assert_eq!(w.delete("/assignments/999999").await.status, 404);
-    assert_eq!(w.delete("/assignments/nope").await.status, 404);
-    let revoked = w.assignments("one", "state=revoked").await;
-    assert!(revoked[0]["revoked_at"].is_string(), "{revoked:?}");
-    assert!(w.actions("contract=one").await.contains(&"assignment.revoke".to_owned()));
-
-    // A code takes the released seat.
+    // A code takes the freed seat at once: the seat check marks the expired row on the way.
+    assert!(!w.actions("contract=one").await.contains(&"assignment.expire".to_owned()));
     let codes = w.post("/contracts/one/codes", json!({"count": 1})).await;
     let code = codes.body["items"][0]["code"].as_str().unwrap().to_owned();
     let res = w
@@ -329,8 +313,26 @@ async fn expiry_and_revocation_release_the_seat(db: Db) {
         .await
         .unwrap();
     assert_eq!(res.status(), 201);
+    assert!(w.actions("contract=one").await.contains(&"assignment.expire".to_owned()));
     assert_eq!(w.seats_used("one").await, 1);
-    assert_eq!(w.assign("one", json!({"emails": ["x@example.org"]})).await.status, 409);
+    assert_eq!(w.assign("one", json!({"emails": ["later@example.org"]})).await.status, 409);
+
+    // Revocation releases the seat; twice is 409, unknown ids 404.
+    assert_eq!(w.delete("/users/carol/contracts/one").await.status / 100, 2);
+    let a = w.assign("one", json!({"emails": ["later@example.org"]})).await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    let later = a.body["created"][0]["id"].as_i64().unwrap();
+    assert_eq!(w.seats_used("one").await, 1);
+    assert_eq!(w.delete(&format!("/assignments/{later}")).await.status, 204);
+    assert_eq!(w.seats_used("one").await, 0);
+    assert_eq!(w.delete(&format!("/assignments/{later}")).await.status, 409);
+    assert_eq!(w.delete("/assignments/999999").await.status, 404);
+    assert_eq!(w.delete("/assignments/nope").await.status, 404);
+    let revoked = w.assignments("one", "state=revoked").await;
+    assert!(revoked[0]["revoked_at"].is_string(), "{revoked:?}");
+    assert!(w.actions("contract=one").await.contains(&"assignment.revoke".to_owned()));
+    let revoked_by_then = w.kc.token().sub("lou").sid("s").email("later@example.org").sign();
+    assert_eq!(w.contracts_header(&revoked_by_then).await, "", "a revoked assignment is never accepted");
 }
 
 // --- erasure --------------------------------------------------------------------------------

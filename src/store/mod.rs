@@ -44,6 +44,12 @@
 //! other's `UPDATE` matches no row. On SQLite the whole transaction holds the single write lock,
 //! so check and increment cannot interleave with another writer at all.
 //!
+//! Seat assignments by e-mail ([`assignments`]) hold seats too: `contracts.seats_allocated`
+//! counts the `allocated` ones, is kept on the same row in the same way, and the guard reads
+//! `seats_used + seats_allocated < max_learners`, so attachments, redemptions and assignments
+//! contend for one row lock. Every writer of an assignment's state locks the contract row
+//! before the assignment rows.
+//!
 //! # Per-user serialisation
 //!
 //! [`Store::begin_user`] starts a transaction by upserting the user row

@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::helpers::app::{base_env, with_admin_token};
-use crate::helpers::{Db, Fixture, TestApp, on_both_databases, set};
+use crate::helpers::{Db, Fixture, TestApp, metric, on_both_databases, set};
 
 const ACME_KC_ID: &str = "5c2d7a10-3b4e-4f5a-8c9d-0e1f2a3b4c5d";
 
@@ -425,7 +425,31 @@ async fn codes_carry_redeem_links_are_revoked_at_once_and_usage_adds_up(db: Db) 
     assert_eq!(w.get("/contracts/nope/usage").await.status, 404);
 }
 
+/// The login path is hot: looking for assignments must not cost a login without any a statement.
+async fn a_verified_login_without_assignments_costs_no_extra_statement(db: Db) {
+    let w = start(db).await;
+    w.org("acme", None).await;
+    w.contract("c", "acme", Some(5)).await;
+    assert_eq!(w.assign("c", json!({"emails": ["someone@example.org"]})).await.status, 201);
+    let queries = async || metric(&w.app.metrics().await, "identity_sidecar_store_queries_total");
+    let mut cost = Vec::new();
+    for (sub, email, verified) in [
+        ("u-unverified", "nobody@example.org", false),
+        ("u-verified", "nobody2@example.org", true),
+        ("u-assigned", "someone@example.org", true),
+    ] {
+        let token = w.kc.token().sub(sub).email(email).claim("email_verified", json!(verified)).sign();
+        let before = queries().await;
+        let expected = if sub == "u-assigned" { "c" } else { "" };
+        assert_eq!(w.contracts_header(&token).await, expected);
+        cost.push(queries().await - before);
+    }
+    assert_eq!(cost[0], cost[1], "a verified e-mail without assignments adds no statement: {cost:?}");
+    assert!(cost[2] > cost[1], "accepting an assignment does the work: {cost:?}");
+}
+
 on_both_databases!(
+    a_verified_login_without_assignments_costs_no_extra_statement,
     twelve_emails_for_ten_free_seats_are_refused_and_nothing_is_written,
     a_verified_login_accepts_its_assignment_and_an_unverified_one_does_not,
     an_attached_user_accepts_and_the_assignment_seat_is_released,

@@ -448,7 +448,23 @@ async fn a_verified_login_without_assignments_costs_no_extra_statement(db: Db) {
     assert!(cost[2] > cost[1], "accepting an assignment does the work: {cost:?}");
 }
 
+async fn an_accepted_assignment_makes_the_user_a_member_of_the_keycloak_organization(db: Db) {
+    let w = World(Fixture::start_with(db, crate::helpers::with_keycloak_admin).await);
+    let acme = w.kc.add_org("acme", "Acme", "");
+    w.org("acme", Some(&acme.to_string())).await;
+    w.contract("c", "acme", Some(2)).await;
+    assert_eq!(w.assign("c", json!({"emails": ["kim@example.org"]})).await.status, 201);
+    let token = w.kc.token().sub("kim").email("kim@example.org").organization(json!([])).sign();
+    assert_eq!(w.contracts_header(&token).await, "c");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while w.kc.members(acme) != ["kim"] {
+        assert!(Instant::now() < deadline, "the add-member job never reached Keycloak");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 on_both_databases!(
+    an_accepted_assignment_makes_the_user_a_member_of_the_keycloak_organization,
     a_verified_login_without_assignments_costs_no_extra_statement,
     twelve_emails_for_ten_free_seats_are_refused_and_nothing_is_written,
     a_verified_login_accepts_its_assignment_and_an_unverified_one_does_not,

@@ -44,6 +44,8 @@ pub enum MembershipSource {
     Code,
     /// Added by an admin.
     Admin,
+    /// Added when the user accepted a seat assignment by e-mail (docs/contract.md §12).
+    Assignment,
 }
 
 /// Why a user holds a contract.
@@ -56,6 +58,8 @@ pub enum AttachmentSource {
     Code,
     /// Attached by an admin.
     Admin,
+    /// Attached when the user accepted a seat assignment by e-mail (docs/contract.md §12).
+    Assignment,
 }
 
 /// Active and `starts_on <= today <= ends_on` (UTC dates; a missing bound is unbounded) — the
@@ -159,8 +163,8 @@ macro_rules! text_enum {
 pub(crate) use text_enum;
 
 text_enum!(MembershipType { Auto => "auto", Managed => "managed", Code => "code" });
-text_enum!(MembershipSource { Claim => "claim", Code => "code", Admin => "admin" });
-text_enum!(AttachmentSource { Sso => "sso", Code => "code", Admin => "admin" });
+text_enum!(MembershipSource { Claim => "claim", Code => "code", Admin => "admin", Assignment => "assignment" });
+text_enum!(AttachmentSource { Sso => "sso", Code => "code", Admin => "admin", Assignment => "assignment" });
 
 #[cfg(test)]
 mod tests {
@@ -223,11 +227,21 @@ mod tests {
             assert_eq!(t.as_str().parse::<MembershipType>().unwrap(), t);
             assert_eq!(serde_json::to_value(t).unwrap(), t.as_str());
         }
-        for s in [MembershipSource::Claim, MembershipSource::Code, MembershipSource::Admin] {
+        for s in [
+            MembershipSource::Claim,
+            MembershipSource::Code,
+            MembershipSource::Admin,
+            MembershipSource::Assignment,
+        ] {
             assert_eq!(s.as_str().parse::<MembershipSource>().unwrap(), s);
             assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
         }
-        for s in [AttachmentSource::Sso, AttachmentSource::Code, AttachmentSource::Admin] {
+        for s in [
+            AttachmentSource::Sso,
+            AttachmentSource::Code,
+            AttachmentSource::Admin,
+            AttachmentSource::Assignment,
+        ] {
             assert_eq!(s.as_str().parse::<AttachmentSource>().unwrap(), s);
             assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
         }

@@ -602,11 +602,14 @@ pub enum AdminAccess {
 pub struct CodesConfig {
     /// Failed redemptions per user in any minute before 429 (per replica; 0 = no limit).
     pub max_failures_per_minute: u32,
+    /// A link that redeems a code, `{code}` standing for the percent-encoded code (an http(s)
+    /// URL; checked at startup). Adds `redeem_url` to the codes listing and CSV export.
+    pub redeem_url_template: Option<String>,
 }
 
 impl Default for CodesConfig {
     fn default() -> Self {
-        Self { max_failures_per_minute: 10 }
+        Self { max_failures_per_minute: 10, redeem_url_template: None }
     }
 }
 
@@ -777,6 +780,20 @@ impl Config {
                 "keycloak_admin.push_memberships = true needs keycloak_admin configured; missing: {}",
                 kc.missing().iter().map(|k| format!("keycloak_admin.{k}")).collect::<Vec<_>>().join(", ")
             );
+        }
+        if let Some(template) = &self.codes.redeem_url_template {
+            let example = template.replace("{code}", "ABCD-EFGH");
+            let ok = template.contains("{code}")
+                && example.parse::<http::Uri>().is_ok_and(|uri| {
+                    matches!(uri.scheme_str(), Some("http" | "https"))
+                        && uri.host().is_some_and(|h| !h.is_empty())
+                });
+            if !ok {
+                bail!(
+                    "codes.redeem_url_template must be an http:// or https:// URL containing {{code}}, \
+                     e.g. https://learn.example.com/enrollmentcode/{{code}}"
+                );
+            }
         }
         if let Some(url) = &self.upstream.url {
             let uri: http::Uri = url.parse().with_context(|| format!("upstream.url {url:?}"))?;

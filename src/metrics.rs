@@ -78,6 +78,9 @@ pub struct Metrics {
     /// Changes of a session's active organization by `action`: `selected`, `cleared`, or
     /// refused: `not_member` (422), `fixed` (409, a single-organization scope), `rate_limited`.
     pub active_organization_selections: Family<Labels, Counter>,
+    /// Seat assignments entering a `state` (allocated, accepted, expired, revoked;
+    /// docs/contract.md §12).
+    pub assignments: Family<Labels, Counter>,
     /// The series every request counts, resolved once (see [`Hot`]).
     hot: Hot,
 }
@@ -272,8 +275,15 @@ impl Metrics {
             "Successful requests of organization managers on the manage routes, by route and method",
             manager_actions.clone(),
         );
+        let assignments = Family::default();
+        registry.register(
+            "assignments",
+            "Seat assignments entering a state (allocated, accepted, expired, revoked)",
+            assignments.clone(),
+        );
         Metrics {
             manager_actions,
+            assignments,
             userinfo_claims_dropped,
             userinfo_omitted,
             jobs_queue_depth,
@@ -313,6 +323,11 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+
+    /// Counts `n` seat assignments entering `state`.
+    pub fn count_assignments(&self, state: &'static str, n: u64) {
+        self.assignments.get_or_create(&vec![("state", state)]).inc_by(n);
     }
 
     /// Counts a request in `requests` by `mode` and status `class`.

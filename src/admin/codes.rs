@@ -77,6 +77,25 @@ pub(super) struct CodeView {
     redemptions: i64,
     #[serde(with = "time::serde::rfc3339")]
     created_at: OffsetDateTime,
+    /// The link that redeems the code (`codes.redeem_url_template`); only when configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redeem_url: Option<String>,
+}
+
+impl CodeView {
+    /// The view with its `redeem_url`, when a template is configured.
+    fn linked(mut self, template: Option<&str>) -> CodeView {
+        self.redeem_url = template.map(|t| redeem_url(t, &self.code));
+        self
+    }
+}
+
+/// The template with `{code}` replaced by the percent-encoded code (RFC 3986: everything but
+/// unreserved characters is encoded, so a code can never change the URL's structure).
+fn redeem_url(template: &str, code: &str) -> String {
+    const KEEP: &percent_encoding::AsciiSet =
+        &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+    template.replace("{code}", &percent_encoding::utf8_percent_encode(code, KEEP).to_string())
 }
 
 /// The path of a contract's routes. Named, not positional, so the same handler also serves a
@@ -93,13 +112,15 @@ pub(super) struct CodePath {
 }
 
 impl CodeView {
-    /// The code as `admin` may see it: its [`fingerprint`] instead of the code for read access.
-    fn shown_to(admin: &Admin, code: EnrollmentCode) -> CodeView {
-        let mut view = CodeView::from(code);
+    /// The code as `admin` may see it: its [`fingerprint`] instead of the code for read access,
+    /// and then no `redeem_url` either (the link holds the code); otherwise with its link when
+    /// `codes.redeem_url_template` is configured.
+    fn shown_to(admin: &Admin, code: EnrollmentCode, template: Option<&str>) -> CodeView {
+        let view = CodeView::from(code);
         if admin.masks_codes() {
-            view.code = fingerprint(&view.code);
+            return CodeView { code: fingerprint(&view.code), ..view };
         }
-        view
+        view.linked(template)
     }
 }
 
@@ -118,6 +139,7 @@ impl From<EnrollmentCode> for CodeView {
             redeemed_at: c.redeemed_at,
             redemptions: c.redemptions,
             created_at: c.created_at,
+            redeem_url: None,
         }
     }
 }
@@ -215,6 +237,8 @@ pub(super) async fn create(
     }
     let items = read_back(&mut tx, contract.id, before, &new).await?;
     tx.commit().await?;
+    let template = state.config.codes.redeem_url_template.as_deref();
+    let items: Vec<CodeView> = items.into_iter().map(|c| c.linked(template)).collect();
     let total = items.len();
     Ok((StatusCode::CREATED, Json(Generated { items, total })).into_response())
 }
@@ -291,6 +315,7 @@ pub(super) async fn list(
     mut params: Params,
 ) -> Result<Response, ApiError> {
     let csv = wants_csv(&headers);
+    let template = state.config.codes.redeem_url_template.as_deref();
     let explicit_page = params.contains("limit") || params.contains("offset");
     let page = params.page()?;
     params.finish()?;
@@ -298,7 +323,7 @@ pub(super) async fn list(
     let contract =
         contracts::get(&mut conn, &key).await.or_not_found(|| format!("No contract with key `{key}`."))?;
     admin.within(&contract.organization, || format!("No contract with key `{key}`."))?;
-    let view = |code: EnrollmentCode| CodeView::shown_to(&admin, code);
+    let view = |code: EnrollmentCode| CodeView::shown_to(&admin, code, template);
     let total = codes::count_for_contract(&mut conn, contract.id).await?;
     if !csv {
         let items = codes::list_for_contract(&mut conn, contract.id, page.limit, page.offset).await?;
@@ -320,7 +345,7 @@ pub(super) async fn list(
             }
         }
     }
-    let body = to_csv(rows.into_iter().map(view));
+    let body = to_csv(rows.into_iter().map(view), template.is_some() && !admin.masks_codes());
     let disposition = format!("attachment; filename=\"{}-codes.csv\"", contract.key);
     Ok((
         [
@@ -342,8 +367,9 @@ fn wants_csv(headers: &HeaderMap) -> bool {
 
 /// CSV (RFC 4180): a header row, CRLF line ends, fields quoted when they hold a comma, a quote
 /// or a line break (quotes doubled). Empty fields for absent values. A cell that a spreadsheet
-/// would run as a formula is defused ([`defuse`]), in every column.
-fn to_csv(rows: impl Iterator<Item = CodeView>) -> String {
+/// would run as a formula is defused ([`defuse`]), in every column. With `links`, a last
+/// column `redeem_url`.
+fn to_csv(rows: impl Iterator<Item = CodeView>, links: bool) -> String {
     const HEADER: [&str; 12] = [
         "code",
         "contract",
@@ -359,7 +385,8 @@ fn to_csv(rows: impl Iterator<Item = CodeView>) -> String {
         "created_at",
     ];
     let mut out = String::new();
-    push_row(&mut out, HEADER.iter().map(|h| h.to_string()));
+    let link_header = links.then(|| "redeem_url".to_owned());
+    push_row(&mut out, HEADER.iter().map(|h| h.to_string()).chain(link_header));
     let time = |t: Option<OffsetDateTime>| t.map(rfc3339).unwrap_or_default();
     for c in rows {
         push_row(
@@ -378,7 +405,8 @@ fn to_csv(rows: impl Iterator<Item = CodeView>) -> String {
                 c.redemptions.to_string(),
                 rfc3339(c.created_at),
             ]
-            .into_iter(),
+            .into_iter()
+            .chain(c.redeem_url.filter(|_| links)),
         );
     }
     out
@@ -524,6 +552,16 @@ mod tests {
         let cells = ["=1+1", "+1", "-2", "@SUM(A1)", "\tx", "\r=1", "a=b", "1-2", "", "'=x"];
         push_row(&mut out, cells.map(String::from).into_iter());
         assert_eq!(out, "'=1+1,'+1,'-2,'@SUM(A1),'\tx,\"'\r=1\",a=b,1-2,,'=x\r\n");
+    }
+
+    #[test]
+    fn a_redeem_url_carries_the_code_percent_encoded() {
+        let t = "https://learn.example.com/enrollmentcode/{code}?src=csv";
+        assert_eq!(redeem_url(t, "ABCD-EFGH"), "https://learn.example.com/enrollmentcode/ABCD-EFGH?src=csv");
+        assert_eq!(
+            redeem_url(t, "a/b?c&d é"),
+            "https://learn.example.com/enrollmentcode/a%2Fb%3Fc%26d%20%C3%A9?src=csv"
+        );
     }
 
     #[test]

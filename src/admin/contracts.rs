@@ -238,8 +238,8 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The contract's holders; `total` is `seats_used`, which the store keeps equal to the number of
-/// attachments.
+/// The contract's holders (its attachments; `seats_used` also counts allocated seat
+/// assignments, so `total` is counted on its own).
 #[utoipa::path(
     get,
     path = "/contracts/{key}/members",
@@ -263,7 +263,8 @@ async fn members(
     let mut conn = state.store.conn().await?;
     let contract = contracts::get(&mut conn, &key).await.or_not_found(no_such(&key))?;
     let items = contracts::members(&mut conn, contract.id, page.limit, page.offset).await?;
-    Ok(Json(Page::new(items, contract.seats_used, page)))
+    let total = contracts::member_count(&mut conn, contract.id).await?;
+    Ok(Json(Page::new(items, total, page)))
 }
 
 /// A contract-level audit event (organization and contract keys set); `detail` null means none.

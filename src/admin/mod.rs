@@ -31,6 +31,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::StoreError;
 
+mod assignments;
 mod audit;
 mod codes;
 mod contracts;
@@ -77,6 +78,7 @@ fn routes(guard: impl FnOnce(OpenApiRouter<AppState>) -> OpenApiRouter<AppState>
             .merge(organizations::router())
             .merge(contracts::router())
             .merge(codes::router())
+            .merge(assignments::router())
             .merge(users::router())
             .merge(audit::router())
             .merge(sync::router())

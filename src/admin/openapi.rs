@@ -42,7 +42,8 @@ const BEARER: &str = "bearer";
     info(
         title = "identity-sidecar admin API",
         description = "The admin port of identity-sidecar (docs/contract.md §6): organizations, contracts, \
-            enrollment codes, users' memberships and attachments, reconciliation, Keycloak sync, \
+            enrollment codes, seat assignments by e-mail, users' memberships and attachments, \
+            reconciliation, Keycloak sync, \
             jobs and the audit trail under `/admin/v1`, plus health, readiness, metrics and the \
             entitlement JWKS. Request bodies are JSON objects; unknown fields are refused (400) \
             and values that break a rule are 422, both naming the field in `errors`. Lists page \
@@ -59,6 +60,8 @@ const BEARER: &str = "bearer";
         (name = "organizations", description = "B2B organizations, local or linked to Keycloak."),
         (name = "contracts", description = "What an organization's users are entitled to."),
         (name = "codes", description = "Enrollment codes of a contract."),
+        (name = "assignments", description = "Seats of a contract reserved for e-mail addresses \
+            (allocated, then accepted, expired or revoked)."),
         (name = "users", description = "Users, their memberships and contract attachments."),
         (name = "reconcile", description = "Admin reconciliation of users and contracts."),
         (name = "sync", description = "Import of Keycloak organizations."),

@@ -140,7 +140,7 @@ async fn erase(
     let no_such = || format!("No user with sub `{sub}`.");
     // Checked before the lock: `begin_user` would create the row it is asked to erase.
     users::get(&mut tx, &sub).await.or_not_found(no_such)?;
-    users::lock(&mut tx, &sub, None).await?;
+    users::lock(&mut tx, &sub, None, None).await?;
     let held = memberships::list_for_user(&mut tx, &sub).await?;
     let attached = attachments::list_for_user(&mut tx, &sub).await?;
     if !users::erase(&mut tx, &sub).await? {
@@ -282,9 +282,10 @@ pub(super) struct MembershipPath {
 }
 
 /// Removes a membership as reconciliation removes one: the organization's `auto` and `managed`
-/// contracts go with it, code attachments stay (shared logic: `reconcile::apply`). With
-/// `keycloak_admin.push_memberships`, a Keycloak-linked organization's removal is pushed to
-/// Keycloak ([`crate::keycloak::push::remove_membership`], which managers' removals use too).
+/// contracts go with it, code, admin and assignment attachments stay (shared logic:
+/// `reconcile::apply`). With `keycloak_admin.push_memberships`, a Keycloak-linked
+/// organization's removal is pushed to Keycloak ([`crate::keycloak::push::remove_membership`],
+/// which managers' removals use too).
 #[utoipa::path(
     delete,
     path = "/users/{sub}/organizations/{org}",

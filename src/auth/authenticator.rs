@@ -443,6 +443,7 @@ mod tests {
             exp: unix_now() + 3600,
             scope: "openid".into(),
             email: None,
+            email_verified: false,
             preferred_username: None,
             name: Some("n".repeat(claim_bytes)),
             roles: vec!["reader".into()],

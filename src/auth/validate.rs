@@ -299,6 +299,9 @@ pub struct Principal {
     /// The granted scopes, space-separated as in the token.
     pub scope: String,
     pub email: Option<String>,
+    /// The token's `email_verified` is `true` (only then may the e-mail accept a seat
+    /// assignment, docs/contract.md §12).
+    pub email_verified: bool,
     pub preferred_username: Option<String>,
     pub name: Option<String>,
     /// Realm roles, plus `client:role` for clients in `oidc.client_roles_of`; sorted.
@@ -362,6 +365,7 @@ pub fn check_claims(token: &Unverified<'_>, policy: &Policy, now: u64) -> Result
         exp,
         scope: string("scope").unwrap_or_default(),
         email: string("email"),
+        email_verified: claims.get("email_verified") == Some(&Value::Bool(true)),
         preferred_username: string("preferred_username"),
         name: string("name"),
         roles: roles(&claims, &policy.client_roles_of),

@@ -247,6 +247,7 @@ mod tests {
             exp: crate::auth::authenticator::unix_now() + 3600,
             scope: scope.into(),
             email: None,
+            email_verified: false,
             preferred_username: None,
             name: None,
             roles: vec![],

@@ -231,12 +231,15 @@ impl Entitlements {
         let profile =
             Profile { email: p.email.clone(), username: p.preferred_username.clone(), name: p.name.clone() };
         let actor = Actor("login".into());
+        // Only a verified e-mail accepts seat assignments (docs/contract.md §12).
+        let verified_email = p.email.as_deref().filter(|_| p.email_verified).map(|e| e.trim().to_lowercase());
         let result = async {
             let (outcome, mut facts) = Reconciliation {
                 sub: &p.sub,
                 profile: Some(&profile),
                 claimed: &p.organizations.orgs,
                 unclaimed,
+                verified_email: verified_email.as_deref(),
                 today,
                 actor: &actor,
                 mode: Mode::Apply,
@@ -303,6 +306,9 @@ impl Entitlements {
             }
         }
         m.seat_limit_skips.inc_by((plan.skipped_full.len() + outcome.full_at_apply.len()) as u64);
+        if !outcome.accepted_assignments.is_empty() {
+            m.count_assignments("accepted", outcome.accepted_assignments.len() as u64);
+        }
         m.unknown_organizations.inc_by(plan.unknown_count() as u64);
     }
 

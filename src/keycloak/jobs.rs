@@ -44,12 +44,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use super::Error;
 use super::client::{AddMember, KeycloakAdmin, RemoveMember};
@@ -60,8 +58,9 @@ use crate::reconcile::apply::{Actor, Mode};
 use crate::store::model::Job;
 use crate::store::{Store, StoreError, jobs, users};
 
-/// Adds a user to a Keycloak organization.
-pub const ADD_MEMBER: &str = "keycloak.add_member";
+/// Adds a user to a Keycloak organization. Defined with its payload in the store layer, so a
+/// login's reconciliation (below this module) can queue one when it accepts a seat assignment.
+pub use crate::store::jobs::{ADD_MEMBER, AddMemberPayload};
 /// Reconciles every known user against Keycloak.
 pub const RECONCILE_ALL: &str = "reconcile.all";
 /// Removes a user from a Keycloak organization.
@@ -79,22 +78,6 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 const USERS_PER_PAGE: u32 = 100;
 /// A running reconciliation saves its progress (and renews its lease) at least this often.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
-
-/// The payload of an [`ADD_MEMBER`] or a [`REMOVE_MEMBER`] job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AddMemberPayload {
-    /// The Keycloak organization (the organization's `keycloak_id`).
-    pub organization_keycloak_id: Uuid,
-    /// The Keycloak user id: the token's `sub`.
-    pub sub: String,
-}
-
-impl AddMemberPayload {
-    /// The payload as stored: `{"organization_keycloak_id": "<uuid>", "sub": "<user id>"}`.
-    pub fn to_value(&self) -> Value {
-        serde_json::to_value(self).expect("a payload serialises")
-    }
-}
 
 /// The payload of a [`RECONCILE_ALL`] job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -458,7 +441,8 @@ mod tests {
 
     #[test]
     fn the_add_member_payload_is_exactly_the_documented_shape() {
-        let payload = AddMemberPayload { organization_keycloak_id: Uuid::from_u128(1), sub: "u1".into() };
+        let payload =
+            AddMemberPayload { organization_keycloak_id: uuid::Uuid::from_u128(1), sub: "u1".into() };
         assert_eq!(
             payload.to_value(),
             serde_json::json!({"organization_keycloak_id": "00000000-0000-0000-0000-000000000001", "sub": "u1"})

@@ -161,6 +161,7 @@ pub async fn reconcile_stated(
         profile: None,
         claimed: stated.claimed,
         unclaimed: UnclaimedMemberships::Remove,
+        verified_email: None,
         today: OffsetDateTime::now_utc().date(),
         actor,
         mode,
@@ -215,6 +216,7 @@ mod tests {
             },
             full_at_apply: vec![contract(11, "a-raced")],
             changed: true,
+            ..Outcome::default()
         };
         let r = Reconciled::new("u1", Source::Body, Mode::Apply, 2, &outcome);
         assert_eq!(r.organizations.added, ["acme"]);

@@ -17,6 +17,7 @@ use crate::auth::org_claim::ClaimedOrg;
 use crate::b2b::{
     AttachmentSource, EntitledContract, EntitledOrganization, Facts, HeldContract, MembershipSource,
 };
+use crate::reconcile::accept::{AcceptedAssignment, accept_assignments};
 use crate::reconcile::plan::{
     ContractRef, CurrentAttachment, CurrentMembership, KnownContract, KnownOrg, OrgRef, Plan,
     UnclaimedMemberships, UserState, detached_on_removal, plan,
@@ -33,6 +34,9 @@ pub struct Outcome {
     pub full_at_apply: Vec<ContractRef>,
     /// Whether anything was written.
     pub changed: bool,
+    /// Seat assignments the login accepted (docs/contract.md §12), before the plan was made.
+    #[serde(skip)]
+    pub accepted_assignments: Vec<AcceptedAssignment>,
 }
 
 /// Who causes a change, for audit events: `login`, `admin:<who>`, `code`.
@@ -60,6 +64,9 @@ pub struct Reconciliation<'a> {
     pub claimed: &'a [ClaimedOrg],
     /// Whether memberships the claimed set does not name are removed.
     pub unclaimed: UnclaimedMemberships,
+    /// The token's e-mail, lower-cased, when its `email_verified` is true: a login accepts the
+    /// seat assignments that name it ([`crate::reconcile::accept`]). `None` for admins and jobs.
+    pub verified_email: Option<&'a str>,
     /// The UTC date contracts are judged valid on.
     pub today: Date,
     /// Who causes the changes, for the audit trail.
@@ -72,12 +79,26 @@ impl Reconciliation<'_> {
     /// run), and the user's B2B facts afterwards (a dry run's are those before).
     pub async fn run(&self, store: &Store) -> Result<(Outcome, Facts), StoreError> {
         let sub = self.sub;
-        let (mut tx, _user) = store.begin_user(sub, self.profile).await?;
+        let (mut tx, pending) = match (self.profile, self.verified_email) {
+            (Some(profile), Some(email)) => {
+                let (tx, _user, pending) = store.begin_login(sub, profile, email).await?;
+                (tx, pending.then_some(email))
+            }
+            _ => (store.begin_user(sub, self.profile).await?.0, None),
+        };
+        let mut accepted = Vec::new();
+        if let (Some(email), Mode::Apply) = (pending, self.mode) {
+            accepted = accept_assignments(&mut tx, sub, email, self.today, self.actor).await?;
+        }
         let ids: Vec<uuid::Uuid> = self.claimed.iter().filter_map(|c| c.id).collect();
         let aliases: Vec<String> = self.claimed.iter().map(|c| c.alias.clone()).collect();
         let rows = user_rows::load(&mut tx, sub, &ids, &aliases).await?;
         let plan = plan(self.claimed, self.unclaimed, &to_plan_input(&rows), self.today);
-        let mut outcome = Outcome { changed: !plan.is_empty(), ..Outcome::default() };
+        let mut outcome = Outcome {
+            changed: !plan.is_empty() || !accepted.is_empty(),
+            accepted_assignments: accepted,
+            ..Outcome::default()
+        };
         if self.mode == Mode::DryRun {
             tx.rollback().await?;
             outcome.plan = plan;
@@ -223,7 +244,7 @@ const NOT_CLAIMED: RemovalReasons =
 
 /// Removes one membership exactly as step 3 of a reconciliation removes one (the admin API's
 /// `DELETE /admin/v1/users/{sub}/organizations/{org}`): detaches the user from the
-/// organization's `auto` and `managed` contracts except code attachments
+/// organization's `auto` and `managed` contracts except code, admin and assignment attachments
 /// ([`detached_on_removal`]), deletes the membership, and writes one audit event per change.
 /// Run it in a per-user transaction. Returns the detached contracts, or `None` when the user is
 /// not a member (nothing written).

@@ -6,8 +6,10 @@
 //! compares the claimed set with what the store holds for one user and lists the changes.
 //! [`apply`](mod@apply) does the IO: it loads the user's rows, plans and writes the changes in
 //! one per-user transaction of the store, and answers the user's B2B facts
-//! ([`crate::b2b::Facts`]) afterwards.
+//! ([`crate::b2b::Facts`]) afterwards. [`accept`](mod@accept) is a login's acceptance of the
+//! seat assignments of its verified e-mail, run in the same transaction before the plan.
 
+pub mod accept;
 pub mod apply;
 pub mod plan;
 

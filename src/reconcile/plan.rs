@@ -359,14 +359,15 @@ fn match_claims(claimed: &[ClaimedOrg], organizations: &[KnownOrg]) -> Matches {
 
 /// Step 3's rule for attachments: when the user's memberships of the `removed` organizations
 /// go, the user leaves those organizations' `auto` and `managed` contracts, except attachments
-/// made by a code (see the module docs). Shared by [`plan`] and the admin API's membership
+/// made by a code, a seat assignment or an admin (see the module docs; *v2*: before, admin
+/// attachments went too). Shared by [`plan`] and the admin API's membership
 /// removal, so both remove the same way. Sorted by key.
 pub fn detached_on_removal(state: &UserState, removed: &HashSet<i64>) -> Vec<ContractRef> {
     let contracts: HashMap<i64, &KnownContract> = state.contracts.iter().map(|c| (c.id, c)).collect();
     let mut detach: Vec<ContractRef> = state
         .attachments
         .iter()
-        .filter(|a| a.source != AttachmentSource::Code)
+        .filter(|a| a.source == AttachmentSource::Sso)
         .filter_map(|a| contracts.get(&a.contract_id))
         .filter(|c| removed.contains(&c.organization_id) && c.membership_type.is_sso())
         .map(|c| c.to_ref())
@@ -775,7 +776,9 @@ mod tests {
     }
 
     #[test]
-    fn removal_detaches_sso_and_admin_attachments_of_sso_contracts_and_keeps_code_attachments() {
+    fn removal_detaches_sso_attachments_of_sso_contracts_and_keeps_code_admin_and_assignment_ones() {
+        // docs/contract.md §12 (v2): `assignment` and `admin` attachments survive step 3 like
+        // `code` ones (v1 detached admin attachments of SSO contracts).
         let mut before = user_state(vec![member(A, false), member(R, false)]);
         before.contracts = vec![
             KnownContract { seats_used: 1, ..contract(30, "r-auto", R, MembershipType::Auto) },
@@ -783,6 +786,7 @@ mod tests {
             contract(32, "r-managed-by-code", R, MembershipType::Managed),
             contract(33, "r-code", R, MembershipType::Code),
             KnownContract { active: false, ..contract(34, "r-ended", R, MembershipType::Auto) },
+            contract(35, "r-assigned", R, MembershipType::Auto),
         ];
         before.attachments = vec![
             attached(30, AttachmentSource::Sso),
@@ -790,14 +794,21 @@ mod tests {
             attached(32, AttachmentSource::Code),
             attached(33, AttachmentSource::Code),
             attached(34, AttachmentSource::Sso),
+            attached(35, AttachmentSource::Assignment),
         ];
         let (p, after) = reconcile(&[a()], Remove, &before);
-        assert_eq!(contract_keys(&p.detach_contracts), ["r-auto", "r-ended", "r-managed"]);
+        assert_eq!(contract_keys(&p.detach_contracts), ["r-auto", "r-ended"]);
         assert_eq!(
             after.attachments,
-            [attached(32, AttachmentSource::Code), attached(33, AttachmentSource::Code)]
+            [
+                attached(31, AttachmentSource::Admin),
+                attached(32, AttachmentSource::Code),
+                attached(33, AttachmentSource::Code),
+                attached(35, AttachmentSource::Assignment),
+            ]
         );
         assert_eq!(after.contracts[0].seats_used, 0);
+        assert_eq!(after.contracts[1].seats_used, 1);
     }
 
     #[test]

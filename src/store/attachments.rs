@@ -1,6 +1,8 @@
 //! Contract attachments (user × contract) and the seat counter that goes with them.
 //!
-//! Invariant: `contracts.seats_used` = number of `attachments` rows of the contract. Every
+//! Invariant: `contracts.seats_used` = number of `attachments` rows of the contract; a seat is
+//! free when `seats_used + seats_allocated` (the `allocated` seat assignments, see
+//! [`super::assignments`]) is below `max_learners`. Every
 //! function that inserts or deletes an attachment changes the counter in the same transaction
 //! (hence `&mut Tx`), so the counter can be checked and taken atomically without counting rows
 //! under a lock. Why the guarded `UPDATE` cannot overfill is explained in the module docs of
@@ -66,19 +68,12 @@ pub async fn attach(
     if !insert(tx, sub, contract_id, source).await? {
         return Ok(AttachOutcome::AlreadyAttached);
     }
-    let seat = run!(tx, |c| {
-        sqlx::query(
-            "UPDATE contracts
-                SET seats_used = seats_used + 1
-              WHERE id = $1
-                AND (max_learners IS NULL OR max_learners = 0 OR seats_used < max_learners)",
-        )
-        .bind(contract_id)
-        .execute(c)
-        .await
-        .map(|r| r.rows_affected())
-    })?;
-    if seat == 1 {
+    if take_seat(tx, contract_id).await? {
+        return Ok(AttachOutcome::Attached);
+    }
+    // Full as counted: allocated assignments past their `expires_at` may still hold seats
+    // until they are marked expired. Release them and try once more.
+    if super::assignments::expire_due(tx, contract_id).await? > 0 && take_seat(tx, contract_id).await? {
         return Ok(AttachOutcome::Attached);
     }
     run!(tx, |c| {
@@ -90,6 +85,25 @@ pub async fn attach(
             .map(|r| r.rows_affected())
     })?;
     Ok(AttachOutcome::Full)
+}
+
+/// The guarded increment: takes a seat if attachments plus allocated assignments leave one
+/// free (or the contract is unlimited). Whether it did.
+async fn take_seat(tx: &mut Tx, contract_id: i64) -> Result<bool, StoreError> {
+    let seat = run!(tx, |c| {
+        sqlx::query(
+            "UPDATE contracts
+                SET seats_used = seats_used + 1
+              WHERE id = $1
+                AND (max_learners IS NULL OR max_learners = 0
+                     OR seats_used + seats_allocated < max_learners)",
+        )
+        .bind(contract_id)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected())
+    })?;
+    Ok(seat == 1)
 }
 
 /// Attaches the user whatever the seat limit (admin `?force=true`); the seat is still counted,
@@ -136,8 +150,10 @@ pub async fn detach(tx: &mut Tx, sub: &str, contract_id: i64) -> Result<bool, St
     Ok(true)
 }
 
-/// Inserts the attachment row unless it exists; whether it was inserted.
-async fn insert(
+/// Inserts the attachment row unless it exists; whether it was inserted. No seat is taken:
+/// callers count it themselves (an accepted assignment moves its seat, see
+/// [`super::assignments::accept`]).
+pub(crate) async fn insert(
     conn: &mut Conn,
     sub: &str,
     contract_id: i64,

@@ -25,7 +25,9 @@ use time::macros::format_description;
 use time::{OffsetDateTime, UtcOffset};
 use uuid::Uuid;
 
-use super::model::{AttachmentSource, JobStatus, MembershipSource, MembershipType, Redemption};
+use super::model::{
+    AssignmentState, AttachmentSource, JobStatus, MembershipSource, MembershipType, Redemption,
+};
 
 /// The current time, truncated to the microseconds both backends store.
 pub fn now() -> OffsetDateTime {
@@ -148,7 +150,7 @@ macro_rules! text_column {
     )+};
 }
 
-text_column!(MembershipType, MembershipSource, AttachmentSource, Redemption, JobStatus);
+text_column!(MembershipType, MembershipSource, AttachmentSource, Redemption, JobStatus, AssignmentState);
 
 #[cfg(test)]
 mod tests {

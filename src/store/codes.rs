@@ -138,6 +138,28 @@ pub async fn revoke(conn: &mut Conn, code: &str) -> Result<bool, StoreError> {
     Ok(done == 1)
 }
 
+/// Revokes every code of the contract that is neither revoked nor redeemed (the same guard as
+/// [`revoke`], so a redemption racing it either claimed its code first or finds it revoked).
+/// Returns how many.
+pub async fn revoke_unredeemed(conn: &mut Conn, contract_id: i64) -> Result<u64, StoreError> {
+    let at = At(now());
+    Ok(run!(conn, |c| {
+        sqlx::query(
+            "UPDATE enrollment_codes
+                SET revoked_at = $2
+              WHERE contract_id = $1
+                AND revoked_at IS NULL
+                AND redeemed_by IS NULL
+                AND NOT EXISTS (SELECT 1 FROM redemptions r WHERE r.code_id = enrollment_codes.id)",
+        )
+        .bind(contract_id)
+        .bind(at)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected())
+    })?)
+}
+
 /// Claims a one-time code for `sub`: true if it was free or is already theirs, false if
 /// someone else holds it. A guarded `UPDATE`, race-free like the seat counter (the second of
 /// two concurrent claimers re-checks `redeemed_by` after the first commits).

@@ -1,5 +1,8 @@
 //! Contracts: what an organization's users hold, with validity dates and a seat limit.
-//! `seats_used` is maintained by [`super::attachments`]; nothing here writes it.
+//! `seats_used` is maintained by [`super::attachments`] and `seats_allocated` by
+//! [`super::assignments`]; nothing here writes them. A contract as read reports in `seats_used`
+//! its attachments plus its `allocated` assignments that have not reached `expires_at` (counted
+//! live, so an assignment frees its seat at `expires_at` even before its state says `expired`).
 
 use super::codec::{At, now};
 use super::model::{Contract, ContractMember, NewContract};
@@ -99,12 +102,16 @@ pub async fn get(conn: &mut Conn, key: &str) -> Result<Contract, StoreError> {
         sqlx::query_as::<_, Contract>(
             "SELECT c.id, c.organization_id, c.key, o.key AS organization, c.name,
                     c.membership_type, c.active, c.starts_on, c.ends_on, c.max_learners, c.price,
-                    c.seats_used, c.created_at, c.updated_at
+                    c.seats_used + (SELECT count(*) FROM seat_assignments s
+                                      WHERE s.contract_id = c.id AND s.state = 'allocated'
+                                        AND (s.expires_at IS NULL OR s.expires_at > $2)) AS seats_used,
+                    c.created_at, c.updated_at
                FROM contracts c
                JOIN organizations o ON o.id = c.organization_id
               WHERE c.key = $1",
         )
         .bind(key)
+        .bind(At(now()))
         .fetch_optional(c)
         .await
     })?;
@@ -117,12 +124,16 @@ pub async fn get_by_id(conn: &mut Conn, id: i64) -> Result<Contract, StoreError>
         sqlx::query_as::<_, Contract>(
             "SELECT c.id, c.organization_id, c.key, o.key AS organization, c.name,
                     c.membership_type, c.active, c.starts_on, c.ends_on, c.max_learners, c.price,
-                    c.seats_used, c.created_at, c.updated_at
+                    c.seats_used + (SELECT count(*) FROM seat_assignments s
+                                      WHERE s.contract_id = c.id AND s.state = 'allocated'
+                                        AND (s.expires_at IS NULL OR s.expires_at > $2)) AS seats_used,
+                    c.created_at, c.updated_at
                FROM contracts c
                JOIN organizations o ON o.id = c.organization_id
               WHERE c.id = $1",
         )
         .bind(id)
+        .bind(At(now()))
         .fetch_optional(c)
         .await
     })?;
@@ -141,7 +152,10 @@ pub async fn list(
         sqlx::query_as::<_, Contract>(
             "SELECT c.id, c.organization_id, c.key, o.key AS organization, c.name,
                     c.membership_type, c.active, c.starts_on, c.ends_on, c.max_learners, c.price,
-                    c.seats_used, c.created_at, c.updated_at
+                    c.seats_used + (SELECT count(*) FROM seat_assignments s
+                                      WHERE s.contract_id = c.id AND s.state = 'allocated'
+                                        AND (s.expires_at IS NULL OR s.expires_at > $4)) AS seats_used,
+                    c.created_at, c.updated_at
                FROM contracts c
                JOIN organizations o ON o.id = c.organization_id
               WHERE $1 IS NULL OR o.key = $1
@@ -151,6 +165,7 @@ pub async fn list(
         .bind(organization)
         .bind(limit)
         .bind(offset)
+        .bind(At(now()))
         .fetch_all(c)
         .await
     })?)
@@ -186,7 +201,10 @@ pub async fn sso_contracts_of(
             sqlx::query_as::<_, Contract>(
                 "SELECT c.id, c.organization_id, c.key, o.key AS organization, c.name,
                         c.membership_type, c.active, c.starts_on, c.ends_on, c.max_learners,
-                        c.price, c.seats_used, c.created_at, c.updated_at
+                        c.price, c.seats_used + (SELECT count(*) FROM seat_assignments s
+                                      WHERE s.contract_id = c.id AND s.state = 'allocated'
+                                        AND (s.expires_at IS NULL OR s.expires_at > $2)) AS seats_used,
+                    c.created_at, c.updated_at
                    FROM contracts c
                    JOIN organizations o ON o.id = c.organization_id
                   WHERE c.organization_id IN (SELECT value FROM json_each($1))
@@ -194,6 +212,7 @@ pub async fn sso_contracts_of(
                   ORDER BY c.id",
             )
             .bind(serde_json::to_string(organization_ids).expect("integers serialise"))
+            .bind(At(now()))
             .fetch_all(c)
             .await
         }
@@ -201,7 +220,10 @@ pub async fn sso_contracts_of(
             sqlx::query_as::<_, Contract>(
                 "SELECT c.id, c.organization_id, c.key, o.key AS organization, c.name,
                         c.membership_type, c.active, c.starts_on, c.ends_on, c.max_learners,
-                        c.price, c.seats_used, c.created_at, c.updated_at
+                        c.price, c.seats_used + (SELECT count(*) FROM seat_assignments s
+                                      WHERE s.contract_id = c.id AND s.state = 'allocated'
+                                        AND (s.expires_at IS NULL OR s.expires_at > $2)) AS seats_used,
+                    c.created_at, c.updated_at
                    FROM contracts c
                    JOIN organizations o ON o.id = c.organization_id
                   WHERE c.organization_id = ANY($1)
@@ -209,6 +231,7 @@ pub async fn sso_contracts_of(
                   ORDER BY c.id",
             )
             .bind(organization_ids)
+            .bind(At(now()))
             .fetch_all(c)
             .await
         }
@@ -229,6 +252,16 @@ pub async fn delete(conn: &mut Conn, key: &str) -> Result<(), StoreError> {
         return Err(StoreError::NotFound);
     }
     Ok(())
+}
+
+/// Number of users attached to a contract (for paging its members).
+pub async fn member_count(conn: &mut Conn, contract_id: i64) -> Result<i64, StoreError> {
+    Ok(run!(conn, |c| {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM attachments WHERE contract_id = $1")
+            .bind(contract_id)
+            .fetch_one(c)
+            .await
+    })?)
 }
 
 /// One page of the users attached to a contract, in `sub` order.

@@ -12,6 +12,25 @@ use super::codec::{At, now};
 use super::model::{Job, JobStatus};
 use super::{Backend, Conn, StoreError};
 
+/// Adds a user to a Keycloak organization (run by `keycloak::jobs`).
+pub const ADD_MEMBER: &str = "keycloak.add_member";
+
+/// The payload of an [`ADD_MEMBER`] or a `keycloak.remove_member` job.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AddMemberPayload {
+    /// The Keycloak organization (the organization's `keycloak_id`).
+    pub organization_keycloak_id: uuid::Uuid,
+    /// The Keycloak user id: the token's `sub`.
+    pub sub: String,
+}
+
+impl AddMemberPayload {
+    /// The payload as stored: `{"organization_keycloak_id": "<uuid>", "sub": "<user id>"}`.
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(self).expect("a payload serialises")
+    }
+}
+
 from_row!(Job, |row| Ok(Job {
     id: row.try_get("id")?,
     kind: row.try_get("kind")?,

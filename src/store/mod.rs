@@ -44,6 +44,12 @@
 //! other's `UPDATE` matches no row. On SQLite the whole transaction holds the single write lock,
 //! so check and increment cannot interleave with another writer at all.
 //!
+//! Seat assignments by e-mail ([`assignments`]) hold seats too: `contracts.seats_allocated`
+//! counts the `allocated` ones, is kept on the same row in the same way, and the guard reads
+//! `seats_used + seats_allocated < max_learners`, so attachments, redemptions and assignments
+//! contend for one row lock. Every writer of an assignment's state locks the contract row
+//! before the assignment rows.
+//!
 //! # Per-user serialisation
 //!
 //! [`Store::begin_user`] starts a transaction by upserting the user row
@@ -105,6 +111,7 @@ macro_rules! from_row {
     };
 }
 
+pub mod assignments;
 pub mod attachments;
 pub mod audit;
 pub mod codec;
@@ -308,8 +315,21 @@ impl Store {
     /// also records the login (profile fields and `last_login_at`); without, only locks.
     pub async fn begin_user(&self, sub: &str, login: Option<&Profile>) -> Result<(Tx, User), StoreError> {
         let mut tx = self.begin().await?;
-        let user = users::lock(&mut tx, sub, login).await?;
+        let (user, _) = users::lock(&mut tx, sub, login, None).await?;
         Ok((tx, user))
+    }
+
+    /// [`Store::begin_user`] for a login whose token has a verified e-mail (lower-cased):
+    /// also answers whether `allocated` seat assignments name it, in the same statement.
+    pub async fn begin_login(
+        &self,
+        sub: &str,
+        login: &Profile,
+        verified_email: &str,
+    ) -> Result<(Tx, User, bool), StoreError> {
+        let mut tx = self.begin().await?;
+        let (user, assignments) = users::lock(&mut tx, sub, Some(login), Some(verified_email)).await?;
+        Ok((tx, user, assignments > 0))
     }
 
     /// One round trip to the database (readiness probes).
@@ -344,12 +364,14 @@ fn migrator(postgres: bool) -> Migrator {
                 "active organization",
                 include_str!("../../migrations/postgres/0002_active_organization.sql"),
             ),
+            (3, "seat_assignments", include_str!("../../migrations/postgres/0003_seat_assignments.sql")),
             (4, "delegation", include_str!("../../migrations/postgres/0004_delegation.sql")),
         ]
     } else {
         &[
             (1, "initial", include_str!("../../migrations/sqlite/0001_initial.sql")),
             (2, "active organization", include_str!("../../migrations/sqlite/0002_active_organization.sql")),
+            (3, "seat_assignments", include_str!("../../migrations/sqlite/0003_seat_assignments.sql")),
             (4, "delegation", include_str!("../../migrations/sqlite/0004_delegation.sql")),
         ]
     };

@@ -153,8 +153,9 @@ pub struct Contract {
     /// Decimal string; `None` or zero: free.
     #[schema(pattern = "^[0-9]+(\\.[0-9]+)?$")]
     pub price: Option<String>,
-    /// Attachments currently counted against `max_learners` (all sources, forced ones included).
-    /// It may exceed `max_learners` after forced attachments or a lowered limit.
+    /// Seats taken: attachments (all sources, forced ones included) plus `allocated` seat
+    /// assignments that have not reached their `expires_at` (docs/contract.md §12). It may
+    /// exceed `max_learners` after forced attachments or a lowered limit.
     #[schema(minimum = 0)]
     pub seats_used: i64,
     #[serde(with = "time::serde::rfc3339")]
@@ -501,7 +502,55 @@ pub struct Job {
 }
 
 text_enum!(Redemption { OneTime => "one-time", Unlimited => "unlimited" });
+text_enum!(AssignmentState {
+    Allocated => "allocated",
+    Accepted => "accepted",
+    Expired => "expired",
+    Revoked => "revoked",
+});
 text_enum!(JobStatus { Queued => "queued", Running => "running", Done => "done", Failed => "failed" });
+
+/// Where a seat assignment by e-mail stands (docs/contract.md §12): `allocated` holds a seat for
+/// the e-mail; `accepted`, `expired` and `revoked` are final (an accepted one's seat became the
+/// user's attachment; the other two released theirs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AssignmentState {
+    Allocated,
+    Accepted,
+    Expired,
+    Revoked,
+}
+
+/// A seat of a contract reserved for an e-mail address (docs/contract.md §12), as the admin API
+/// shows it. An `allocated` assignment whose `expires_at` has passed is read as `expired` (its
+/// seat is free from that instant), whether or not its row was marked yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Assignment {
+    pub id: i64,
+    #[serde(skip)]
+    pub contract_id: i64,
+    /// The contract's key.
+    pub contract: String,
+    /// The contract's organization's key.
+    pub organization: String,
+    /// Lower-cased; `null` once the user it belongs to was erased.
+    pub email: Option<String>,
+    pub state: AssignmentState,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When the seat is released if nobody accepted it; `null`: never.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+    /// When a login accepted it.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub accepted_at: Option<OffsetDateTime>,
+    /// The user who accepted it.
+    pub sub: Option<String>,
+    /// When it was revoked.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+}
 
 #[cfg(test)]
 mod tests {

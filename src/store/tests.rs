@@ -143,6 +143,7 @@ async fn migrations_apply_and_a_second_run_changes_nothing(store: Store) {
         "redemptions",
         "jobs",
         "active_organization_selections",
+        "seat_assignments",
     ] {
         assert_eq!(count_rows(&store, table).await, 0, "{table}");
     }

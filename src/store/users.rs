@@ -20,11 +20,23 @@ from_row!(User, |row| Ok(User {
 /// reconciliations of one user. With `login`, records the profile and the login time (a token
 /// without email keeps the last known one); without, changes nothing but still takes the lock.
 /// Use through [`super::Store::begin_user`].
-pub(crate) async fn lock(tx: &mut Tx, sub: &str, login: Option<&Profile>) -> Result<User, StoreError> {
+///
+/// `verified_email` (lower-cased) is the token's e-mail when `email_verified` is true: the same
+/// statement then also says how many `allocated` seat assignments name it (docs/contract.md
+/// §12), so a login without assignments costs no extra statement. The count includes
+/// assignments past their `expires_at`; [`super::assignments::pending_for_email`] leaves those
+/// out.
+pub(crate) async fn lock(
+    tx: &mut Tx,
+    sub: &str,
+    login: Option<&Profile>,
+    verified_email: Option<&str>,
+) -> Result<(User, i64), StoreError> {
+    use sqlx::FromRow as _;
     let at = At(now());
     let user = match login {
         Some(p) => run!(tx, |c| {
-            sqlx::query_as::<_, User>(
+            let row = sqlx::query(
                 "INSERT INTO users (sub, email, username, name, last_login_at, created_at, updated_at)
                  VALUES ($1, $2, $3, $4, $5, $5, $5)
                  ON CONFLICT (sub) DO UPDATE
@@ -33,15 +45,22 @@ pub(crate) async fn lock(tx: &mut Tx, sub: &str, login: Option<&Profile>) -> Res
                         name = COALESCE(excluded.name, users.name),
                         last_login_at = excluded.last_login_at,
                         updated_at = excluded.updated_at
-                 RETURNING sub, email, username, name, last_login_at, created_at, updated_at",
+                 RETURNING sub, email, username, name, last_login_at, created_at, updated_at,
+                           (SELECT count(*) FROM seat_assignments s
+                             WHERE s.email = $6 AND s.state = 'allocated') AS assignments",
             )
             .bind(sub)
             .bind(&p.email)
             .bind(&p.username)
             .bind(&p.name)
             .bind(at)
+            .bind(verified_email)
             .fetch_one(c)
-            .await
+            .await;
+            row.and_then(|row| {
+                use sqlx::Row as _;
+                Ok((User::from_row(&row)?, row.try_get::<i64, _>("assignments")?))
+            })
         })?,
         None => run!(tx, |c| {
             sqlx::query_as::<_, User>(
@@ -54,7 +73,8 @@ pub(crate) async fn lock(tx: &mut Tx, sub: &str, login: Option<&Profile>) -> Res
             .bind(at)
             .fetch_one(c)
             .await
-        })?,
+        })
+        .map(|user| (user, 0))?,
     };
     Ok(user)
 }
@@ -136,6 +156,7 @@ pub async fn count(conn: &mut Conn) -> Result<i64, StoreError> {
 /// Lock order as in a redemption (user row, code rows, contract rows), so an erase and a
 /// redemption running together cannot deadlock on PostgreSQL.
 pub async fn erase(tx: &mut Tx, sub: &str) -> Result<bool, StoreError> {
+    super::assignments::erase_email(tx, sub).await?;
     run!(tx, |c| {
         sqlx::query("UPDATE enrollment_codes SET redeemed_by = $2 WHERE redeemed_by = $1")
             .bind(sub)

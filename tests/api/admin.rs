@@ -579,24 +579,31 @@ async fn removing_a_membership_detaches_sso_contracts_and_keeps_code_attachments
         ("acme-managed", "acme", "managed"),
         ("acme-code", "acme", "code"),
         ("acme-redeemed", "acme", "auto"),
+        ("acme-admin", "acme", "auto"),
         ("beta-auto", "beta", "auto"),
     ] {
         admin.contract(key, org, kind, json!({})).await;
     }
     assert_eq!(admin.put("/users/u-1/organizations/acme", None).await.0, 201);
-    for contract in ["acme-auto", "acme-managed", "acme-code", "beta-auto"] {
+    // v2 (docs/contract.md §12): an admin's attachment stays like a code's, even of an SSO contract.
+    for contract in ["acme-code", "acme-admin", "beta-auto"] {
         assert_eq!(admin.put(&format!("/users/u-1/contracts/{contract}"), None).await.0, 201);
     }
-    // An auto contract the user got by redeeming a code is theirs: seed it as a redemption would.
+    // SSO attachments as a login makes them, and an auto contract the user got by redeeming a
+    // code (theirs): seeded as reconciliation and a redemption would.
     let store = admin.app.store().await;
-    let id = identity_sidecar::store::contracts::get(&mut store.conn().await.unwrap(), "acme-redeemed")
-        .await
-        .unwrap()
-        .id;
-    let mut tx = store.begin().await.unwrap();
-    let source = identity_sidecar::store::model::AttachmentSource::Code;
-    identity_sidecar::store::attachments::attach(&mut tx, "u-1", id, source).await.unwrap();
-    tx.commit().await.unwrap();
+    use identity_sidecar::store::model::AttachmentSource;
+    for (key, source) in [
+        ("acme-auto", AttachmentSource::Sso),
+        ("acme-managed", AttachmentSource::Sso),
+        ("acme-redeemed", AttachmentSource::Code),
+    ] {
+        let id =
+            identity_sidecar::store::contracts::get(&mut store.conn().await.unwrap(), key).await.unwrap().id;
+        let mut tx = store.begin().await.unwrap();
+        identity_sidecar::store::attachments::attach(&mut tx, "u-1", id, source).await.unwrap();
+        tx.commit().await.unwrap();
+    }
 
     let (status, removed) = admin.delete("/users/u-1/organizations/acme").await;
     assert_eq!(status, 200, "{removed}");
@@ -605,7 +612,7 @@ async fn removing_a_membership_detaches_sso_contracts_and_keeps_code_attachments
     assert_eq!(user["memberships"], json!([]));
     let held: Vec<&str> =
         user["attachments"].as_array().unwrap().iter().map(|a| a["contract"].as_str().unwrap()).collect();
-    assert_eq!(held, ["acme-code", "acme-redeemed", "beta-auto"]);
+    assert_eq!(held, ["acme-admin", "acme-code", "acme-redeemed", "beta-auto"]);
     assert_eq!(admin.seats_used("acme-auto").await, 0);
     assert_eq!(admin.seats_used("acme-redeemed").await, 1);
 

@@ -544,6 +544,7 @@ async fn a_cached_login_drops_a_contract_the_day_after_it_ends(db: Db) {
         exp: now + 300,
         scope: FULL.into(),
         email: None,
+        email_verified: false,
         preferred_username: None,
         name: None,
         roles: Vec::new(),

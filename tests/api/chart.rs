@@ -1525,6 +1525,7 @@ fn every_family_touched() -> String {
         &m.code_redemptions,
         &m.userinfo_claims_dropped,
         &m.active_organization_selections,
+        &m.assignments,
     ] {
         family.get_or_create(&one()).inc();
     }

@@ -8,6 +8,7 @@ mod active_org;
 mod admin;
 mod apisix;
 mod architecture;
+mod assignments;
 mod b2b;
 mod caddy;
 mod chart;

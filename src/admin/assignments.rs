@@ -4,8 +4,11 @@
 //! `GET /contracts/{key}/usage`.
 //!
 //! Every route finds its contract (or assignment) through [`contract`] or [`assignment`], the
-//! one place that turns a path into a row and answers 404; a scope check (an organization
-//! manager's routes, docs/contract.md §11) belongs there.
+//! one place that turns a path into a row and answers 404 — also for a row outside the
+//! caller's scope, so an organization manager (docs/contract.md §11, `admin::manage`, where
+//! these handlers serve the same routes) never learns what another organization holds.
+//! A manager assigns seats only to e-mails of the organization's `email_domains`; the others
+//! are answered in `rejected`.
 //!
 //! E-mails are trimmed and lower-cased (Keycloak stores them lower-cased), checked for the
 //! shape `local@domain` (no spaces, no control characters, at most 254 characters), and
@@ -33,7 +36,7 @@ use crate::error::{ApiError, FieldError};
 use crate::state::AppState;
 use crate::store::assignments::{self, MAX_EMAILS, Usage};
 use crate::store::model::{Assignment, AssignmentState, Contract, NewAuditEvent};
-use crate::store::{Conn, StoreError, audit, codes, contracts};
+use crate::store::{Conn, StoreError, audit, codes, contracts, organizations};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::default()
@@ -43,26 +46,45 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(usage))
 }
 
-/// The contract a route names by key, or 404. The one place a route resolves its contract
-/// (and thereby its organization): a scope check goes here.
-pub(super) async fn contract(conn: &mut Conn, key: &str) -> Result<Contract, ApiError> {
-    contracts::get(conn, key).await.or_not_found(|| format!("No contract with key `{key}`."))
+/// The path of a contract's routes. Named, not positional, so the same handler also serves
+/// the manage route whose path names the organization too.
+#[derive(Debug, Deserialize)]
+pub(super) struct ContractPath {
+    key: String,
 }
 
-/// The assignment a route names by id, or 404; see [`contract`].
-pub(super) async fn assignment(conn: &mut Conn, id: &str) -> Result<Assignment, ApiError> {
-    let unknown = || ApiError::NotFound("No such assignment.".into());
+/// The path of an assignment's route (named, as [`ContractPath`]).
+#[derive(Debug, Deserialize)]
+pub(super) struct AssignmentPath {
+    id: String,
+}
+
+/// The contract a route names by key, or 404 when there is none or it lies outside `admin`'s
+/// scope. The one place a route resolves its contract (and thereby its organization).
+pub(super) async fn contract(conn: &mut Conn, admin: &Admin, key: &str) -> Result<Contract, ApiError> {
+    let detail = || format!("No contract with key `{key}`.");
+    let contract = contracts::get(conn, key).await.or_not_found(detail)?;
+    admin.within(&contract.organization, detail)?;
+    Ok(contract)
+}
+
+/// The assignment a route names by id, or 404 (also outside `admin`'s scope); see [`contract`].
+pub(super) async fn assignment(conn: &mut Conn, admin: &Admin, id: &str) -> Result<Assignment, ApiError> {
+    let detail = || "No such assignment.".to_owned();
+    let unknown = || ApiError::NotFound(detail());
     let id: i64 = id.parse().map_err(|_| unknown())?;
-    assignments::get(conn, id).await.map_err(|e| match e {
+    let found = assignments::get(conn, id).await.map_err(|e| match e {
         StoreError::NotFound => unknown(),
         other => other.into(),
-    })
+    })?;
+    admin.within(&found.organization, detail)?;
+    Ok(found)
 }
 
 /// The body of an assignment request.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Assign {
+pub(super) struct Assign {
     /// E-mail addresses (1 to 1000); trimmed and lower-cased; duplicates count once.
     emails: Vec<String>,
     /// When seats not accepted by then are released (default: never); in the future.
@@ -72,7 +94,7 @@ struct Assign {
 
 /// An e-mail that got no assignment, and why.
 #[derive(Debug, Serialize, ToSchema)]
-struct Rejected {
+pub(super) struct Rejected {
     /// As given.
     email: String,
     detail: String,
@@ -80,7 +102,7 @@ struct Rejected {
 
 /// The answer of an assignment request.
 #[derive(Debug, Serialize, ToSchema)]
-struct Assigned {
+pub(super) struct Assigned {
     /// New `allocated` assignments, each holding a seat.
     created: Vec<Assignment>,
     /// E-mails that already had a live (`allocated` or `accepted`) assignment of the contract.
@@ -129,10 +151,10 @@ pub fn normalize_email(raw: &str) -> Result<String, &'static str> {
         (status = 422, description = "No e-mails, more than 1000, or `expires_at` not in the future."),
     )
 )]
-async fn create(
+pub(super) async fn create(
     State(state): State<AppState>,
     admin: Admin,
-    Path(key): Path<String>,
+    Path(ContractPath { key }): Path<ContractPath>,
     AdminJson(body): AdminJson<Assign>,
 ) -> Result<Response, ApiError> {
     let rule = |field: &str, detail: String| ApiError::Unprocessable(vec![FieldError::new(field, detail)]);
@@ -153,7 +175,23 @@ async fn create(
         }
     }
     let mut tx = state.store.begin().await?;
-    let contract = contract(&mut tx, &key).await?;
+    let contract = contract(&mut tx, &admin, &key).await?;
+    if admin.organization().is_some() {
+        // A manager assigns only within the organization's e-mail domains (§11).
+        let org = organizations::get(&mut tx, &contract.organization)
+            .await
+            .or_not_found(|| format!("No contract with key `{key}`."))?;
+        emails.retain(|email| {
+            let admitted = org.admits_email(email);
+            if !admitted {
+                rejected.push(Rejected {
+                    email: email.clone(),
+                    detail: "the e-mail is outside the organization's email_domains".into(),
+                });
+            }
+            admitted
+        });
+    }
     let expires_at = body.expires_at.map(crate::store::codec::truncate);
     let Some(made) = assignments::create(&mut tx, contract.id, &emails, expires_at).await? else {
         tx.rollback().await?;
@@ -167,7 +205,7 @@ async fn create(
             organization: Some(contract.organization.clone()),
             contract: Some(contract.key.clone()),
             detail: Some(json!({"assignment": a.id, "expires_at": a.expires_at.map(rfc3339)})),
-            ..admin.event("assignment.create", "admin API")
+            ..admin.event("assignment.create", admin.reason())
         };
         audit::insert(&mut tx, &event).await?;
     }
@@ -205,9 +243,10 @@ fn rfc3339(t: OffsetDateTime) -> String {
         (status = 422, description = "`limit` is out of range."),
     )
 )]
-async fn list(
+pub(super) async fn list(
     State(state): State<AppState>,
-    Path(key): Path<String>,
+    admin: Admin,
+    Path(ContractPath { key }): Path<ContractPath>,
     mut params: Params,
 ) -> Result<Json<Page<Assignment>>, ApiError> {
     let filter = params
@@ -222,7 +261,7 @@ async fn list(
     let page = params.page()?;
     params.finish()?;
     let mut conn = state.store.conn().await?;
-    let contract = contract(&mut conn, &key).await?;
+    let contract = contract(&mut conn, &admin, &key).await?;
     let total = assignments::count(&mut conn, contract.id, filter).await?;
     let items = assignments::list(&mut conn, contract.id, filter, page.limit, page.offset).await?;
     Ok(Json(Page::new(items, total, page)))
@@ -242,13 +281,13 @@ async fn list(
         (status = 409, description = "The assignment is accepted, expired or revoked already."),
     )
 )]
-async fn revoke(
+pub(super) async fn revoke(
     State(state): State<AppState>,
     admin: Admin,
-    Path(id): Path<String>,
+    Path(AssignmentPath { id }): Path<AssignmentPath>,
 ) -> Result<StatusCode, ApiError> {
     let mut tx = state.store.begin().await?;
-    let found = assignment(&mut tx, &id).await?;
+    let found = assignment(&mut tx, &admin, &id).await?;
     if !assignments::revoke(&mut tx, &found).await? {
         tx.rollback().await?;
         let now = assignments::get(&mut state.store.conn().await?, found.id).await?;
@@ -261,7 +300,7 @@ async fn revoke(
         organization: Some(found.organization.clone()),
         contract: Some(found.contract.clone()),
         detail: Some(json!({"assignment": found.id})),
-        ..admin.event("assignment.revoke", "admin API")
+        ..admin.event("assignment.revoke", admin.reason())
     };
     audit::insert(&mut tx, &event).await?;
     tx.commit().await?;
@@ -271,7 +310,7 @@ async fn revoke(
 
 /// How many codes a bulk revocation revoked.
 #[derive(Debug, Serialize, ToSchema)]
-struct RevokedCodes {
+pub(super) struct RevokedCodes {
     #[schema(minimum = 0)]
     revoked: u64,
 }
@@ -288,20 +327,20 @@ struct RevokedCodes {
         (status = 404, description = "No contract has this key."),
     )
 )]
-async fn revoke_codes(
+pub(super) async fn revoke_codes(
     State(state): State<AppState>,
     admin: Admin,
-    Path(key): Path<String>,
+    Path(ContractPath { key }): Path<ContractPath>,
 ) -> Result<Json<RevokedCodes>, ApiError> {
     let mut tx = state.store.begin().await?;
-    let contract = contract(&mut tx, &key).await?;
+    let contract = contract(&mut tx, &admin, &key).await?;
     let revoked = codes::revoke_unredeemed(&mut tx, contract.id).await?;
     if revoked > 0 {
         let event = NewAuditEvent {
             organization: Some(contract.organization.clone()),
             contract: Some(contract.key.clone()),
             detail: Some(json!({"count": revoked})),
-            ..admin.event("code.revoke_all", "admin API")
+            ..admin.event("code.revoke_all", admin.reason())
         };
         audit::insert(&mut tx, &event).await?;
     }
@@ -321,9 +360,13 @@ async fn revoke_codes(
         (status = 404, description = "No contract has this key."),
     )
 )]
-async fn usage(State(state): State<AppState>, Path(key): Path<String>) -> Result<Json<Usage>, ApiError> {
+pub(super) async fn usage(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(ContractPath { key }): Path<ContractPath>,
+) -> Result<Json<Usage>, ApiError> {
     let mut conn = state.store.conn().await?;
-    let contract = contract(&mut conn, &key).await?;
+    let contract = contract(&mut conn, &admin, &key).await?;
     let usage =
         assignments::usage(&mut conn, contract.id, contract.max_learners, contract.seats_used).await?;
     Ok(Json(usage))

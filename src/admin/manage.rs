@@ -34,10 +34,10 @@ use axum::extract::{ConnectInfo, FromRequestParts, RawPathParams, Request, State
 use axum::http::Method;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, delete, get};
+use axum::routing::{MethodRouter, delete, get, post};
 
 use super::guard::Admin;
-use super::{audit, codes, contracts, organizations, users};
+use super::{assignments, audit, codes, contracts, organizations, users};
 use crate::codes::FailureLimiter;
 use crate::error::ApiError;
 use crate::public::gate::Authenticated;
@@ -50,13 +50,17 @@ pub fn routes(state: &AppState) -> Vec<(String, MethodRouter<AppState>)> {
         return Vec::new();
     }
     // The table: path below `/manage/organizations/{org}`, and the admin handlers it serves.
-    let table: [(&'static str, MethodRouter<AppState>); 7] = [
+    let table: [(&'static str, MethodRouter<AppState>); 11] = [
         ("", get(organizations::show)),
         ("/members", get(organizations::members)),
         ("/members/{sub}", delete(users::delete_membership)),
         ("/contracts", get(contracts::list)),
         ("/contracts/{key}/codes", get(codes::list).post(codes::create)),
+        ("/contracts/{key}/codes/revoke", post(assignments::revoke_codes)),
         ("/codes/{code}", delete(codes::revoke)),
+        ("/contracts/{key}/assignments", get(assignments::list).post(assignments::create)),
+        ("/assignments/{id}", delete(assignments::revoke)),
+        ("/contracts/{key}/usage", get(assignments::usage)),
         ("/audit", get(audit::list)),
     ];
     let limiter =

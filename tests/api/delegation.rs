@@ -108,6 +108,7 @@ on_both_databases!(
     a_cross_site_manager_write_is_refused,
     manager_writes_beyond_the_per_user_limit_get_429,
     email_domains_are_validated_and_round_tripped,
+    a_manager_assigns_seats_within_the_email_domains_and_reaches_no_other_organizations_seats,
 );
 
 async fn read_only_access_gets_403_on_every_write_operation_of_the_document_and_200_on_its_gets(db: Db) {
@@ -428,4 +429,77 @@ async fn email_domains_are_validated_and_round_tripped(db: Db) {
     let schema = &doc["components"]["schemas"]["NewOrganization"]["properties"]["email_domains"];
     assert_eq!(schema["type"], "array", "{schema}");
     assert!(doc["components"]["schemas"]["Organization"]["properties"]["email_domains"].is_object());
+}
+
+async fn a_manager_assigns_seats_within_the_email_domains_and_reaches_no_other_organizations_seats(db: Db) {
+    let f = start(db, |_| {}).await;
+    seed(&f).await;
+    let t = token(&f, "manager-a");
+    let call = |method: Method, path: &str, body: Option<Value>| {
+        let request = manage(&f, method, path, &t);
+        answer(match body {
+            Some(body) => request.json(&body),
+            None => request,
+        })
+    };
+    // Without email_domains a manager assigns nobody: every e-mail is rejected, nothing written.
+    let emails = json!({"emails": ["Ann@A.example", "bob@elsewhere.example"]});
+    let (status, body) = call(Method::POST, "/a/contracts/ca/assignments", Some(emails.clone())).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["created"], json!([]), "{body}");
+    assert_eq!(body["rejected"].as_array().unwrap().len(), 2, "{body}");
+    let (status, body) =
+        admin(&f, Method::PATCH, "/organizations/a", Some(json!({"email_domains": ["a.example"]}))).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = call(Method::POST, "/a/contracts/ca/assignments", Some(emails)).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["created"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body["created"][0]["email"], "ann@a.example");
+    assert_eq!(body["rejected"][0]["email"], "bob@elsewhere.example", "{body}");
+    let assignment = body["created"][0]["id"].clone();
+
+    let (status, body) = call(Method::GET, "/a/contracts/ca/assignments?state=allocated", None).await;
+    assert_eq!((status, body["total"].clone()), (200, json!(1)), "{body}");
+    let (status, usage) = call(Method::GET, "/a/contracts/ca/usage", None).await;
+    assert_eq!(status, 200, "{usage}");
+    assert_eq!(
+        (usage["seats_used"].clone(), usage["assignments"]["allocated"].clone()),
+        (json!(1), json!(1))
+    );
+    let (status, body) = call(Method::POST, "/a/contracts/ca/codes/revoke", None).await;
+    assert_eq!((status, body["revoked"].clone()), (200, json!(1)), "{body}");
+
+    // An admin's assignment of b's contract, and b's routes: 404 for the manager of a.
+    let (status, body) =
+        admin(&f, Method::POST, "/contracts/cb/assignments", Some(json!({"emails": ["x@b.example"]}))).await;
+    assert_eq!(status, 201, "{body}");
+    let other = body["created"][0]["id"].clone();
+    for (method, path) in [
+        (Method::GET, "/b/contracts/cb/assignments".to_owned()),
+        (Method::GET, "/a/contracts/cb/assignments".to_owned()),
+        (Method::POST, "/a/contracts/cb/assignments".to_owned()),
+        (Method::GET, "/a/contracts/cb/usage".to_owned()),
+        (Method::POST, "/a/contracts/cb/codes/revoke".to_owned()),
+        (Method::DELETE, format!("/a/assignments/{other}")),
+        (Method::DELETE, format!("/b/assignments/{other}")),
+    ] {
+        let body = (method == Method::POST).then(|| json!({"emails": ["y@a.example"]}));
+        let (status, answer) = call(method.clone(), &path, body).await;
+        assert_eq!(status, 404, "{method} {path}: {answer}");
+    }
+    let (_, codes) = admin(&f, Method::GET, "/contracts/cb/codes", None).await;
+    assert_eq!(codes["items"][0]["revoked"], false, "b's code untouched");
+    let (_, b_assignments) = admin(&f, Method::GET, "/contracts/cb/assignments?state=allocated", None).await;
+    assert_eq!(b_assignments["total"], 1, "b's assignment untouched");
+
+    // The own assignment is revoked; the audit names the manager.
+    let (status, _) = call(Method::DELETE, &format!("/a/assignments/{assignment}"), None).await;
+    assert_eq!(status, 204);
+    let (_, audit) = admin(&f, Method::GET, "/audit?organization=a", None).await;
+    let revoke =
+        audit["items"].as_array().unwrap().iter().find(|e| e["action"] == "assignment.revoke").unwrap();
+    assert_eq!(
+        (revoke["actor"].clone(), revoke["reason"].clone()),
+        (json!("manager:manager-a"), json!("manage API"))
+    );
 }

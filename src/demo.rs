@@ -1,7 +1,8 @@
 //! `identity-sidecar demo`: the real server on embedded defaults (SQLite in a data directory,
 //! in-memory cache), a development issuer on loopback, an echo upstream — or the user's own
 //! app with `--upstream URL` (docs/contract.md §8 *(v2)*) — a sample organization with contracts, and
-//! ready-to-paste `curl` commands with tokens.
+//! ready-to-paste `curl` commands with tokens: also a learner of two organizations who switches
+//! between them (§10) and a manager generating codes for their organization (§11).
 //!
 //! The development issuer lives only here: nothing in the configuration can start it, so
 //! `serve` can never trust tokens it mints. It signs ES256 access tokens shaped like
@@ -24,8 +25,9 @@ use uuid::Uuid;
 
 use crate::config::Config;
 use crate::entitlements::Signer;
-use crate::store::model::{MembershipType, NewContract, NewOrganization};
-use crate::store::{Store, contracts, organizations};
+use crate::store::memberships::Flags;
+use crate::store::model::{MembershipSource, MembershipType, NewContract, NewOrganization};
+use crate::store::{Store, contracts, memberships, organizations, users};
 use crate::{App, AppHandle};
 
 /// Where and how the demo runs.
@@ -43,6 +45,11 @@ pub struct DemoOptions {
 const ORG: &str = "acme";
 const ORG_ID: &str = "6b3c8f9e-1f57-4c8a-9d8e-2f3a4b5c6d7e";
 const AUDIENCE: &str = "demo-app";
+/// A second Keycloak-linked organization, so a learner in both can switch (docs/contract.md §10).
+const ORG2: &str = "globex";
+const ORG2_ID: &str = "0d9a7c61-5e2b-4f38-b1c4-8a7e6f5d4c3b";
+/// The sample manager of [`ORG`] (docs/contract.md §11).
+const MANAGER: &str = "erin";
 
 /// A running demo: the sidecar and its helpers.
 pub struct Demo {
@@ -183,6 +190,7 @@ pub async fn start(options: DemoOptions) -> anyhow::Result<Demo> {
         ("SIDECAR__DATABASE__URL", format!("sqlite://{}?mode=rwc", db.display())),
         ("SIDECAR__AUTH__RULES", r#"[{"prefix":"/courses","require":true}]"#.to_string()),
         ("SIDECAR__ADMIN__TOKEN_SHA256", json!([{"name": "demo", "sha256": admin_sha}]).to_string()),
+        ("SIDECAR__ADMIN__DELEGATE_TO_MANAGERS", "true".to_string()),
     ];
     let config = Config::load(None, env.into_iter().map(|(k, v)| (k.to_owned(), v)))?;
     let store = Store::connect(config.database_url(), 2).await?;
@@ -198,6 +206,9 @@ pub async fn start(options: DemoOptions) -> anyhow::Result<Demo> {
     let code = generate_code(&admin, &admin_token).await?;
     let alice = issuer.token("alice", json!({ORG: {"id": ORG_ID}}), &["learner"], 12 * 3600);
     let bob = issuer.token("bob", json!([]), &["learner"], 12 * 3600);
+    let dana =
+        issuer.token("dana", json!({ORG: {"id": ORG_ID}, ORG2: {"id": ORG2_ID}}), &["learner"], 12 * 3600);
+    let erin = issuer.token(MANAGER, json!({ORG: {"id": ORG_ID}}), &["learner"], 12 * 3600);
     let proxy = match &options.upstream {
         None => (
             "Proxy mode: alice (a member of acme) reaches the app; see the identity headers it received"
@@ -255,6 +266,35 @@ pub async fn start(options: DemoOptions) -> anyhow::Result<Demo> {
             ),
         ),
         (
+            "dana belongs to acme and globex: no active organization until she picks one".into(),
+            format!("curl -s -H 'Authorization: Bearer {dana}' {public}/_sidecar/active-organization"),
+        ),
+        (
+            "dana switches her session to globex".into(),
+            format!(
+                "curl -s -X PUT -H 'Authorization: Bearer {dana}' -H 'Content-Type: application/json' -d '{{\"organization\":\"globex\"}}' {public}/_sidecar/active-organization"
+            ),
+        ),
+        (
+            "Her very next request carries X-Identity-Active-Organization: globex".into(),
+            format!(
+                "curl -s -i -H 'Authorization: Bearer {dana}' -H 'X-Forwarded-Method: GET' -H 'X-Forwarded-Uri: /courses/intro' {public}/_sidecar/auth"
+            ),
+        ),
+        (
+            "erin, a manager of acme, generates codes for acme's premium track on the public port (201)"
+                .into(),
+            format!(
+                "curl -s -i -X POST -H 'Authorization: Bearer {erin}' -H 'Content-Type: application/json' -d '{{\"count\":2}}' {public}/_sidecar/manage/organizations/acme/contracts/acme-premium/codes"
+            ),
+        ),
+        (
+            "erin manages only acme: globex answers 404".into(),
+            format!(
+                "curl -s -o /dev/null -w '%{{http_code}}\\n' -H 'Authorization: Bearer {erin}' {public}/_sidecar/manage/organizations/globex/contracts"
+            ),
+        ),
+        (
             "A fresh token for any sample user from the development issuer".into(),
             format!("curl -s -X POST '{issuer_url}/protocol/openid-connect/token?user=carol'"),
         ),
@@ -291,13 +331,60 @@ async fn generate_code(admin: &str, token: &str) -> anyhow::Result<String> {
     answer["items"][0]["code"].as_str().map(str::to_owned).context("the code generation answer has no code")
 }
 
+/// Seeds what is missing (a data directory of an older demo lacks globex and erin).
 async fn seed(store: &Store) -> anyhow::Result<()> {
     let mut conn = store.conn().await?;
-    if organizations::get(&mut conn, ORG).await.is_ok() {
-        return Ok(());
+    if organizations::get(&mut conn, ORG).await.is_err() {
+        seed_acme(&mut conn).await?;
     }
-    organizations::insert(
+    if organizations::get(&mut conn, ORG2).await.is_err() {
+        organizations::insert(
+            &mut conn,
+            &NewOrganization {
+                key: ORG2.into(),
+                name: "Globex Corporation".into(),
+                description: "A second sample organization".into(),
+                keycloak_id: Some(ORG2_ID.parse()?),
+                keycloak_alias: Some(ORG2.into()),
+                email_domains: Vec::new(),
+            },
+        )
+        .await?;
+        contracts::insert(
+            &mut conn,
+            &NewContract {
+                key: "globex-all".into(),
+                organization: ORG2.into(),
+                name: "Every Globex learner".into(),
+                membership_type: MembershipType::Auto,
+                active: true,
+                starts_on: None,
+                ends_on: None,
+                max_learners: None,
+                price: None,
+            },
+        )
+        .await?;
+    }
+    // erin manages acme (as an admin would set with `{"manager": true}`); her token claims
+    // acme too, so her logins keep the membership.
+    let sub = format!("demo-{MANAGER}");
+    let acme = organizations::get(&mut conn, ORG).await?;
+    users::ensure(&mut conn, &sub).await?;
+    memberships::add(
         &mut conn,
+        &sub,
+        acme.id,
+        MembershipSource::Admin,
+        Flags { keep_until_seen: false, manager: true },
+    )
+    .await?;
+    Ok(())
+}
+
+async fn seed_acme(conn: &mut crate::store::Conn) -> anyhow::Result<()> {
+    organizations::insert(
+        conn,
         &NewOrganization {
             key: ORG.into(),
             name: "Acme University".into(),
@@ -313,7 +400,7 @@ async fn seed(store: &Store) -> anyhow::Result<()> {
         ("acme-premium", "Acme premium track", MembershipType::Code, Some(25)),
     ] {
         contracts::insert(
-            &mut conn,
+            conn,
             &NewContract {
                 key: key.into(),
                 organization: ORG.into(),

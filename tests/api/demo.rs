@@ -52,7 +52,7 @@ async fn start_demo(dir: &std::path::Path, extra: &[&str]) -> (tokio::process::C
 /// outputs; each must succeed and print something.
 async fn run_printed_commands(printed: &[String]) -> Vec<String> {
     let commands: Vec<&String> = printed.iter().filter(|l| l.starts_with("curl ")).collect();
-    assert!(commands.len() >= 11, "{printed:#?}");
+    assert!(commands.len() >= 16, "{printed:#?}");
     let mut outputs = Vec::new();
     for command in &commands {
         let out = tokio::process::Command::new("sh").arg("-c").arg(command.as_str()).output().await.unwrap();
@@ -62,6 +62,54 @@ async fn run_printed_commands(printed: &[String]) -> Vec<String> {
         outputs.push(text);
     }
     outputs
+}
+
+/// The output of the first printed `curl` command containing `needle`, and its index.
+fn output_of<'a>(printed: &[String], outputs: &'a [String], needle: &str) -> (usize, &'a str) {
+    let i = printed
+        .iter()
+        .filter(|l| l.starts_with("curl "))
+        .position(|c| c.contains(needle))
+        .unwrap_or_else(|| panic!("no printed command contains {needle:?}: {printed:#?}"));
+    (i, &outputs[i])
+}
+
+/// The body of a `curl -i` output, as JSON.
+fn body_of(output: &str) -> serde_json::Value {
+    let (_, body) = output.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no head: {output}"));
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// Issue 17 item 6: dana (in acme and globex) switches to globex, and erin (a manager of
+/// acme) generates codes for acme on the public port but finds nothing of globex.
+fn assert_switch_and_manage(printed: &[String], outputs: &[String]) {
+    use serde_json::json;
+    let (_, listed) = output_of(printed, outputs, "/_sidecar/active-organization");
+    let listed: serde_json::Value = serde_json::from_str(listed).unwrap();
+    assert_eq!(listed["active"], serde_json::Value::Null, "{listed}");
+    let keys: Vec<_> = listed["organizations"].as_array().unwrap().iter().map(|o| &o["key"]).collect();
+    assert_eq!(keys, [&json!("acme"), &json!("globex")], "{listed}");
+
+    let (put, switched) = output_of(printed, outputs, "-X PUT");
+    assert!(
+        printed.iter().filter(|l| l.starts_with("curl ")).nth(put).unwrap().contains("active-organization")
+    );
+    let switched: serde_json::Value = serde_json::from_str(switched).unwrap();
+    assert_eq!(switched["active"], "globex", "{switched}");
+    assert_eq!(switched["source"], "selection", "{switched}");
+    let next = &outputs[put + 1];
+    assert!(next.starts_with("HTTP/1.1 200"), "dana's next request: {next}");
+    assert!(next.contains("x-identity-active-organization: globex\r\n"), "dana's next request: {next}");
+
+    let (_, generated) = output_of(printed, outputs, "/manage/organizations/acme/");
+    assert!(generated.starts_with("HTTP/1.1 201"), "erin's code generation: {generated}");
+    let generated = body_of(generated);
+    let items = generated["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{generated}");
+    assert!(items.iter().all(|c| c["contract"] == "acme-premium" && c["code"].is_string()), "{generated}");
+
+    let (_, globex) = output_of(printed, outputs, "/manage/organizations/globex/");
+    assert_eq!(globex, "404\n", "erin on globex");
 }
 
 #[tokio::test]
@@ -80,6 +128,7 @@ async fn the_demo_starts_and_every_command_it_prints_works_as_printed() {
     let dry_run = outputs.iter().find(|o| o.contains("\"dry_run\":true")).expect("a dry-run answer");
     let dry_run: serde_json::Value = serde_json::from_str(dry_run).unwrap();
     assert_eq!(dry_run["organizations"]["added"], serde_json::json!(["acme"]), "{dry_run}");
+    assert_switch_and_manage(&printed, &outputs);
     child.start_kill().unwrap();
 }
 
@@ -108,6 +157,7 @@ async fn the_demo_fronts_the_users_own_app_with_upstream_and_its_commands_work_a
     let redeemed =
         outputs.iter().position(|o| o.contains("\"key\":\"acme-premium\"")).expect("a redemption answer");
     assert!(outputs[redeemed + 1].contains("acme-premium"), "bob's next request: {}", outputs[redeemed + 1]);
+    assert_switch_and_manage(&printed, &outputs);
     // Only the proxy command is proxied; forward-auth and /_sidecar/* never reach the app.
     assert!(app.requests().iter().all(|r| r.path == "/"), "{:?}", app.requests());
     child.start_kill().unwrap();

@@ -31,6 +31,7 @@ async fn start(db: Db, push: bool) -> Sidecar {
         Fixture::start_with(db, |kc, env| {
             with_keycloak_admin(kc, env);
             set(env, "SIDECAR__KEYCLOAK_ADMIN__PUSH_MEMBERSHIPS", push.to_string());
+            set(env, "SIDECAR__ADMIN__DELEGATE_TO_MANAGERS", "true");
         })
         .await,
     )
@@ -144,6 +145,7 @@ on_both_databases!(
     a_membership_change_that_fails_writes_no_job,
     an_add_and_a_removal_reach_keycloak_in_the_order_they_were_made,
     patching_an_organization_or_a_contract_audits_the_values_before_and_after,
+    a_managers_removal_reaches_keycloak_retried_until_it_answers,
 );
 
 async fn an_admin_add_and_remove_reach_keycloak_and_are_retried_until_it_answers(db: Db) {
@@ -362,4 +364,42 @@ async fn push_memberships_without_keycloak_admin_is_refused_naming_the_key() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("keycloak_admin.push_memberships"), "{stderr}");
+}
+
+/// A manager's removal (`DELETE /_sidecar/manage/organizations/{org}/members/{sub}`) runs the
+/// admin removal, so it is pushed the same way; the manager's own membership add is not theirs.
+async fn a_managers_removal_reaches_keycloak_retried_until_it_answers(db: Db) {
+    let s = start(db, true).await;
+    let acme = s.kc.add_org("acme", "Acme", "");
+    s.org("acme", Some(acme)).await;
+    let (status, body) =
+        s.call(Method::PUT, "/users/boss/organizations/acme", Some(json!({"manager": true}))).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(s.add("u-1", "acme").await, 201);
+    s.settled().await;
+    assert_eq!(s.kc.members(acme), ["boss", "u-1"]);
+
+    s.kc.fail_next_remove_member(2);
+    let token = s.kc.token().sub("boss").sign();
+    let res = s
+        .app
+        .http
+        .delete(s.app.url("/_sidecar/manage/organizations/acme/members/u-1"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let done = s.settled().await;
+    assert_eq!(
+        done.last().map(|j| (j.kind.as_str(), j.status, j.attempts)),
+        Some((REMOVE, JobStatus::Done, 3))
+    );
+    assert_eq!(s.kc.members(acme), ["boss"]);
+    assert_eq!(s.kc.membership_calls().last(), Some(&remove(acme, "u-1")));
+    let event = s.last_event("sub=u-1").await;
+    assert_eq!(
+        (event["actor"].clone(), event["action"].clone()),
+        (json!("manager:boss"), json!("membership.remove"))
+    );
 }

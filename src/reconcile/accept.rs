@@ -14,7 +14,6 @@ use serde_json::json;
 use time::{Date, OffsetDateTime};
 
 use crate::b2b::{MembershipSource, valid_on};
-use crate::reconcile::apply::Actor;
 use crate::store::assignments::{self, Accepted};
 use crate::store::jobs::{ADD_MEMBER, AddMemberPayload};
 use crate::store::model::NewAuditEvent;
@@ -32,13 +31,14 @@ pub struct AcceptedAssignment {
     pub job: Option<i64>,
 }
 
-/// Accepts every acceptable assignment of `email` (lower-cased, verified) for `sub`.
+/// Accepts every acceptable assignment of `email` (lower-cased, verified) for `sub`; `actor`
+/// names the cause in the audit events (the reconciliation's actor, e.g. `login`).
 pub async fn accept_assignments(
     tx: &mut Tx,
     sub: &str,
     email: &str,
     today: Date,
-    actor: &Actor,
+    actor: &str,
 ) -> Result<Vec<AcceptedAssignment>, StoreError> {
     let mut accepted = Vec::new();
     for pending in assignments::pending_for_email(tx, email).await? {
@@ -49,7 +49,7 @@ pub async fn accept_assignments(
             continue;
         };
         let event = |action: &str, contract: Option<&str>, detail| NewAuditEvent {
-            actor: actor.0.clone(),
+            actor: actor.to_owned(),
             action: action.into(),
             sub: Some(sub.to_owned()),
             organization: Some(pending.organization.clone()),

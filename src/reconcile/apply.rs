@@ -88,7 +88,7 @@ impl Reconciliation<'_> {
         };
         let mut accepted = Vec::new();
         if let (Some(email), Mode::Apply) = (pending, self.mode) {
-            accepted = accept_assignments(&mut tx, sub, email, self.today, self.actor).await?;
+            accepted = accept_assignments(&mut tx, sub, email, self.today, &self.actor.0).await?;
         }
         let ids: Vec<uuid::Uuid> = self.claimed.iter().filter_map(|c| c.id).collect();
         let aliases: Vec<String> = self.claimed.iter().map(|c| c.alias.clone()).collect();

@@ -9,10 +9,10 @@
 //! row and one lock.
 //!
 //! An `allocated` row past its `expires_at` still counts in `seats_allocated` until it is
-//! marked `expired` ([`expire_due`]). Reads never wait for that: a contract as read
+//! marked `expired` ([`super::seats::expire_due`]). Reads never wait for that: a contract as read
 //! ([`super::contracts`]) counts only allocated rows that have not expired, and this module
 //! reads such rows as `expired`. Rows are marked (and audited, actor `system`) by
-//! [`expire_due`] whenever a seat check finds the contract full and before assignments are
+//! [`super::seats::expire_due`] whenever a seat check finds the contract full and before assignments are
 //! created for it; so a seat is never refused because of an expired assignment, and no
 //! background task is needed.
 //!
@@ -25,16 +25,13 @@
 //! change committed by whoever held the lock before, so guarded state changes are exact.
 
 use serde::Serialize;
-use serde_json::json;
 use time::{Date, OffsetDateTime};
 use utoipa::ToSchema;
 
 use super::codec::{At, now};
-use super::model::{Assignment, AssignmentState, AttachmentSource, NewAuditEvent};
-use super::{Conn, StoreError, Tx, attachments, audit, page};
-
-/// Audit actor of changes nobody asked for (expiry).
-pub const SYSTEM_ACTOR: &str = "system";
+use super::model::{Assignment, AssignmentState, AttachmentSource};
+use super::seats::{expire_due, lock_contract};
+use super::{Conn, StoreError, Tx, attachments, page};
 
 /// Most e-mails one creation request may name.
 pub const MAX_EMAILS: usize = 1000;
@@ -65,67 +62,6 @@ macro_rules! assignment_columns {
            JOIN contracts c ON c.id = a.contract_id
            JOIN organizations o ON o.id = c.organization_id"
     };
-}
-
-/// Locks the contract row (the seat counter) until the transaction ends; see the module docs.
-async fn lock_contract(tx: &mut Tx, contract_id: i64) -> Result<bool, StoreError> {
-    let done = run!(tx, |c| {
-        sqlx::query("UPDATE contracts SET seats_allocated = seats_allocated WHERE id = $1")
-            .bind(contract_id)
-            .execute(c)
-            .await
-            .map(|r| r.rows_affected())
-    })?;
-    Ok(done == 1)
-}
-
-/// Marks the contract's allocated assignments past their `expires_at` as `expired`, releases
-/// their seats and audits each (actor `system`). Returns how many.
-pub async fn expire_due(tx: &mut Tx, contract_id: i64) -> Result<u64, StoreError> {
-    let at = now();
-    if !lock_contract(tx, contract_id).await? {
-        return Ok(0);
-    }
-    let expired = run!(tx, |c| {
-        sqlx::query_as::<_, (i64, String, String)>(
-            "UPDATE seat_assignments
-                SET state = 'expired', ended_at = $2
-              WHERE contract_id = $1 AND state = 'allocated' AND expires_at <= $2
-             RETURNING id,
-                       (SELECT c.key FROM contracts c WHERE c.id = seat_assignments.contract_id),
-                       (SELECT o.key FROM contracts c JOIN organizations o ON o.id = c.organization_id
-                         WHERE c.id = seat_assignments.contract_id)",
-        )
-        .bind(contract_id)
-        .bind(At(at))
-        .fetch_all(c)
-        .await
-    })?;
-    if expired.is_empty() {
-        return Ok(0);
-    }
-    let n = expired.len() as i64;
-    run!(tx, |c| {
-        sqlx::query("UPDATE contracts SET seats_allocated = seats_allocated - $2 WHERE id = $1")
-            .bind(contract_id)
-            .bind(n)
-            .execute(c)
-            .await
-            .map(|r| r.rows_affected())
-    })?;
-    for (id, contract, organization) in expired {
-        let event = NewAuditEvent {
-            actor: SYSTEM_ACTOR.into(),
-            action: "assignment.expire".into(),
-            sub: None,
-            organization: Some(organization),
-            contract: Some(contract),
-            reason: Some("expires_at reached".into()),
-            detail: Some(json!({ "assignment": id })),
-        };
-        audit::insert(tx, &event).await?;
-    }
-    Ok(n as u64)
 }
 
 /// What [`create`] made of a list of e-mails.

@@ -73,7 +73,7 @@ pub async fn attach(
     }
     // Full as counted: allocated assignments past their `expires_at` may still hold seats
     // until they are marked expired. Release them and try once more.
-    if super::assignments::expire_due(tx, contract_id).await? > 0 && take_seat(tx, contract_id).await? {
+    if super::seats::expire_due(tx, contract_id).await? > 0 && take_seat(tx, contract_id).await? {
         return Ok(AttachOutcome::Attached);
     }
     run!(tx, |c| {

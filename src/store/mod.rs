@@ -123,6 +123,7 @@ pub mod jwks;
 pub mod memberships;
 pub mod model;
 pub mod organizations;
+mod seats;
 pub mod selections;
 pub mod user_rows;
 pub mod users;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use identity_sidecar::entitlements::redis::{CHANNEL, Invalidation, RedisTier, Target};
+use identity_sidecar::entitlements::redis::{CHANNEL, RedisTier, Target};
 use identity_sidecar::metrics::Metrics;
 use serde_json::json;
 
@@ -21,8 +21,8 @@ use crate::helpers::{
     ADMIN_TOKEN, FakeKeycloak, TestApp, TestDatabase, base_env, closed_port, metric, set, with_admin_token,
 };
 use crate::redis::{
-    QUERIES, RECEIVED, add_contract, b_serves_what_a_reconciled, eventually, facts, seed_org,
-    settled_queries, test_ca, unique, wait_subscribed,
+    QUERIES, RECEIVED, a_published_invalidation_reaches_both_replicas, b_serves_what_a_reconciled,
+    eventually, facts, seed_org, settled_queries, test_ca, unique, wait_subscribed,
 };
 
 /// The name the sentinel monitors the primary under.
@@ -320,30 +320,7 @@ async fn through_sentinel_replicas_share_logins_and_invalidations_on_the_primary
     }
 
     // An invalidation published by a third process reaches both replicas.
-    let alias = unique("acme");
-    let (org, first) = seed_org(&a, &alias).await;
-    let token = kc.token().sub(&unique("u")).organization(json!([alias])).sign();
-    assert_eq!(facts(&a, &token).await, (200, org.clone(), first.clone()));
-    assert_eq!(facts(&b, &token).await, (200, org.clone(), first.clone()));
-    let second = add_contract(&a, &org).await;
-    assert_eq!(facts(&b, &token).await.2, first, "served from memory until invalidated");
-    let received = (metric(&a.metrics().await, RECEIVED), metric(&b.metrics().await, RECEIVED));
-    let publisher = sentinel.handle();
-    // Connected first, as a process does at startup (`ping`, 1 s): finding the primary may
-    // take longer than one command's 250 ms on a busy machine.
-    assert!(publisher.ping().await, "the publisher cannot reach the primary");
-    publisher.publish(&Invalidation::All).await;
-    for (app, before) in [(&a, received.0), (&b, received.1)] {
-        eventually(Duration::from_secs(2), "the invalidation is received", || async {
-            metric(&app.metrics().await, RECEIVED) > before
-        })
-        .await;
-    }
-    let mut both = [first, second];
-    both.sort();
-    let before = settled_queries(&b).await;
-    assert_eq!(facts(&b, &token).await, (200, org, both.join(",")));
-    assert!(metric(&b.metrics().await, QUERIES) > before, "B served a stale Redis entry");
+    a_published_invalidation_reaches_both_replicas(&kc, &a, &b, &sentinel.handle()).await;
 }
 
 /// How the test forces the failover.

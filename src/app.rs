@@ -37,6 +37,8 @@ pub struct App {
     admin: TcpListener,
     /// `server.metrics_listen`: `/metrics` only, when set.
     metrics: Option<TcpListener>,
+    /// Change-event delivery targets (`events.webhooks`, `events.redis_stream`).
+    event_targets: Vec<crate::events::deliver::Target>,
 }
 
 /// A running application.
@@ -105,6 +107,7 @@ impl App {
         )
         .await?;
         load_persisted_keys(&store, &jwks, &config.oidc.issuer).await;
+        let event_targets = crate::events::targets(&config, entitlements.redis())?;
         let keycloak = keycloak_admin(&config)?;
         let code_failures =
             crate::codes::FailureLimiter::new(config.codes.max_failures_per_minute, config.cache.max_entries);
@@ -124,7 +127,7 @@ impl App {
             code_failures,
             selection_changes,
         });
-        Ok(App { state, public, admin, metrics: metrics_listener })
+        Ok(App { state, public, admin, metrics: metrics_listener, event_targets })
     }
 
     pub fn public_addr(&self) -> SocketAddr {
@@ -195,6 +198,32 @@ impl App {
         };
         for kind in crate::keycloak::jobs::KINDS {
             tasks.spawn(crate::keycloak::jobs::run(worker.clone(), kind, shutdown.clone()));
+        }
+        if !self.event_targets.is_empty() {
+            // Without a target nothing runs in the background: the pull feed numbers events
+            // itself on each read.
+            let events = &state.config.events;
+            let background = state.store.with_own_counter();
+            let every = Duration::from_millis(events.poll_interval_ms);
+            tasks.spawn(crate::events::run_sequencer(
+                background.clone(),
+                state.metrics.clone(),
+                every,
+                shutdown.clone(),
+            ));
+            let deliverer = Arc::new(crate::events::deliver::Deliverer {
+                store: background,
+                metrics: state.metrics.clone(),
+                owner: crate::events::deliver::owner_id(),
+                source: events.source.clone(),
+                retention: time::Duration::days(i64::from(events.retention_days)),
+                poll: every,
+                retry_base: Duration::from_millis(events.retry_base_ms),
+                retry_max: Duration::from_secs(events.retry_max_secs),
+            });
+            for target in self.event_targets {
+                tasks.spawn(deliverer.clone().run(target, shutdown.clone()));
+            }
         }
         tracing::info!(%public_addr, %admin_addr, "identity-sidecar serving");
         AppHandle { shutdown, tasks, public_addr, admin_addr, grace }

@@ -45,6 +45,7 @@ pub struct Config {
     pub codes: CodesConfig,
     pub log: LogConfig,
     pub telemetry: TelemetryConfig,
+    pub events: EventsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -646,6 +647,110 @@ impl Default for TelemetryConfig {
     }
 }
 
+/// Change events (SPEC §13, docs/events.md): the pull feed, webhooks and the Redis stream.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// CloudEvents `source` of every event.
+    pub source: String,
+    /// Days an event stays in the feed and deliverable; older ones are gone (`410`) and a
+    /// webhook still waiting for one becomes `dead`.
+    pub retention_days: u32,
+    /// How often each replica numbers committed events and looks for new ones to deliver,
+    /// while a webhook or the Redis stream is configured (milliseconds).
+    pub poll_interval_ms: u64,
+    /// How long one webhook attempt may take before it counts as failed.
+    pub webhook_timeout_secs: u64,
+    /// First retry delay after a failed delivery; doubled per failure up to `retry_max_secs`.
+    pub retry_base_ms: u64,
+    /// Longest delay between two delivery attempts.
+    pub retry_max_secs: u64,
+    /// Webhooks (`[[events.webhooks]]`), each delivered in sequence order.
+    pub webhooks: Vec<WebhookConfig>,
+    /// A Redis stream key every event is appended to (`XADD`), through `cache.redis_*`.
+    pub redis_stream: Option<String>,
+    /// Approximate cap of the Redis stream's length (`MAXLEN ~`).
+    pub redis_stream_max_len: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            source: "identity-sidecar".into(),
+            retention_days: 7,
+            poll_interval_ms: 200,
+            webhook_timeout_secs: 10,
+            retry_base_ms: 1000,
+            retry_max_secs: 300,
+            webhooks: Vec::new(),
+            redis_stream: None,
+            redis_stream_max_len: 100_000,
+        }
+    }
+}
+
+impl EventsConfig {
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.source.is_empty() {
+            bail!("events.source must not be empty (CloudEvents requires a source)");
+        }
+        if !(1..=3650).contains(&self.retention_days) {
+            bail!("events.retention_days must be between 1 and 3650");
+        }
+        if !(10..=60_000).contains(&self.poll_interval_ms) {
+            bail!("events.poll_interval_ms must be between 10 and 60000");
+        }
+        if !(1..=300).contains(&self.webhook_timeout_secs) {
+            bail!("events.webhook_timeout_secs must be between 1 and 300");
+        }
+        if self.retry_base_ms == 0 || self.retry_max_secs == 0 {
+            bail!("events.retry_base_ms and events.retry_max_secs must be at least 1");
+        }
+        if self.redis_stream.as_deref().is_some_and(str::is_empty) {
+            bail!("events.redis_stream must name a stream key, e.g. \"identity-sidecar:events\"");
+        }
+        if self.redis_stream_max_len == 0 {
+            bail!("events.redis_stream_max_len must be at least 1");
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, w) in self.webhooks.iter().enumerate() {
+            let name_ok = !w.name.is_empty()
+                && w.name.len() <= 64
+                && w.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !name_ok {
+                bail!("events.webhooks[{i}].name must be 1 to 64 letters, digits, '-' or '_'");
+            }
+            if !names.insert(w.name.as_str()) {
+                bail!("events.webhooks[{i}].name {:?} is used twice", w.name);
+            }
+            let uri: Option<http::Uri> = w.url.parse().ok();
+            let url_ok = uri.as_ref().is_some_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some_and(|h| !h.is_empty())
+            });
+            if !url_ok {
+                bail!("events.webhooks[{i}].url must be an http:// or https:// URL");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One webhook receiver (Standard Webhooks signing, CloudEvents bodies).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Names the webhook's delivery position; renaming starts a new one at the newest event.
+    pub name: String,
+    /// The receiver's `http://` or `https://` URL.
+    pub url: String,
+    /// A file of `whsec_<base64>` secrets, one per line: the first signs, every line is a
+    /// signature (rotation).
+    pub secret_file: PathBuf,
+    /// Event type prefixes to deliver (e.g. `identity-sidecar.membership.`); empty: all.
+    #[serde(default)]
+    pub types: Vec<String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -780,6 +885,10 @@ impl Config {
                 "keycloak_admin.push_memberships = true needs keycloak_admin configured; missing: {}",
                 kc.missing().iter().map(|k| format!("keycloak_admin.{k}")).collect::<Vec<_>>().join(", ")
             );
+        }
+        self.events.validate()?;
+        if self.events.redis_stream.is_some() && !self.cache.has_redis() {
+            bail!("events.redis_stream needs Redis: set cache.redis_url (or cache.redis_urls)");
         }
         if let Some(template) = &self.codes.redeem_url_template {
             let example = template.replace("{code}", "ABCD-EFGH");

@@ -51,6 +51,11 @@ pub enum ApiError {
     Unprocessable(Vec<FieldError>),
     NotFound(String),
     Conflict(String),
+    /// What was asked for existed once and is gone for good (an event past the retention): 410.
+    Gone {
+        detail: String,
+        errors: Vec<FieldError>,
+    },
     TooManyRequests {
         retry_after_secs: u64,
         detail: String,
@@ -171,6 +176,7 @@ impl IntoResponse for ApiError {
             ),
             ApiError::NotFound(detail) => problem(StatusCode::NOT_FOUND, Some(&detail), &[]),
             ApiError::Conflict(detail) => problem(StatusCode::CONFLICT, Some(&detail), &[]),
+            ApiError::Gone { detail, errors } => problem(StatusCode::GONE, Some(&detail), &errors),
             ApiError::TooManyRequests { retry_after_secs, detail } => {
                 with_retry_after(problem(StatusCode::TOO_MANY_REQUESTS, Some(&detail), &[]), retry_after_secs)
             }

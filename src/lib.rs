@@ -15,6 +15,7 @@ pub mod cross_site;
 pub mod demo;
 pub mod entitlements;
 pub mod error;
+pub mod events;
 pub mod headers;
 pub mod keycloak;
 pub mod metrics;

@@ -18,6 +18,10 @@ use prometheus_client::registry::Registry;
 /// Label pairs; keys and values are static strings from fixed sets.
 pub type Labels = Vec<(&'static str, &'static str)>;
 
+/// The label of an event delivery target: a webhook's configured name (a set the operator
+/// fixes in the configuration) or `redis_stream`.
+pub type TargetLabels = Vec<(&'static str, String)>;
+
 /// Every metric the sidecar exports.
 pub struct Metrics {
     registry: Registry,
@@ -81,6 +85,18 @@ pub struct Metrics {
     /// Seat assignments entering a `state` (allocated, accepted, expired, revoked;
     /// docs/contract.md §12).
     pub assignments: Family<Labels, Counter>,
+    /// Change events numbered into the sequence by this replica (docs/events.md); every audit
+    /// row is numbered, so this counts the rows the feed and the targets can see.
+    pub events_sequenced: Counter,
+    /// Events acknowledged by a delivery `target` (a webhook's name, or `redis_stream`).
+    pub events_delivered: Family<TargetLabels, Counter>,
+    /// Failed delivery attempts per `target` (error, timeout, non-2xx answer).
+    pub event_delivery_failures: Family<TargetLabels, Counter>,
+    /// Sequence numbers between the newest event and the last one `target` acknowledged, as
+    /// last seen by the replica delivering it.
+    pub event_delivery_lag: Family<TargetLabels, Gauge>,
+    /// Targets marked `dead` (fell behind `events.retention_days`), per `target`.
+    pub event_targets_dead: Family<TargetLabels, Counter>,
     /// The series every request counts, resolved once (see [`Hot`]).
     hot: Hot,
 }
@@ -281,7 +297,42 @@ impl Metrics {
             "Seat assignments entering a state (allocated, accepted, expired, revoked)",
             assignments.clone(),
         );
+        let events_sequenced = Counter::default();
+        registry.register(
+            "events_sequenced",
+            "Change events numbered into the sequence by this replica",
+            events_sequenced.clone(),
+        );
+        let events_delivered = Family::default();
+        registry.register(
+            "events_delivered",
+            "Change events acknowledged by a delivery target (webhook name or redis_stream)",
+            events_delivered.clone(),
+        );
+        let event_delivery_failures = Family::default();
+        registry.register(
+            "event_delivery_failures",
+            "Failed change-event delivery attempts per target",
+            event_delivery_failures.clone(),
+        );
+        let event_delivery_lag = Family::default();
+        registry.register(
+            "event_delivery_lag",
+            "Sequence numbers between the newest change event and the last one a target acknowledged",
+            event_delivery_lag.clone(),
+        );
+        let event_targets_dead = Family::default();
+        registry.register(
+            "event_targets_dead",
+            "Delivery targets marked dead because they fell behind events.retention_days",
+            event_targets_dead.clone(),
+        );
         Metrics {
+            events_sequenced,
+            events_delivered,
+            event_delivery_failures,
+            event_delivery_lag,
+            event_targets_dead,
             manager_actions,
             assignments,
             userinfo_claims_dropped,
@@ -323,6 +374,11 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+
+    /// The series of one delivery target in a `TargetLabels` family.
+    pub fn target(name: &str) -> TargetLabels {
+        vec![("target", name.to_owned())]
     }
 
     /// Counts `n` seat assignments entering `state`.

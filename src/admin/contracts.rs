@@ -230,7 +230,12 @@ async fn remove(
     })?;
     audit::insert(
         &mut tx,
-        &with_contract(admin.event("contract.delete", "admin API"), &contract, Value::Null),
+        // The contract as it was: the `data` of its `contract.deleted` event (docs/events.md).
+        &with_contract(
+            admin.event("contract.delete", "admin API"),
+            &contract,
+            json!({"before": NewContract::from(&contract)}),
+        ),
     )
     .await?;
     tx.commit().await?;

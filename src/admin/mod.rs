@@ -35,6 +35,7 @@ mod assignments;
 mod audit;
 mod codes;
 mod contracts;
+mod events;
 pub mod extract;
 pub mod guard;
 mod jobs;
@@ -81,6 +82,7 @@ fn routes(guard: impl FnOnce(OpenApiRouter<AppState>) -> OpenApiRouter<AppState>
             .merge(assignments::router())
             .merge(users::router())
             .merge(audit::router())
+            .merge(events::router())
             .merge(sync::router())
             .merge(reconciliations::router())
             .merge(jobs::router())

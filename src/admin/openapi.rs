@@ -67,6 +67,7 @@ const BEARER: &str = "bearer";
         (name = "sync", description = "Import of Keycloak organizations."),
         (name = "jobs", description = "Durable background jobs."),
         (name = "audit", description = "The audit trail."),
+        (name = "events", description = "Change events for other services: the feed and its delivery targets."),
         (name = "meta", description = "This document."),
         (name = "operations", description = "Health, readiness, metrics and keys (no token)."),
     )

@@ -246,7 +246,8 @@ async fn remove(
         let event = NewAuditEvent { sub: Some(member.sub.clone()), ..event };
         audit::insert(&mut tx, &with_org(event, &key, Value::Null)).await?;
     }
-    let detail = json!({"members": members.len()});
+    // The organization as it was: the `data` of its `organization.deleted` event.
+    let detail = json!({"members": members.len(), "before": NewOrganization::from(&org)});
     audit::insert(&mut tx, &with_org(admin.event("organization.delete", "admin API"), &key, detail)).await?;
     tx.commit().await?;
     state.entitlements.invalidate_all().await;

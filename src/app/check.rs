@@ -33,6 +33,8 @@ pub fn check(config: &Config) -> anyhow::Result<Checked> {
         // a weak, empty or unreadable file before a deployment does.
         EntryKeys::from_file(path)?;
     }
+    // Webhook secrets and type filters; the Redis stream's connection is made at startup.
+    crate::events::targets(config, None)?;
     Ok(Checked { policy, rules })
 }
 

@@ -155,7 +155,9 @@ pub async fn redeem(
     }
     codes::record_redemption(&mut tx, code.id, sub, now).await?;
     let detail = json!({"source": "code", "code": fingerprint, "redemption": code.redemption});
-    audit::insert(&mut tx, &event("attachment.add", Some(&contract.key), detail)).await?;
+    audit::insert(&mut tx, &event("attachment.add", Some(&contract.key), detail.clone())).await?;
+    // The redemption itself, a change event of its own (`code.redeemed`, docs/events.md).
+    audit::insert(&mut tx, &event("code.redeem", Some(&contract.key), detail)).await?;
     let contract = contracts::get_by_id(&mut tx, contract.id).await?;
     tx.commit().await?;
     Ok(Outcome::Created { contract, job })

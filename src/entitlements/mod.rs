@@ -347,6 +347,11 @@ impl Entitlements {
         }
     }
 
+    /// The Redis tier, when `cache.redis_*` configures one (the change-event stream uses it).
+    pub fn redis(&self) -> Option<Arc<RedisTier>> {
+        self.redis.clone()
+    }
+
     /// The task that applies other replicas' invalidations to this process until `stop`
     /// (see [`RedisTier::run_subscriber`]); `None` without Redis.
     pub fn invalidation_subscriber(

@@ -599,6 +599,30 @@ impl RedisTier {
         tokio::time::timeout(CONNECT_TIMEOUT, ping).await.is_ok_and(|r| r.is_ok())
     }
 
+    /// Appends one entry with id `id` to the stream `key`, capped near `max_len` entries
+    /// (`XADD key MAXLEN ~ max_len id field value …`; the change-event stream, docs/events.md).
+    /// `Ok(false)` when the stream's top entry is at `id` or later already: the entry was
+    /// appended before (a repeat after a restart), so it is not appended twice.
+    pub async fn append_to_stream(
+        &self,
+        key: &str,
+        max_len: u64,
+        id: &str,
+        fields: &[(&str, &str)],
+    ) -> redis::RedisResult<bool> {
+        let mut conn = self.conn.get().await?;
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(key).arg("MAXLEN").arg("~").arg(max_len).arg(id);
+        for (field, value) in fields {
+            cmd.arg(*field).arg(*value);
+        }
+        match cmd.query_async::<String>(&mut conn).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.to_string().contains("equal or smaller than the target stream top item") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Whether the subscriber is subscribed (it has dropped the memory tier since).
     pub fn is_subscribed(&self) -> bool {
         self.subscribed.load(Ordering::Acquire)

@@ -204,9 +204,12 @@ async fn write_plan(
         audit::insert(tx, &event("membership.unflag", Some(&org.key), None, "seen in claim")).await?;
     }
     write_removals(tx, sub, &plan.detach_contracts, &plan.remove_memberships, actor, &NOT_CLAIMED).await?;
+    // A skip is audited (and is a change event) only when the user's skip state changes.
     for contract in &plan.skipped_full {
-        audit::insert(tx, &event("attachment.skipped_full", None, Some(&contract.key), "contract full"))
-            .await?;
+        if attachments::record_skip(tx, sub, contract.id).await? {
+            audit::insert(tx, &event("attachment.skipped_full", None, Some(&contract.key), "contract full"))
+                .await?;
+        }
     }
     // Ascending contract id: concurrent transactions lock contract rows in one order.
     let mut attach: Vec<&ContractRef> = plan.attach_contracts.iter().collect();
@@ -220,8 +223,10 @@ async fn write_plan(
             }
             AttachOutcome::AlreadyAttached => {}
             AttachOutcome::Full => {
-                let e = event("attachment.skipped_full", None, Some(&contract.key), "contract full");
-                audit::insert(tx, &e).await?;
+                if attachments::record_skip(tx, sub, contract.id).await? {
+                    let e = event("attachment.skipped_full", None, Some(&contract.key), "contract full");
+                    audit::insert(tx, &e).await?;
+                }
                 full.push(contract.clone());
             }
         }
@@ -283,6 +288,7 @@ async fn write_removals(
     }
     for org in remove {
         if memberships::delete(tx, sub, org.id).await? {
+            attachments::clear_skips(tx, sub, org.id).await?;
             let e = audit_event(actor, sub, "membership.remove", Some(&org.key), None, reasons.membership);
             audit::insert(tx, &e).await?;
         }

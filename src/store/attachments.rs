@@ -140,6 +140,17 @@ pub async fn detach(tx: &mut Tx, sub: &str, contract_id: i64) -> Result<bool, St
     if done == 0 {
         return Ok(false);
     }
+    // A skip recorded before the user got this seat is over: the next skip is a change again.
+    // Cleared here rather than at attach, which is on every new login's path; while attached
+    // no skip can happen, so the events are the same.
+    run!(tx, |c| {
+        sqlx::query("DELETE FROM attachment_skips WHERE sub = $1 AND contract_id = $2")
+            .bind(sub)
+            .bind(contract_id)
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected())
+    })?;
     run!(tx, |c| {
         sqlx::query("UPDATE contracts SET seats_used = seats_used - 1 WHERE id = $1")
             .bind(contract_id)
@@ -175,4 +186,41 @@ pub(crate) async fn insert(
         .map(|r| r.rows_affected())
     })?;
     Ok(done == 1)
+}
+
+/// Records that a full contract skipped the user (`attachment_skips`); true when the user was
+/// not marked skipped for it yet, which is when an `attachment.skipped_full` event is due
+/// (docs/contract.md §13: only a change of the skip state is an event).
+pub async fn record_skip(tx: &mut Tx, sub: &str, contract_id: i64) -> Result<bool, StoreError> {
+    let inserted = run!(tx, |c| {
+        sqlx::query(
+            "INSERT INTO attachment_skips (sub, contract_id, skipped_at) VALUES ($1, $2, $3)
+             ON CONFLICT (sub, contract_id) DO NOTHING",
+        )
+        .bind(sub)
+        .bind(contract_id)
+        .bind(At(now()))
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected())
+    })?;
+    Ok(inserted == 1)
+}
+
+/// Forgets the user's skips for the contracts of one organization: the membership that made
+/// them relevant is gone, so a later skip is a change again.
+pub async fn clear_skips(tx: &mut Tx, sub: &str, organization_id: i64) -> Result<(), StoreError> {
+    run!(tx, |c| {
+        sqlx::query(
+            "DELETE FROM attachment_skips
+              WHERE sub = $1
+                AND contract_id IN (SELECT id FROM contracts WHERE organization_id = $2)",
+        )
+        .bind(sub)
+        .bind(organization_id)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected())
+    })?;
+    Ok(())
 }

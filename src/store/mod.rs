@@ -118,6 +118,7 @@ pub mod codec;
 pub mod codes;
 pub mod contracts;
 mod error;
+pub mod events;
 pub mod jobs;
 pub mod jwks;
 pub mod memberships;
@@ -367,6 +368,7 @@ fn migrator(postgres: bool) -> Migrator {
             ),
             (3, "seat_assignments", include_str!("../../migrations/postgres/0003_seat_assignments.sql")),
             (4, "delegation", include_str!("../../migrations/postgres/0004_delegation.sql")),
+            (5, "change events", include_str!("../../migrations/postgres/0005_change_events.sql")),
         ]
     } else {
         &[
@@ -374,6 +376,7 @@ fn migrator(postgres: bool) -> Migrator {
             (2, "active organization", include_str!("../../migrations/sqlite/0002_active_organization.sql")),
             (3, "seat_assignments", include_str!("../../migrations/sqlite/0003_seat_assignments.sql")),
             (4, "delegation", include_str!("../../migrations/sqlite/0004_delegation.sql")),
+            (5, "change events", include_str!("../../migrations/sqlite/0005_change_events.sql")),
         ]
     };
     Migrator::with_migrations(

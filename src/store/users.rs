@@ -148,7 +148,7 @@ pub async fn count(conn: &mut Conn) -> Result<i64, StoreError> {
 }
 
 /// Erases a user (admin `DELETE /users/{sub}`): unlinks the one-time codes they redeemed, frees
-/// the seats of their attachments, then deletes attachments, memberships, redemptions, the
+/// the seats of their attachments, then deletes their skips, attachments, memberships, redemptions, the
 /// sessions' active-organization selections and the user row. The audit trail keeps the subject (it holds no other personal data); a one-time
 /// code stays spent, its `redeemed_by` becomes [`super::codes::ERASED_REDEEMER`]. Returns
 /// whether the user existed.
@@ -178,6 +178,7 @@ pub async fn erase(tx: &mut Tx, sub: &str) -> Result<bool, StoreError> {
         .map(|r| r.rows_affected())
     })?;
     for statement in [
+        "DELETE FROM attachment_skips WHERE sub = $1",
         "DELETE FROM attachments WHERE sub = $1",
         "DELETE FROM memberships WHERE sub = $1",
         "DELETE FROM redemptions WHERE sub = $1",

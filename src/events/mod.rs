@@ -28,7 +28,7 @@ pub mod webhook;
 pub const TYPE_PREFIX: &str = "identity-sidecar.";
 
 /// The closed list: each audit action that is a change event, and its CloudEvents type.
-/// docs/events.md lists the same table; a test keeps the two in step.
+/// docs/events.md lists the same types; a test keeps the two in step.
 pub const TYPES: &[(&str, &str)] = &[
     ("organization.create", "identity-sidecar.organization.created"),
     ("organization.update", "identity-sidecar.organization.updated"),
@@ -284,6 +284,27 @@ mod tests {
     fn actions_outside_the_closed_list_are_no_events() {
         assert!(CloudEvent::from_stored("s", &stored("code.generate", None)).is_none());
         assert!(CloudEvent::from_stored("s", &stored("active_organization.selected", None)).is_none());
+    }
+
+    #[test]
+    fn docs_events_lists_exactly_the_closed_list_of_types() {
+        let page = include_str!("../../docs/events.md");
+        let table = page
+            .split("<!-- event types -->")
+            .nth(1)
+            .and_then(|rest| rest.split("<!-- /event types -->").next())
+            .expect("docs/events.md has an `event types` block");
+        let mut documented: Vec<String> = table
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `"))
+            .filter_map(|rest| rest.split('`').next())
+            .map(|short| format!("{TYPE_PREFIX}{short}"))
+            .collect();
+        documented.sort();
+        let mut built: Vec<String> = TYPES.iter().map(|(_, t)| (*t).to_owned()).collect();
+        built.sort();
+        built.dedup();
+        assert_eq!(documented, built, "docs/events.md's table and TYPES differ");
     }
 
     #[test]

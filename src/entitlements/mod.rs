@@ -53,7 +53,7 @@ use crate::metrics::Metrics;
 use crate::reconcile::apply::{Actor, Mode, Outcome, Reconciliation};
 use crate::reconcile::plan::{UnclaimedMemberships, unclaimed_memberships};
 use crate::store::model::Profile;
-use crate::store::{Store, StoreError, selections};
+use crate::store::{Store, StoreError};
 use crate::weigh::CacheBudget;
 
 /// The store failed while reconciling a login and `reconcile.on_store_error = "reject"`: the
@@ -234,7 +234,7 @@ impl Entitlements {
         // Only a verified e-mail accepts seat assignments (docs/contract.md §12).
         let verified_email = p.email.as_deref().filter(|_| p.email_verified).map(|e| e.trim().to_lowercase());
         let result = async {
-            let (outcome, mut facts) = Reconciliation {
+            let (outcome, facts) = Reconciliation {
                 sub: &p.sub,
                 profile: Some(&profile),
                 claimed: &p.organizations.orgs,
@@ -243,13 +243,13 @@ impl Entitlements {
                 today,
                 actor: &actor,
                 mode: Mode::Apply,
+                // The session's selection belongs to the login (its key holds the `sid`), so it
+                // is read with the reconciliation, once per login, and cached with the facts
+                // (docs/architecture.md).
+                session: Some(p.sid.as_deref().unwrap_or("")),
             }
             .run(&self.store)
             .await?;
-            // The session's selection belongs to the login (its key holds the `sid`), so it is
-            // read here, once per login, and cached with the facts (docs/architecture.md).
-            let mut conn = self.store.conn().await?;
-            facts.selection = selections::get(&mut conn, &p.sub, p.sid.as_deref().unwrap_or("")).await?;
             Ok::<_, StoreError>((outcome, facts))
         }
         .instrument(tracing::info_span!("reconcile"))

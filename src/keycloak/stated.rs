@@ -165,6 +165,7 @@ pub async fn reconcile_stated(
         today: OffsetDateTime::now_utc().date(),
         actor,
         mode,
+        session: None,
     };
     let (outcome, _) = reconciliation.run(store).await?;
     for m in &outcome.plan.alias_mismatches {

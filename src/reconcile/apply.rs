@@ -24,7 +24,7 @@ use crate::reconcile::plan::{
 };
 use crate::store::model::{AttachOutcome, Attachment, Membership, NewAuditEvent, Profile};
 use crate::store::user_rows::{self, UserRows};
-use crate::store::{Store, StoreError, Tx, attachments, audit, memberships, organizations};
+use crate::store::{Store, StoreError, Tx, attachments, audit, memberships, organizations, selections};
 
 /// What a reconciliation did (the admin API's answer; the login path counts it).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -72,6 +72,10 @@ pub struct Reconciliation<'a> {
     /// Who causes the changes, for the audit trail.
     pub actor: &'a Actor,
     pub mode: Mode,
+    /// A login's session (`sid`, `""` without one): its active-organization selection is read
+    /// in the same transaction into [`Facts::selection`], sparing the login a second
+    /// connection. `None` (admins, jobs): not read.
+    pub session: Option<&'a str>,
 }
 
 impl Reconciliation<'_> {
@@ -107,9 +111,13 @@ impl Reconciliation<'_> {
         outcome.full_at_apply = write_plan(&mut tx, sub, &plan, self.actor).await?;
         let after_memberships = memberships::list_for_user(&mut tx, sub).await?;
         let after_attachments = attachments::list_for_user(&mut tx, sub).await?;
+        let selection = match self.session {
+            Some(sid) => selections::get(&mut tx, sub, sid).await?,
+            None => None,
+        };
         tx.commit().await?;
         outcome.plan = plan;
-        Ok((outcome, facts(&after_memberships, &after_attachments)))
+        Ok((outcome, Facts { selection, ..facts(&after_memberships, &after_attachments) }))
     }
 }
 

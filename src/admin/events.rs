@@ -2,9 +2,9 @@
 //! sequence order, so a consumer resumes where it stopped by passing back the `sequence` of
 //! the last event it handled.
 //!
-//! Each read first numbers the events committed since the last numbering
-//! ([`store::events::sequence_pending`]), so a feed reader needs no background task to see
-//! fresh events.
+//! Each read first numbers the events committed since the last numbering, waiting for a step
+//! another replica is running ([`store::events::sequence_committed`]), so a feed reader needs
+//! no background task to see fresh events and a read shows every change committed before it.
 
 use axum::Json;
 use axum::extract::State;
@@ -66,7 +66,7 @@ pub(super) async fn feed(
     params.finish()?;
     let actions = events::actions_matching(&prefixes).map_err(|detail| bad("types", &detail))?;
 
-    store::events::sequence_pending(&state.store).await?;
+    store::events::sequence_committed(&state.store).await?;
     let mut conn = state.store.conn().await?;
     let cutoff = now() - Duration::days(i64::from(state.config.events.retention_days));
     let after = match after {

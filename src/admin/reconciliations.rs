@@ -226,7 +226,20 @@ async fn one_contract(
                     result.already += 1;
                 }
                 AttachOutcome::Full => {
-                    tx.rollback().await?;
+                    // A skip for a full contract is a change event when the member's skip
+                    // state changes (docs/contract.md §13), as on a login's path.
+                    if attachments::record_skip(&mut tx, &member.sub, contract.id).await? {
+                        let event = NewAuditEvent {
+                            sub: Some(member.sub.clone()),
+                            organization: Some(contract.organization.clone()),
+                            contract: Some(contract.key.clone()),
+                            ..admin.event("attachment.skipped_full", "contract full")
+                        };
+                        audit::insert(&mut tx, &event).await?;
+                        tx.commit().await?;
+                    } else {
+                        tx.rollback().await?;
+                    }
                     result.skipped_full += 1;
                 }
             }

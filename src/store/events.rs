@@ -62,9 +62,28 @@ from_row!(StoredEvent, |row| Ok(StoredEvent {
 /// Cheap when there is nothing to do (one indexed lookup). On PostgreSQL a step another
 /// replica is running right now is not waited for: its rows are numbered by it.
 pub async fn sequence_pending(store: &Store) -> Result<u64, StoreError> {
+    sequence_all(store, Wait::No).await
+}
+
+/// Like [`sequence_pending`], but on PostgreSQL a step running right now is waited for:
+/// after this returns, every row committed before the call is numbered. The pull feed needs
+/// that, or a read racing another replica's step would answer without changes committed
+/// before it and a consumer that stops at a short page would think it had caught up.
+pub async fn sequence_committed(store: &Store) -> Result<u64, StoreError> {
+    sequence_all(store, Wait::Yes).await
+}
+
+/// Whether a step waits for another one running on PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Yes,
+    No,
+}
+
+async fn sequence_all(store: &Store, wait: Wait) -> Result<u64, StoreError> {
     let mut total = 0;
     loop {
-        let numbered = sequence_batch(store).await?;
+        let numbered = sequence_batch(store, wait).await?;
         total += numbered;
         if numbered < SEQUENCE_BATCH as u64 {
             return Ok(total);
@@ -73,7 +92,7 @@ pub async fn sequence_pending(store: &Store) -> Result<u64, StoreError> {
 }
 
 /// One step: at most [`SEQUENCE_BATCH`] rows, in one transaction.
-async fn sequence_batch(store: &Store) -> Result<u64, StoreError> {
+async fn sequence_batch(store: &Store, wait: Wait) -> Result<u64, StoreError> {
     // `MAX(sequence)` is read by the same statement that writes, after the lock: it includes
     // the previous step's numbers. `ROW_NUMBER` follows id order, so the rows of one
     // transaction keep their order.
@@ -93,12 +112,16 @@ async fn sequence_batch(store: &Store) -> Result<u64, StoreError> {
         Backend::Postgres(c) => {
             // Released at commit, after the commit is visible: the next step's snapshot
             // (taken after it acquires the lock) includes these numbers.
-            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-                .bind(SEQUENCER_LOCK)
-                .fetch_one(&mut *c)
-                .await?;
-            if !locked {
-                return Ok(0);
+            if wait == Wait::Yes {
+                sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(SEQUENCER_LOCK).execute(&mut *c).await?;
+            } else {
+                let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+                    .bind(SEQUENCER_LOCK)
+                    .fetch_one(&mut *c)
+                    .await?;
+                if !locked {
+                    return Ok(0);
+                }
             }
             sqlx::query(NUMBER).bind(SEQUENCE_BATCH).execute(c).await?.rows_affected()
         }

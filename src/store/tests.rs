@@ -1042,3 +1042,81 @@ async fn a_database_url_of_another_kind_is_refused_without_echoing_it() {
     assert!(text.contains("must start with sqlite:"), "{text}");
     assert!(!text.contains("hunter2"));
 }
+
+/// docs/contract.md §13: a row that commits after a later-inserted row was numbered gets a
+/// number above it, so a reader resuming after the highest sequence it saw misses nothing;
+/// and a numbering step that waits (the pull feed's) finds every row committed before it even
+/// while another step holds the lock. PostgreSQL: the backend where two writers are open at
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_committed_late_is_numbered_after_what_a_reader_has_seen_on_postgres() {
+    with_store(Db::Postgres, |store| async move {
+        let event = |sub: &str| NewAuditEvent {
+            actor: "login".into(),
+            action: "membership.add".into(),
+            sub: Some(sub.into()),
+            organization: None,
+            contract: None,
+            reason: None,
+            detail: None,
+        };
+        let actions = ["membership.add"];
+        let read = async |after: i64| {
+            let mut conn = store.conn().await.unwrap();
+            let rows = events::after(&mut conn, after, i64::MAX, &actions, 100).await.unwrap();
+            rows.into_iter().map(|r| (r.sequence, r.audit.sub.unwrap())).collect::<Vec<_>>()
+        };
+        // `early` is inserted first and commits last.
+        let mut early = store.begin().await.unwrap();
+        audit::insert(&mut early, &event("early")).await.unwrap();
+        let mut late = store.begin().await.unwrap();
+        audit::insert(&mut late, &event("late")).await.unwrap();
+        late.commit().await.unwrap();
+        assert_eq!(events::sequence_pending(&store).await.unwrap(), 1);
+        assert_eq!(read(0).await, [(1, "late".to_owned())]);
+        early.commit().await.unwrap();
+        assert_eq!(read(1).await, [], "committed, not numbered yet: invisible to the feed");
+        assert_eq!(events::sequence_pending(&store).await.unwrap(), 1);
+        assert_eq!(read(1).await, [(2, "early".to_owned())], "numbered above what the reader saw");
+
+        // Another step holds the lock: the non-waiting step leaves the row to it, the waiting
+        // one waits until it is gone and numbers the row committed before it was called.
+        let mut other = store.begin().await.unwrap();
+        let Backend::Postgres(c) = other.backend() else { unreachable!("a PostgreSQL store") };
+        // The sequencing step's lock key ("idsc").
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(0x6964_7363_i64).execute(c).await.unwrap();
+        let mut conn = store.conn().await.unwrap();
+        audit::insert(&mut conn, &event("third")).await.unwrap();
+        drop(conn);
+        assert_eq!(events::sequence_pending(&store).await.unwrap(), 0, "another step runs");
+        let waiting = tokio::spawn({
+            let store = store.clone();
+            async move { events::sequence_committed(&store).await.unwrap() }
+        });
+        // Until PostgreSQL shows it queued behind the lock.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut conn = store.conn().await.unwrap();
+            let Backend::Postgres(c) = conn.backend() else { unreachable!() };
+            let queued: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM pg_locks
+                      WHERE locktype = 'advisory' AND NOT granted AND objid = 1768190819
+                        AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            )
+            .fetch_one(c)
+            .await
+            .unwrap();
+            if queued == 1 {
+                break;
+            }
+            assert!(!waiting.is_finished(), "the waiting step did not wait for the lock");
+            assert!(tokio::time::Instant::now() < deadline, "the waiting step never queued");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!waiting.is_finished());
+        other.rollback().await.unwrap();
+        assert_eq!(waiting.await.unwrap(), 1);
+        assert_eq!(read(2).await, [(3, "third".to_owned())]);
+    })
+    .await;
+}

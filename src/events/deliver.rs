@@ -156,6 +156,13 @@ impl Deliverer {
                 return Ok(Stop::NotOurs);
             }
             for event in &batch {
+                // Checked between events, not only between rounds: with a backlog (or a steady
+                // stream) a round does not end, and a replica asked to stop would deliver until
+                // the shutdown grace ran out, then be cut off holding the lease — stalling the
+                // other replicas for a whole lease.
+                if shutdown.is_cancelled() {
+                    return Ok(Stop::Shutdown);
+                }
                 match self.deliver(target, lease, event, shutdown).await? {
                     None => {}
                     Some(stop) => return Ok(stop),

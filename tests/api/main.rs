@@ -18,6 +18,7 @@ mod connections;
 mod delegation;
 mod demo;
 mod django;
+mod events_delivery;
 mod events_feed;
 mod faults;
 mod forward_auth;

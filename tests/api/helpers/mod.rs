@@ -55,6 +55,7 @@ pub mod keycloak;
 pub mod keys;
 pub mod otlp;
 pub mod python;
+pub mod receiver;
 pub mod records;
 pub mod tokens;
 pub mod upstream;

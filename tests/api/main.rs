@@ -18,6 +18,7 @@ mod connections;
 mod delegation;
 mod demo;
 mod django;
+mod events_webhooks;
 mod faults;
 mod forward_auth;
 mod harness_selftest;

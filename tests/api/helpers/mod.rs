@@ -58,6 +58,7 @@ pub mod python;
 pub mod records;
 pub mod tokens;
 pub mod upstream;
+pub mod webhooks;
 
 // The short paths tests import; some are only named by tests the lead is still writing.
 #[allow(unused_imports, reason = "re-exports for tests not written yet")]

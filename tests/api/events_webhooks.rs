@@ -193,22 +193,25 @@ async fn every_kind_of_change(w: &Hooks) -> Vec<(&'static str, usize)> {
     w.org("acme").await;
     w.ok(Method::PATCH, "/organizations/acme", Some(json!({"name": "Acme Corp"}))).await;
     w.contract("acme-sso", "acme", "auto", Some(1)).await;
-    w.contract("acme-codes", "acme", "code", Some(10)).await;
-    w.ok(Method::PATCH, "/contracts/acme-codes", Some(json!({"name": "Acme codes"}))).await;
+    w.contract("acme-admin", "acme", "code", None).await;
+    w.ok(Method::PATCH, "/contracts/acme-admin", Some(json!({"name": "Acme by hand"}))).await;
 
     // Memberships by the admin API: added, updated (flags), an admin attachment.
     w.ok(Method::PUT, "/users/ann/organizations/acme", None).await; // membership.added
-    w.ok(Method::PUT, "/users/ann/organizations/acme", Some(json!({"manager": true}))).await; // .updated
-    w.ok(Method::PUT, "/users/ann/contracts/acme-codes", None).await; // attachment.attached
+    let flags = json!({"manager": true, "keep_until_seen": false});
+    w.ok(Method::PUT, "/users/ann/organizations/acme", Some(flags)).await; // membership.updated
+    w.ok(Method::PUT, "/users/ann/contracts/acme-admin", None).await; // attachment.attached
     // Ann's login takes the SSO contract's one seat; Bob's finds it full, twice: one skip event.
     w.login("ann", "ann@example.org", json!(["acme"])).await; // attachment.attached
     w.login("bob", "bob@example.org", json!(["acme"])).await; // membership.added, skipped_full
     w.login("bob", "bob@example.org", json!(["acme"])).await; // nothing new
     w.ok(Method::DELETE, "/users/bob/organizations/acme", None).await; // membership.removed
-    w.ok(Method::DELETE, "/users/ann/contracts/acme-codes", None).await; // attachment.detached
+    w.ok(Method::DELETE, "/users/ann/contracts/acme-admin", None).await; // attachment.detached
 
-    // A code redeemed on the public port.
-    let codes = w.ok(Method::POST, "/contracts/acme-codes/codes", Some(json!({"count": 1}))).await;
+    // Codes and assignments in an organization without SSO contracts.
+    w.org("beta").await;
+    w.contract("beta-codes", "beta", "code", Some(10)).await;
+    let codes = w.ok(Method::POST, "/contracts/beta-codes/codes", Some(json!({"count": 1}))).await;
     let code = codes["items"][0]["code"].as_str().unwrap().to_owned();
     let res = w
         .app
@@ -222,11 +225,11 @@ async fn every_kind_of_change(w: &Hooks) -> Vec<(&'static str, usize)> {
 
     // Assignments: one accepted by a verified login, one revoked.
     let a = w
-        .ok(Method::POST, "/contracts/acme-codes/assignments", Some(json!({"emails": ["dora@example.org"]})))
+        .ok(Method::POST, "/contracts/beta-codes/assignments", Some(json!({"emails": ["dora@example.org"]})))
         .await;
     assert_eq!(a["created"].as_array().unwrap().len(), 1, "{a}");
     let b = w
-        .ok(Method::POST, "/contracts/acme-codes/assignments", Some(json!({"emails": ["eve@example.org"]})))
+        .ok(Method::POST, "/contracts/beta-codes/assignments", Some(json!({"emails": ["eve@example.org"]})))
         .await;
     w.login("dora", "dora@example.org", json!([])).await; // accepted, membership.added, attached
     let eve = b["created"][0]["id"].as_i64().unwrap();
@@ -242,10 +245,10 @@ async fn every_kind_of_change(w: &Hooks) -> Vec<(&'static str, usize)> {
     w.ok(Method::DELETE, "/organizations/gone", None).await;
 
     vec![
-        ("identity-sidecar.organization.created", 2),
+        ("identity-sidecar.organization.created", 3),
         ("identity-sidecar.organization.updated", 1),
         ("identity-sidecar.organization.deleted", 1),
-        ("identity-sidecar.contract.created", 3),
+        ("identity-sidecar.contract.created", 4),
         ("identity-sidecar.contract.updated", 1),
         ("identity-sidecar.contract.deleted", 1),
         // ann (admin), bob (login), carol (code), dora (assignment)

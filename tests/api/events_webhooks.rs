@@ -94,8 +94,10 @@ impl Hooks {
         body
     }
 
+    /// An organization whose Keycloak alias is its key, so an organization claim names it.
     async fn org(&self, key: &str) {
-        self.ok(Method::POST, "/organizations", Some(json!({"key": key, "name": key}))).await;
+        let body = json!({"key": key, "name": key, "keycloak_alias": key});
+        self.ok(Method::POST, "/organizations", Some(body)).await;
     }
 
     async fn contract(&self, key: &str, org: &str, membership_type: &str, max_learners: Option<i64>) {

@@ -456,6 +456,10 @@ async fn a_webhook_behind_the_retention_is_dead_and_receives_nothing_more(db: Db
     // Two days pass for the events it has not acknowledged.
     let delivered: i64 = t["delivered"].as_str().unwrap().parse().unwrap();
     age_events_after(&w.app.database_url, delivered).await;
+    // The replica retrying an event holds it in memory with its real time; a replica that
+    // takes the webhook over reads the rows afresh. So a pretend other replica holds the lease
+    // for two seconds, after which this one takes it back and reads the aged rows.
+    hand_lease_away(&w.app.database_url, "down").await;
 
     let t = w.wait_target("down", "state dead", |t| t["state"] == "dead").await;
     assert!(t["last_error"].as_str().unwrap().contains("retention_days"), "{t}");
@@ -475,6 +479,41 @@ async fn a_webhook_behind_the_retention_is_dead_and_receives_nothing_more(db: Db
     assert_eq!(w.target("down").await["delivered"], t["delivered"], "its position stays");
 }
 
+/// Gives the webhook's lease to another owner for two seconds.
+async fn hand_lease_away(database_url: &str, target: &str) {
+    use sqlx::Connection as _;
+    if database_url.starts_with("postgres") {
+        let mut c = sqlx::PgConnection::connect(database_url).await.unwrap();
+        sqlx::query(
+            "UPDATE event_deliveries SET lease_owner = 'another-replica',
+                    lease_until = now() + INTERVAL '2 seconds' WHERE target = $1",
+        )
+        .bind(target)
+        .execute(&mut c)
+        .await
+        .unwrap();
+    } else {
+        let mut c = sqlx::SqliteConnection::connect(database_url).await.unwrap();
+        let until = sqlite_time(time::OffsetDateTime::now_utc() + time::Duration::seconds(2));
+        sqlx::query(
+            "UPDATE event_deliveries SET lease_owner = 'another-replica', lease_until = $1 WHERE target = $2",
+        )
+        .bind(until)
+        .bind(target)
+        .execute(&mut c)
+        .await
+        .unwrap();
+    }
+}
+
+/// The fixed-width UTC text the store writes on SQLite (src/store/codec.rs).
+fn sqlite_time(at: time::OffsetDateTime) -> String {
+    at.format(time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+    ))
+    .unwrap()
+}
+
 /// Moves the time of every event numbered after `after` two days back, in the app's database.
 async fn age_events_after(database_url: &str, after: i64) {
     use sqlx::Connection as _;
@@ -486,13 +525,8 @@ async fn age_events_after(database_url: &str, after: i64) {
             .await
             .unwrap();
     } else {
-        // The fixed-width UTC text the store writes (src/store/codec.rs), two days back.
         let mut c = sqlx::SqliteConnection::connect(database_url).await.unwrap();
-        let two_days_ago = (time::OffsetDateTime::now_utc() - time::Duration::days(2))
-            .format(time::macros::format_description!(
-                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
-            ))
-            .unwrap();
+        let two_days_ago = sqlite_time(time::OffsetDateTime::now_utc() - time::Duration::days(2));
         let done = sqlx::query("UPDATE audit_events SET at = $1 WHERE sequence > $2")
             .bind(two_days_ago)
             .bind(after)

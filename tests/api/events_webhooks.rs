@@ -318,6 +318,8 @@ async fn a_receiver_outage_delays_delivery_and_loses_or_reorders_nothing(db: Db)
     let w = start(db, &[hook], |_| {}).await;
     w.org("before").await;
     receiver.wait_for(1, WITHIN).await;
+    // Recorded before it answered: stop it only once the sidecar has the acknowledgement.
+    w.wait_target("crm", "the first event acknowledged", |t| t["lag"] == 0).await;
 
     // Down: connections are refused.
     receiver.stop();
@@ -448,6 +450,7 @@ async fn a_webhook_behind_the_retention_is_dead_and_receives_nothing_more(db: Db
     let w = start(db, &hooks, |env| set(env, "SIDECAR__EVENTS__RETENTION_DAYS", "1")).await;
     w.org("first").await;
     down.wait_for(1, WITHIN).await;
+    w.wait_target("down", "the first event acknowledged", |t| t["lag"] == 0).await;
 
     down.stop();
     w.org("missed").await;

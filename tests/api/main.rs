@@ -20,6 +20,7 @@ mod demo;
 mod django;
 mod events_delivery;
 mod events_feed;
+mod events_webhooks;
 mod faults;
 mod forward_auth;
 mod harness_selftest;

@@ -59,6 +59,7 @@ pub mod receiver;
 pub mod records;
 pub mod tokens;
 pub mod upstream;
+pub mod webhooks;
 
 // The short paths tests import; some are only named by tests the lead is still writing.
 #[allow(unused_imports, reason = "re-exports for tests not written yet")]

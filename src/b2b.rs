@@ -127,11 +127,12 @@ pub struct EntitledContract {
     /// The organization's key.
     pub organization: String,
     pub membership_type: MembershipType,
-    /// `YYYY-MM-DD`, `null` when unbounded.
-    #[serde(with = "iso_date::option")]
+    /// `YYYY-MM-DD`, `null` when unbounded (left out of the entitlement token, so an absent
+    /// member reads as unbounded too).
+    #[serde(default, with = "iso_date::option")]
     pub starts_on: Option<Date>,
-    /// `YYYY-MM-DD` (inclusive), `null` when unbounded.
-    #[serde(with = "iso_date::option")]
+    /// `YYYY-MM-DD` (inclusive), `null` when unbounded (left out like `starts_on`).
+    #[serde(default, with = "iso_date::option")]
     pub ends_on: Option<Date>,
 }
 

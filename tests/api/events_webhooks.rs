@@ -600,3 +600,17 @@ async fn the_python_receiver_example_verifies_and_handles_events_as_printed() {
 async fn the_node_receiver_example_verifies_and_handles_events_as_printed() {
     an_example_receives(Db::Sqlite, Path::new("node"), "docs/examples/webhook_receiver.mjs").await;
 }
+
+#[test]
+fn the_events_page_prints_both_receiver_examples_verbatim() {
+    let page = std::fs::read_to_string(crate::helpers::gateway::repo_file("docs/events.md")).unwrap();
+    for (file, lang) in
+        [("docs/examples/webhook_receiver.py", "python"), ("docs/examples/webhook_receiver.mjs", "js")]
+    {
+        let text = std::fs::read_to_string(crate::helpers::gateway::repo_file(file)).unwrap();
+        assert!(
+            page.contains(&format!("```{lang}\n{text}```\n")),
+            "docs/events.md does not print {file} as it is"
+        );
+    }
+}

@@ -817,6 +817,7 @@ mod report {
             "kernel",
             "loadavg_start",
             "loadavg_end",
+            "rounds",
             "wrk",
             "oha",
         ] {

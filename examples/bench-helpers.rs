@@ -371,7 +371,14 @@ fn mint(flags: &Flags) -> anyhow::Result<()> {
 
 mod report {
     //! Merges one run's raw results (`DIR/order`, and per scenario `ID.meta`, `ID.wrk.json`,
-    //! `ID.oha.json`) into `DIR/../results.json` and `DIR/../results.md`, and prints the table.
+    //! `ID.oha.json`) into `DIR/../results.json` and `DIR/../results.md`, prints the table, and
+    //! draws the ratio targets as `DIR/../ratios.svg`.
+    //!
+    //! A scenario run in rounds has its numbers in `ID.rN.meta` / `ID.rN.wrk.json` (round N)
+    //! and its shared title in `ID.meta`. Its req/s, p50 and p99 are the medians over the
+    //! rounds; a ratio is computed per round from the same round's numbers and reported as the
+    //! median of those per-round ratios, so one slow minute on a shared machine moves one
+    //! round's ratio instead of the result. Older single-run raw files still load.
 
     use std::collections::BTreeMap;
     use std::fmt::Write as _;
@@ -391,6 +398,25 @@ mod report {
         requests: Option<u64>,
         errors: Option<u64>,
         json: Map<String, Value>,
+        /// The rounds (number, numbers) when the scenario ran in interleaved rounds.
+        rounds: Vec<(u32, Row)>,
+    }
+
+    /// The median (the mean of the middle two for an even count); `None` when empty.
+    fn median(mut values: Vec<f64>) -> Option<f64> {
+        values.retain(|v| v.is_finite());
+        values.sort_by(f64::total_cmp);
+        let n = values.len();
+        match n {
+            0 => None,
+            _ if n % 2 == 1 => Some(values[n / 2]),
+            _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+        }
+    }
+
+    /// "a, b, c" with `digits` decimals.
+    fn list(values: &[f64], digits: usize) -> String {
+        values.iter().map(|v| format!("{v:.digits$}")).collect::<Vec<_>>().join(", ")
     }
 
     impl Row {
@@ -404,6 +430,62 @@ mod report {
     }
 
     fn load_row(dir: &Path, id: &str) -> anyhow::Result<Row> {
+        let mut row = load_one(dir, id)?;
+        for n in 1u32.. {
+            let rid = format!("{id}.r{n}");
+            if !dir.join(format!("{rid}.meta")).exists() && !dir.join(format!("{rid}.wrk.json")).exists() {
+                break;
+            }
+            row.rounds.push((n, load_one(dir, &rid)?));
+        }
+        if !row.rounds.is_empty() {
+            combine(&mut row);
+        }
+        Ok(row)
+    }
+
+    /// A scenario's figures from its rounds: medians for rates and latencies, sums for
+    /// requests, errors and CPU seconds (so req per CPU-second spans every round), the highest
+    /// peak RSS; the wrk summary kept in `json` is the median round's.
+    fn combine(row: &mut Row) {
+        let rounds = &row.rounds;
+        row.rps = median(rounds.iter().filter_map(|(_, r)| r.rps).collect());
+        row.p50_ms = median(rounds.iter().filter_map(|(_, r)| r.p50_ms).collect());
+        row.p99_ms = median(rounds.iter().filter_map(|(_, r)| r.p99_ms).collect());
+        let sum = |f: fn(&Row) -> Option<u64>| {
+            let values: Vec<u64> = rounds.iter().filter_map(|(_, r)| f(r)).collect();
+            (!values.is_empty()).then(|| values.iter().sum())
+        };
+        row.requests = sum(|r| r.requests);
+        row.errors = sum(|r| r.errors);
+        let cpu: Vec<f64> = rounds.iter().filter_map(|(_, r)| r.meta_f64("cpu_secs")).collect();
+        if !cpu.is_empty() {
+            row.meta.insert("cpu_secs".into(), format!("{:.2}", cpu.iter().sum::<f64>()));
+        }
+        if let Some(hwm) = rounds.iter().filter_map(|(_, r)| r.meta_f64("hwm_kib")).reduce(f64::max) {
+            row.meta.insert("hwm_kib".into(), format!("{hwm:.0}"));
+        }
+        // Instruction counts (BENCH_PERF=stat) come from one round: per request of that round.
+        if let Some((_, r)) = rounds.iter().find(|(_, r)| r.meta.contains_key("instructions_user")) {
+            for key in ["instructions_user", "instructions_kernel"] {
+                if let Some(v) = r.meta.get(key) {
+                    row.meta.insert(key.into(), v.clone());
+                }
+            }
+            if let Some(n) = r.requests {
+                row.meta.insert("instructions_requests".into(), n.to_string());
+            }
+        }
+        if let Some(mid) = row.rps
+            && let Some((_, r)) = rounds.iter().filter(|(_, r)| r.rps.is_some()).min_by(|(_, a), (_, b)| {
+                (a.rps.unwrap_or(0.0) - mid).abs().total_cmp(&(b.rps.unwrap_or(0.0) - mid).abs())
+            })
+        {
+            row.json = r.json.clone();
+        }
+    }
+
+    fn load_one(dir: &Path, id: &str) -> anyhow::Result<Row> {
         let mut row = Row { id: id.to_owned(), ..Row::default() };
         if let Ok(text) = std::fs::read_to_string(dir.join(format!("{id}.meta"))) {
             for line in text.lines() {
@@ -462,6 +544,7 @@ mod report {
         Ok(row)
     }
 
+    #[derive(Default)]
     struct Target {
         name: &'static str,
         value: Option<f64>,
@@ -469,6 +552,22 @@ mod report {
         rule: String,
         pass: Option<bool>,
         note: String,
+        /// A ratio's per-round values (same round's numbers), in round order; `value` is their
+        /// median. Empty for a single run and for targets that are not ratios.
+        rounds: Vec<f64>,
+        /// A ratio target's minimum (drawn as the marker line of the chart).
+        min: Option<f64>,
+    }
+
+    impl Target {
+        /// The note followed by the per-round values, when there are several.
+        fn how(&self) -> String {
+            if self.rounds.len() > 1 {
+                format!("{}; median of {} rounds: {}", self.note, self.rounds.len(), list(&self.rounds, 2))
+            } else {
+                self.note.clone()
+            }
+        }
     }
 
     pub fn run(dir: &Path) -> anyhow::Result<()> {
@@ -486,7 +585,24 @@ mod report {
             .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
             .collect();
         let get = |id: &str| rows.iter().find(|r| r.id == id && r.ok() && r.rps.is_some());
-        let ratio = |a: &str, b: &str| Some(get(a)?.rps? / get(b)?.rps?);
+        // A/B per round (the rounds both ran), then the median; a single run is its own ratio.
+        let ratios = |a: &str, b: &str| -> Option<(f64, Vec<f64>)> {
+            let (ra, rb) = (get(a)?, get(b)?);
+            if ra.rounds.is_empty() || rb.rounds.is_empty() {
+                return Some((ra.rps? / rb.rps?, Vec::new()));
+            }
+            let per_round: Vec<f64> = ra
+                .rounds
+                .iter()
+                .filter_map(|(n, x)| {
+                    let (_, y) = rb.rounds.iter().find(|(m, _)| m == n)?;
+                    Some(x.rps? / y.rps?)
+                })
+                .collect();
+            Some((median(per_round.clone())?, per_round))
+        };
+        let ratio = |a: &str, b: &str| ratios(a, b).map(|(v, _)| v);
+        let per_round = |a: &str, b: &str| ratios(a, b).map(|(_, r)| r).unwrap_or_default();
         let mut targets = Vec::new();
         let mut ratio_target = |name, a: &str, b: &str, min: f64, what: &str| {
             let value = ratio(a, b);
@@ -501,6 +617,8 @@ mod report {
                 } else {
                     format!("not measured ({a} or {b} missing)")
                 },
+                rounds: per_round(a, b),
+                min: Some(min),
             });
         };
         ratio_target(
@@ -508,14 +626,14 @@ mod report {
             "proxy_cached",
             "passthrough",
             0.8,
-            "requests/s ratio, same run",
+            "requests/s ratio, same round",
         );
         ratio_target(
             "forward-auth cached / trivial handler",
             "fa_cached",
             "trivial",
             0.9,
-            "requests/s ratio, same run",
+            "requests/s ratio, same round",
         );
         for (name, a, b) in [
             ("p99 added latency at 1,000 req/s, proxy", "rate_proxy", "rate_direct"),
@@ -544,6 +662,7 @@ mod report {
                 } else {
                     format!("not measured: {why}")
                 },
+                ..Target::default()
             });
         }
         if let Some(value) = ratio("fa_cached", "trivial_headers") {
@@ -554,6 +673,8 @@ mod report {
                 rule: "informational".into(),
                 pass: None,
                 note: "separates the cost of sending the identity headers from the sidecar's own work".into(),
+                rounds: per_round("fa_cached", "trivial_headers"),
+                min: None,
             });
         }
         {
@@ -575,6 +696,8 @@ mod report {
                 rule: "≥ 4".into(),
                 pass: value.map(|v| v >= 4.0),
                 note,
+                rounds: per_round("proxy_cached", "peer_apache"),
+                min: Some(4.0),
             });
         }
         {
@@ -595,6 +718,8 @@ mod report {
                 rule: "≥ 1.6".into(),
                 pass: value.map(|v| v >= 1.6),
                 note,
+                rounds: per_round("proxy_cached", "peer_haproxy_jwt"),
+                min: Some(1.6),
             });
         }
         if let Some(value) = ratio("passthrough", "peer_haproxy_pass") {
@@ -605,6 +730,8 @@ mod report {
                 rule: "informational".into(),
                 pass: None,
                 note: "the axum pass-through (the proxy target's baseline) against a C proxy".into(),
+                rounds: per_round("passthrough", "peer_haproxy_pass"),
+                min: None,
             });
         }
         {
@@ -619,6 +746,7 @@ mod report {
                 pass: value.map(|v| v >= 10_000.0),
                 note: "signature-path requests ÷ the sidecar's CPU seconds (/proc/PID/stat), whole request included"
                     .into(),
+                ..Target::default()
             });
         }
         {
@@ -637,6 +765,7 @@ mod report {
                     .unwrap_or_else(|| {
                         "each request a new user and session: user, membership, attachment, audit".into()
                     }),
+                ..Target::default()
             });
         }
         {
@@ -648,6 +777,7 @@ mod report {
                 rule: "≤ 100 ms".into(),
                 pass: value.map(|v| v <= 100.0),
                 note: "wrk at saturation, every request a new user and session (one writer at a time)".into(),
+                ..Target::default()
             });
         }
         {
@@ -672,6 +802,7 @@ mod report {
                         )
                     })
                     .unwrap_or_else(|| "not measured".into()),
+                ..Target::default()
             });
         }
 
@@ -686,6 +817,7 @@ mod report {
             "kernel",
             "loadavg_start",
             "loadavg_end",
+            "rounds",
             "wrk",
             "oha",
         ] {
@@ -707,6 +839,10 @@ mod report {
             if let Some(n) = r.meta.get("note") {
                 notes.push(n.clone());
             }
+            let round_rps: Vec<f64> = r.rounds.iter().filter_map(|(_, x)| x.rps).collect();
+            if round_rps.len() > 1 {
+                notes.push(format!("median of {} rounds: {} req/s", round_rps.len(), list(&round_rps, 0)));
+            }
             if let Some(cpu) = r.meta_f64("cpu_secs")
                 && let Some(req) = r.requests
                 && cpu > 0.0
@@ -717,9 +853,12 @@ mod report {
                     r.meta.get("process").map_or("it", |s| s)
                 ));
             }
-            if let (Some(user), Some(kernel), Some(req)) =
-                (r.meta_f64("instructions_user"), r.meta_f64("instructions_kernel"), r.requests)
-                && req > 0
+            let instructions_requests = r.meta.get("instructions_requests").and_then(|n| n.parse().ok());
+            if let (Some(user), Some(kernel), Some(req)) = (
+                r.meta_f64("instructions_user"),
+                r.meta_f64("instructions_kernel"),
+                instructions_requests.or(r.requests),
+            ) && req > 0
             {
                 notes.push(format!(
                     "{:.0}k instructions per request (user {:.0}k, kernel {:.0}k)",
@@ -755,7 +894,7 @@ mod report {
                 None if t.value.is_some() => "–",
                 None => "not measured",
             };
-            let _ = writeln!(md, "| {} | {value} | {} | {result} | {} |", t.name, t.rule, t.note);
+            let _ = writeln!(md, "| {} | {value} | {} | {result} | {} |", t.name, t.rule, t.how());
         }
 
         // JSON.
@@ -775,18 +914,151 @@ mod report {
                 o.insert("errors".into(), json!(r.errors));
                 o.insert("peak_rss_kib".into(), json!(r.meta_f64("hwm_kib")));
                 o.extend(r.json.clone());
+                if !r.rounds.is_empty() {
+                    let rounds: Vec<Value> = r
+                        .rounds
+                        .iter()
+                        .map(|(n, x)| {
+                            json!({"round": n, "requests_per_sec": x.rps, "p50_ms": x.p50_ms, "p99_ms": x.p99_ms,
+                                   "requests": x.requests, "errors": x.errors,
+                                   "cpu_secs": x.meta_f64("cpu_secs"), "peak_rss_kib": x.meta_f64("hwm_kib")})
+                        })
+                        .collect();
+                    o.insert("rounds".into(), json!(rounds));
+                }
                 Value::Object(o)
             })
             .collect();
         let targets_json: Vec<Value> = targets
             .iter()
-            .map(|t| json!({"name": t.name, "value": t.value, "unit": t.unit, "rule": t.rule, "pass": t.pass, "note": t.note}))
+            .map(|t| {
+                let mut o = json!({"name": t.name, "value": t.value, "unit": t.unit, "rule": t.rule, "pass": t.pass, "note": t.note});
+                if !t.rounds.is_empty() {
+                    o["rounds"] = json!(t.rounds);
+                    o["aggregate"] = json!("median of the per-round ratios");
+                }
+                o
+            })
             .collect();
         let out = json!({"run": run, "scenarios": scenarios, "targets": targets_json});
         let parent = dir.parent().unwrap_or(dir);
         std::fs::write(parent.join("results.json"), serde_json::to_string_pretty(&out)? + "\n")?;
         std::fs::write(parent.join("results.md"), &md)?;
+        std::fs::write(parent.join("ratios.svg"), svg(&targets, &run))?;
         print!("{md}");
         Ok(())
+    }
+
+    fn xml_escape(text: &str) -> String {
+        text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    }
+
+    /// The ratio targets as a horizontal bar chart: one bar per target at its measured median,
+    /// green when met and red when not, the target as a dark marker line, each round's ratio as
+    /// a small dot. Hand-written SVG text: a few dozen elements need no plotting crate, and the
+    /// file stays readable in a diff when committed to the docs.
+    fn svg(targets: &[Target], run: &BTreeMap<String, String>) -> String {
+        let bars: Vec<&Target> = targets.iter().filter(|t| t.unit == "×" && t.min.is_some()).collect();
+        let (label_w, plot_w, right_w, row_h, top) = (300.0, 380.0, 150.0, 46.0, 64.0);
+        let width = label_w + plot_w + right_w;
+        let height = top + row_h * bars.len() as f64 + 40.0;
+        let most = bars
+            .iter()
+            .flat_map(|t| t.value.into_iter().chain(t.min).chain(t.rounds.iter().copied()))
+            .fold(1.0_f64, f64::max);
+        // Axis end: the next whole number above everything drawn, with a little room.
+        let axis_max = (most * 1.05).ceil();
+        let step = if axis_max <= 2.0 {
+            0.25
+        } else if axis_max <= 5.0 {
+            0.5
+        } else {
+            1.0
+        };
+        let x = |v: f64| label_w + v.clamp(0.0, axis_max) / axis_max * plot_w;
+        let rounds =
+            run.get("rounds").map_or(String::new(), |n| format!(", median of {n} interleaved rounds"));
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="sans-serif" font-size="13">"#
+        );
+        let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
+        let _ = writeln!(
+            out,
+            r#"<text x="10" y="22" font-size="15" font-weight="bold">identity-sidecar: throughput ratio targets{}</text>"#,
+            xml_escape(&rounds)
+        );
+        let _ = writeln!(
+            out,
+            r##"<text x="10" y="42" fill="#555">scripts/bench {} mode, commit {}, {} CPUs, {} — bar: measured median; line: target; dots: rounds</text>"##,
+            xml_escape(run.get("mode").map_or("?", |s| s)),
+            xml_escape(run.get("commit").map_or("?", |s| s)),
+            xml_escape(run.get("cpus").map_or("?", |s| s)),
+            xml_escape(run.get("started_at").map_or("?", |s| s)),
+        );
+        // Grid and axis labels.
+        let bottom = top + row_h * bars.len() as f64;
+        let mut v = 0.0;
+        while v <= axis_max + 1e-9 {
+            let _ = writeln!(
+                out,
+                r##"<line x1="{0:.1}" y1="{top:.1}" x2="{0:.1}" y2="{bottom:.1}" stroke="#ddd"/><text x="{0:.1}" y="{1:.1}" text-anchor="middle" fill="#555">{v}×</text>"##,
+                x(v),
+                bottom + 16.0
+            );
+            v += step;
+        }
+        for (i, t) in bars.iter().enumerate() {
+            let y = top + row_h * i as f64;
+            let mid = y + row_h / 2.0;
+            let _ = writeln!(
+                out,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+                label_w - 10.0,
+                mid + 4.0,
+                xml_escape(t.name)
+            );
+            let (colour, verdict) = match t.pass {
+                Some(true) => ("#2e7d32", "PASS"),
+                Some(false) => ("#c62828", "FAIL"),
+                None => ("#9e9e9e", "not measured"),
+            };
+            if let Some(value) = t.value {
+                let _ = writeln!(
+                    out,
+                    r#"<rect x="{label_w:.1}" y="{:.1}" width="{:.1}" height="18" fill="{colour}"/>"#,
+                    mid - 9.0,
+                    x(value) - label_w
+                );
+                for r in &t.rounds {
+                    let _ = writeln!(
+                        out,
+                        r#"<circle cx="{:.1}" cy="{mid:.1}" r="3" fill="white" stroke="black"/>"#,
+                        x(*r)
+                    );
+                }
+            }
+            if let Some(min) = t.min {
+                let _ = writeln!(
+                    out,
+                    r#"<line x1="{0:.1}" y1="{1:.1}" x2="{0:.1}" y2="{2:.1}" stroke="black" stroke-width="3"/><text x="{0:.1}" y="{3:.1}" text-anchor="middle" font-size="11">target {4}</text>"#,
+                    x(min),
+                    mid - 15.0,
+                    mid + 15.0,
+                    mid - 17.0,
+                    xml_escape(&t.rule)
+                );
+            }
+            let shown = t.value.map_or("–".to_owned(), |v| format!("{v:.2} ×"));
+            let _ = writeln!(
+                out,
+                r#"<text x="{:.1}" y="{:.1}" fill="{colour}" font-weight="bold">{shown} {verdict}</text>"#,
+                label_w + plot_w + 12.0,
+                mid + 4.0
+            );
+        }
+        out.push_str("</svg>\n");
+        out
     }
 }

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::http::{HeaderName, Request};
+use axum::http::{HeaderName, HeaderValue, Request};
 use futures_util::FutureExt as _;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::auth::Auth;
@@ -266,7 +266,22 @@ fn with_request_id(router: Router) -> Router {
             crate::telemetry::continue_trace(&span, req.headers());
             span
         }))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, RandomRequestId))
+}
+
+/// A new request id: a v4 UUID from the thread's random generator (`rand::rng()`, a CSPRNG
+/// seeded from the system), where tower-http's `MakeRequestUuid` asks the system for 16 bytes
+/// per request — a system call on every request that only needs an id nobody else has.
+#[derive(Clone, Copy)]
+struct RandomRequestId;
+
+impl MakeRequestId for RandomRequestId {
+    fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
+        let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+        let mut text = uuid::Uuid::encode_buffer();
+        // Lower-case hex and hyphens: always a valid header value.
+        HeaderValue::from_str(id.hyphenated().encode_lower(&mut text)).ok().map(RequestId::new)
+    }
 }
 
 /// A restart during a Keycloak outage: serve the last good key set from the store (marked
@@ -383,5 +398,26 @@ impl AppHandle {
             self.tasks.abort_all();
         }
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tower_http::request_id::MakeRequestId as _;
+
+    use super::RandomRequestId;
+
+    #[test]
+    fn a_generated_request_id_is_a_fresh_v4_uuid() {
+        let request = axum::http::Request::new(());
+        let mut ids = (0..2).map(|_| {
+            let id = RandomRequestId.make_request_id(&request).expect("an id");
+            id.header_value().to_str().unwrap().to_owned()
+        });
+        let (a, b) = (ids.next().unwrap(), ids.next().unwrap());
+        assert_ne!(a, b);
+        let parsed = uuid::Uuid::parse_str(&a).unwrap();
+        assert_eq!(parsed.get_version(), Some(uuid::Version::Random));
+        assert_eq!(parsed.hyphenated().to_string(), a, "lower-case, hyphenated");
     }
 }

@@ -83,7 +83,19 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // Commands that need no configuration.
     match cli.command {
-        Some(Command::Demo { port, data_dir, upstream }) => return exit(run(demo(port, data_dir, upstream))),
+        Some(Command::Demo { port, data_dir, upstream }) => {
+            let quiet = identity_sidecar::config::LogConfig {
+                format: identity_sidecar::config::LogFormat::Pretty,
+                level: "error".into(),
+            };
+            let logs = match identity_sidecar::telemetry::init(&quiet) {
+                Ok(logs) => logs,
+                Err(e) => return exit(Err(e)),
+            };
+            let code = exit(run(demo(port, data_dir, upstream)));
+            drop(logs);
+            return code;
+        }
         Some(Command::HashToken) => return exit(hash_token()),
         Some(Command::GenerateSigningKey { out }) => {
             return exit(commands::generate_signing_key(&out).map(|kid| {
@@ -108,9 +120,24 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(if health { 1 } else { 2 });
         }
     };
-    let result = match cli.command.unwrap_or(Command::Serve) {
+    let command = cli.command.unwrap_or(Command::Serve);
+    // Log lines leave through a writer thread: `logs` lives until main returns, so its drop
+    // flushes every line, the `fatal` line of `exit` included.
+    let started = match command {
+        Command::Serve => identity_sidecar::telemetry::init_with_traces(&config.log, &config.telemetry)
+            .map(|(logs, traces)| (Some(logs), Some(traces))),
+        Command::Migrate | Command::SyncOrgs | Command::Reconcile { .. } => {
+            identity_sidecar::telemetry::init(&config.log).map(|logs| (Some(logs), None))
+        }
+        _ => Ok((None, None)),
+    };
+    let (logs, traces) = match started {
+        Ok(started) => started,
+        Err(e) => return exit(Err(e)),
+    };
+    let result = match command {
         Command::CheckConfig => config.redacted_toml().map(|t| print!("{t}")),
-        Command::Serve => run(serve(config)),
+        Command::Serve => run(serve(config, traces.expect("serve starts traces"))),
         Command::Migrate => run(migrate(config)),
         Command::Health { ready } => {
             // One thread is plenty for one request, and a probe runs often.
@@ -133,18 +160,18 @@ fn main() -> std::process::ExitCode {
         Command::Demo { .. } | Command::HashToken | Command::GenerateSigningKey { .. } => {
             unreachable!("handled before the configuration is loaded")
         }
-        Command::SyncOrgs => run(async {
-            identity_sidecar::telemetry::init(&config.log)?;
-            print_json(&identity_sidecar::keycloak::command::sync_orgs(&config).await?)
-        }),
+        Command::SyncOrgs => {
+            run(async { print_json(&identity_sidecar::keycloak::command::sync_orgs(&config).await?) })
+        }
         Command::Reconcile { sub, dry_run } => run(async {
-            identity_sidecar::telemetry::init(&config.log)?;
             use identity_sidecar::reconcile::apply::Mode;
             let mode = if dry_run { Mode::DryRun } else { Mode::Apply };
             print_json(&identity_sidecar::keycloak::command::reconcile_sub(&config, &sub, mode).await?)
         }),
     };
-    exit(result)
+    let code = exit(result);
+    drop(logs);
+    code
 }
 
 fn exit(result: anyhow::Result<()>) -> std::process::ExitCode {
@@ -182,8 +209,7 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let traces = identity_sidecar::telemetry::init_with_traces(&config.log, &config.telemetry)?;
+async fn serve(config: Config, traces: identity_sidecar::telemetry::Traces) -> anyhow::Result<()> {
     let result = async {
         let mut handle = App::build(config).await?.spawn();
         let stop = handle.shutdown_token();
@@ -201,7 +227,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 async fn migrate(config: Config) -> anyhow::Result<()> {
-    identity_sidecar::telemetry::init(&config.log)?;
     let store =
         identity_sidecar::store::Store::connect(config.database_url(), config.database.max_connections)
             .await?;
@@ -211,11 +236,6 @@ async fn migrate(config: Config) -> anyhow::Result<()> {
 }
 
 async fn demo(port: u16, data_dir: PathBuf, upstream: Option<String>) -> anyhow::Result<()> {
-    let quiet = identity_sidecar::config::LogConfig {
-        format: identity_sidecar::config::LogFormat::Pretty,
-        level: "error".into(),
-    };
-    identity_sidecar::telemetry::init(&quiet)?;
     let options = identity_sidecar::demo::DemoOptions { port, data_dir, upstream };
     let mut running = identity_sidecar::demo::start(options).await?;
     identity_sidecar::demo::print(&running, port);

@@ -1,6 +1,11 @@
 //! Logging and tracing setup. Logs: JSON (containers) or pretty (terminals), filtered by
 //! `log.level` (`RUST_LOG` wins when set, for one-off debugging); what of a request may be
 //! logged ([`loggable_path`]) and the access-log line of a public request ([`access_log`]).
+//! A request thread formats its line and hands it to a writer thread through a bounded queue
+//! ([`LOG_QUEUE_LINES`]); the writer thread writes to stderr, so a slow log pipe does not
+//! hold a request up while the queue has room. When it is full, requests wait for room: an
+//! identity gate's access log is an audit trail, and a dropped line would be a silent hole
+//! in it. The [`Logs`] guard flushes the queue when dropped; `main` keeps it to the end.
 //! Traces (optional, off unless
 //! `telemetry.otlp_endpoint` or `OTEL_EXPORTER_OTLP_ENDPOINT` is set): the crate's `tracing`
 //! spans at `info` and above become OpenTelemetry spans, exported over OTLP/HTTP with JSON
@@ -37,27 +42,40 @@ static TRACING: AtomicBool = AtomicBool::new(false);
 /// The OTLP path a base endpoint gets, as `OTEL_EXPORTER_OTLP_ENDPOINT` does.
 const TRACES_PATH: &str = "/v1/traces";
 
+/// Log lines the writer thread's queue holds (about 300 bytes each as JSON, so a few MiB at
+/// most): a second or more of lines at the benchmark's rates, for a log pipe that stalls
+/// briefly. Beyond it, requests wait for the pipe (see the module comment).
+pub const LOG_QUEUE_LINES: usize = 16_384;
+
+/// The log writer thread of an installed subscriber. Dropping it writes the lines still
+/// queued (waiting up to a second) and stops the thread; a line logged after that is lost,
+/// so keep it until the process is about to exit.
+#[must_use = "dropping it stops the log writer; keep it until the process exits"]
+pub struct Logs {
+    _writer: tracing_appender::non_blocking::WorkerGuard,
+}
+
 /// Installs the global subscriber, logs only. Called once by `main` for the short commands;
 /// tests don't call it.
-pub fn init(config: &LogConfig) -> anyhow::Result<()> {
+pub fn init(config: &LogConfig) -> anyhow::Result<Logs> {
     install(config, None)
 }
 
 /// Installs the global subscriber for `serve`: logs, and traces when an OTLP endpoint is
 /// configured (`telemetry.otlp_endpoint`, else `OTEL_EXPORTER_OTLP_ENDPOINT`). Keep the
-/// returned [`Traces`] and call [`Traces::shutdown`] after the app stopped.
-pub fn init_with_traces(log: &LogConfig, telemetry: &TelemetryConfig) -> anyhow::Result<Traces> {
+/// returned [`Traces`] and call [`Traces::shutdown`] after the app stopped, then drop
+/// [`Logs`] (the shutdown may log).
+pub fn init_with_traces(log: &LogConfig, telemetry: &TelemetryConfig) -> anyhow::Result<(Logs, Traces)> {
     let from_env = ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"]
         .iter()
         .any(|k| std::env::var(k).is_ok_and(|v| !v.is_empty()));
     if telemetry.otlp_endpoint.is_none() && !from_env {
-        install(log, None)?;
-        return Ok(Traces { provider: None });
+        return Ok((install(log, None)?, Traces { provider: None }));
     }
     let provider = tracer_provider(telemetry)?;
-    install(log, Some(&provider))?;
+    let logs = install(log, Some(&provider))?;
     TRACING.store(true, Ordering::Release);
-    Ok(Traces { provider: Some(provider) })
+    Ok((logs, Traces { provider: Some(provider) }))
 }
 
 /// The OTLP/HTTP exporter behind a batch processor. The configured endpoint wins over the
@@ -81,12 +99,20 @@ fn tracer_provider(telemetry: &TelemetryConfig) -> anyhow::Result<SdkTracerProvi
         .build())
 }
 
-fn install(config: &LogConfig, traces: Option<&SdkTracerProvider>) -> anyhow::Result<()> {
+fn install(config: &LogConfig, traces: Option<&SdkTracerProvider>) -> anyhow::Result<Logs> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.is_empty() => EnvFilter::try_new(v)?,
         _ => EnvFilter::try_new(&config.level)?,
     };
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Not lossy: a full queue makes the logging thread wait (see the module comment). The
+    // writer thread flushes its buffer whenever the queue runs empty, so a line reaches stderr
+    // as soon as the thread gets to it, and lines queued together leave in one write.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("log-writer")
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
     let logs = match config.format {
         LogFormat::Json => fmt.json().flatten_event(true).with_current_span(true).with_filter(filter).boxed(),
         LogFormat::Pretty => fmt.with_filter(filter).boxed(),
@@ -103,7 +129,8 @@ fn install(config: &LogConfig, traces: Option<&SdkTracerProvider>) -> anyhow::Re
         .with(logs)
         .with(otel)
         .try_init()
-        .map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))
+        .map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))?;
+    Ok(Logs { _writer: guard })
 }
 
 /// The trace exporter of a running `serve`; without an endpoint it holds nothing.

@@ -72,3 +72,40 @@ async fn every_public_request_writes_one_access_line_without_token_or_code() {
     let signature = token.rsplit('.').next().unwrap();
     assert!(!log.contains(signature), "the token's signature is in the log:\n{log}");
 }
+
+#[tokio::test]
+async fn the_access_lines_still_queued_at_sigterm_are_written_before_the_process_exits() {
+    let kc = FakeKeycloak::start().await;
+    let upstream = EchoUpstream::start().await;
+    let mut bin = Binary::start(&proxy_toml(&upstream.url(), &kc.issuer(), JSON_LOGS));
+    bin.wait_ready(Duration::from_secs(20)).await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let token = kc.token().sub("flushed").sign();
+
+    // Lines leave through a writer thread: stop the process right after the last answer, so
+    // some of them are still queued when the signal arrives.
+    let requests = 300;
+    let answers = futures_util::future::join_all((0..requests).map(|i| {
+        http.get(bin.url("/orders/1")).bearer_auth(&token).header("x-request-id", format!("flush-{i}")).send()
+    }))
+    .await;
+    for answer in answers {
+        assert_eq!(answer.unwrap().status(), 200);
+    }
+    bin.terminate();
+    let exit = bin.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(exit.code(), Some(0), "log:\n{}", bin.stderr());
+
+    let log = bin.stderr();
+    let mut ids: Vec<String> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["message"] == "access")
+        .filter_map(|l| l["request_id"].as_str().map(str::to_owned))
+        .filter(|id| id.starts_with("flush-"))
+        .collect();
+    ids.sort();
+    let mut expected: Vec<String> = (0..requests).map(|i| format!("flush-{i}")).collect();
+    expected.sort();
+    assert_eq!(ids, expected, "one access line per request, none lost at shutdown");
+}

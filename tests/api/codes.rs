@@ -359,12 +359,15 @@ async fn a_valid_code_attaches_the_user_and_queues_a_keycloak_push_only_for_a_ne
     assert_eq!(w.get("/users/carol").await.body["memberships"][0]["source"], "code");
     assert_eq!(w.jobs().await, [push], "one push: ann's new membership of the linked organization");
 
-    // Audited as the code's doing, naming the code only by its fingerprint.
+    // Audited as the code's doing, naming the code only by its fingerprint; each redemption is
+    // also a `code.redeem` event of its own (newest first).
     let (trail, raw) = w.audit("sub=ann").await;
     assert_eq!(
         trail,
         [
+            ("code".into(), "code.redeem".into()),
             ("code".into(), "attachment.add".into()),
+            ("code".into(), "code.redeem".into()),
             ("code".into(), "attachment.add".into()),
             ("code".into(), "membership.add".into()),
         ]

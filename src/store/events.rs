@@ -45,17 +45,8 @@ pub struct StoredEvent {
 
 from_row!(StoredEvent, |row| Ok(StoredEvent {
     sequence: row.try_get("sequence")?,
-    audit: AuditEvent {
-        id: row.try_get("id")?,
-        at: row.try_get("at")?,
-        actor: row.try_get("actor")?,
-        action: row.try_get("action")?,
-        sub: row.try_get("sub")?,
-        organization: row.try_get("organization")?,
-        contract: row.try_get("contract")?,
-        reason: row.try_get("reason")?,
-        detail: row.try_get("detail")?,
-    },
+    // The audit columns, read as the audit trail reads them.
+    audit: sqlx::FromRow::from_row(row)?,
 }));
 
 /// Numbers every committed row that has no sequence yet; returns how many it numbered.

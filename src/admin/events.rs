@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::Params;
+use super::extract::{Params, bad_param};
 use super::guard::Admin;
 use crate::error::{ApiError, FieldError};
 use crate::events::{self, CloudEvent, format_sequence, parse_sequence};
@@ -55,7 +55,7 @@ pub(super) async fn feed(
     let after = match params.string("after")? {
         None => None,
         Some(text) => Some(parse_sequence(&text).ok_or_else(|| {
-            bad("after", "must be a sequence: up to 20 decimal digits, e.g. 00000000000000000042")
+            bad_param("after", "must be a sequence: up to 20 decimal digits, e.g. 00000000000000000042")
         })?),
     };
     let limit = params.limit()?;
@@ -64,7 +64,7 @@ pub(super) async fn feed(
         Some(text) => text.split(',').map(str::to_owned).collect(),
     };
     params.finish()?;
-    let actions = events::actions_matching(&prefixes).map_err(|detail| bad("types", &detail))?;
+    let actions = events::actions_matching(&prefixes).map_err(|detail| bad_param("types", &detail))?;
 
     store::events::sequence_committed(&state.store).await?;
     let mut conn = state.store.conn().await?;
@@ -74,7 +74,7 @@ pub(super) async fn feed(
         Some(after) => {
             let head = store::events::head(&mut conn).await?;
             if after > head {
-                return Err(bad(
+                return Err(bad_param(
                     "after",
                     &format!(
                         "is beyond the newest event ({}); was it read from another database?",
@@ -195,11 +195,4 @@ pub(super) async fn targets(
         })
         .collect();
     Ok(Json(TargetList { items, head: format_sequence(head) }))
-}
-
-fn bad(field: &str, detail: &str) -> ApiError {
-    ApiError::BadRequest {
-        detail: format!("Query parameter `{field}` {detail}."),
-        errors: vec![FieldError::new(field, detail)],
-    }
 }

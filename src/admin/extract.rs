@@ -247,7 +247,8 @@ impl Params {
     }
 }
 
-fn bad_param(name: &str, detail: &str) -> ApiError {
+/// 400 naming the query parameter `name`: "Query parameter `name` <detail>."
+pub(super) fn bad_param(name: &str, detail: &str) -> ApiError {
     ApiError::BadRequest {
         detail: format!("Query parameter `{name}` {detail}."),
         errors: vec![FieldError::new(name, detail)],

@@ -84,12 +84,11 @@ pub struct Deliverer {
     pub retry_max: Duration,
 }
 
-/// Why a round ended early.
+/// How a round ended.
 enum Stop {
-    /// Another replica holds the lease, or this one lost it: wait and try again.
-    NotOurs,
-    /// The target fell behind the retention and is now dead.
-    Dead,
+    /// Nothing to send now — caught up, another replica holds the lease (or took it), or the
+    /// target just died: wait a poll interval and look again.
+    Wait,
     Shutdown,
 }
 
@@ -102,10 +101,10 @@ impl Deliverer {
             if !created {
                 created = self.create(&target.name).await.inspect_err(|e| self.warn(&target, e)).is_ok();
             }
-            let round = if created { self.round(&target, lease, &shutdown).await } else { Ok(Stop::NotOurs) };
+            let round = if created { self.round(&target, lease, &shutdown).await } else { Ok(Stop::Wait) };
             match round {
                 Ok(Stop::Shutdown) => break,
-                Ok(Stop::NotOurs | Stop::Dead) => {}
+                Ok(Stop::Wait) => {}
                 Err(error) => self.warn(&target, &error),
             }
             tokio::select! {
@@ -136,7 +135,7 @@ impl Deliverer {
     ) -> Result<Stop, StoreError> {
         loop {
             let Some(delivery) = self.renew(target, lease).await? else {
-                return Ok(Stop::NotOurs);
+                return Ok(Stop::Wait);
             };
             let mut conn = self.store.conn().await?;
             // Read the head first: no event of the target's types lies between `delivered` and
@@ -153,7 +152,7 @@ impl Deliverer {
                     let mut conn = self.store.conn().await?;
                     stored::advance(&mut conn, &target.name, &self.owner, head, now()).await?;
                 }
-                return Ok(Stop::NotOurs);
+                return Ok(Stop::Wait);
             }
             for event in &batch {
                 // Checked between events, not only between rounds: with a backlog (or a steady
@@ -188,14 +187,14 @@ impl Deliverer {
                 return self.die(target, event).await;
             }
             if self.renew(target, lease).await?.is_none() {
-                return Ok(Some(Stop::NotOurs));
+                return Ok(Some(Stop::Wait));
             }
             let labels = Metrics::target(&target.name);
             match target.sender.send(&cloud).await {
                 Ok(()) => {
                     let mut conn = self.store.conn().await?;
                     if !stored::advance(&mut conn, &target.name, &self.owner, event.sequence, now()).await? {
-                        return Ok(Some(Stop::NotOurs));
+                        return Ok(Some(Stop::Wait));
                     }
                     self.metrics.events_delivered.get_or_create(&labels).inc();
                     return Ok(None);
@@ -205,7 +204,7 @@ impl Deliverer {
                     let mut conn = self.store.conn().await?;
                     let detail = format!("{}: {error}", cloud.sequence);
                     if !stored::failed(&mut conn, &target.name, &self.owner, &detail, now()).await? {
-                        return Ok(Some(Stop::NotOurs));
+                        return Ok(Some(Stop::Wait));
                     }
                     drop(conn);
                     if failures == 0 {
@@ -244,7 +243,7 @@ impl Deliverer {
             self.metrics.event_targets_dead.get_or_create(&Metrics::target(&target.name)).inc();
             tracing::error!(event_target = %target.name, "event delivery target is dead: {reason}");
         }
-        Ok(Some(Stop::Dead))
+        Ok(Some(Stop::Wait))
     }
 
     fn warn(&self, target: &Target, error: &StoreError) {

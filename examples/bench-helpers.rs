@@ -628,10 +628,12 @@ mod report {
             0.8,
             "requests/s ratio, same round",
         );
+        // Issue "performance round 2": forward-auth is judged against a handler that sends
+        // the same header set, so the bytes of the headers count on both sides.
         ratio_target(
-            "forward-auth cached / trivial handler",
+            "forward-auth cached / trivial handler sending the same headers",
             "fa_cached",
-            "trivial",
+            "trivial_headers",
             0.9,
             "requests/s ratio, same round",
         );
@@ -665,15 +667,15 @@ mod report {
                 ..Target::default()
             });
         }
-        if let Some(value) = ratio("fa_cached", "trivial_headers") {
+        if let Some(value) = ratio("fa_cached", "trivial") {
             targets.push(Target {
-                name: "forward-auth cached / trivial handler sending the same headers",
+                name: "forward-auth cached / trivial handler",
                 value: Some(value),
                 unit: "×",
                 rule: "informational".into(),
                 pass: None,
-                note: "separates the cost of sending the identity headers from the sidecar's own work".into(),
-                rounds: per_round("fa_cached", "trivial_headers"),
+                note: "the trivial handler sends no identity headers".into(),
+                rounds: per_round("fa_cached", "trivial"),
                 min: None,
             });
         }
@@ -792,8 +794,8 @@ mod report {
                 name: "RSS per cached login",
                 value,
                 unit: "bytes",
-                rule: "≤ 8,192".into(),
-                pass: value.map(|v| v <= 8192.0),
+                rule: "≤ 4,096".into(),
+                pass: value.map(|v| v <= 4096.0),
                 note: mem
                     .map(|r| {
                         format!(

@@ -3,7 +3,6 @@
 //! client value through.
 
 use std::borrow::Cow;
-use std::sync::{Arc, LazyLock};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use base64::Engine;
@@ -154,19 +153,8 @@ pub struct Trimmed {
     pub omitted: bool,
 }
 
-/// The owned header set of an anonymous caller: the same for every request, rendered once.
-pub fn anonymous() -> Arc<Rendered> {
-    static ANONYMOUS: LazyLock<Arc<Rendered>> =
-        LazyLock::new(|| Arc::new(render(Status::Anonymous, None, None)));
-    ANONYMOUS.clone()
-}
-
 /// Renders the full owned header set for a caller (`None` = anonymous). `max_userinfo` is
 /// `headers.max_userinfo_bytes`, or `None` when `X-Userinfo` is off.
-///
-/// A cached login keeps what this returns for the token it was rendered for
-/// (`crate::entitlements::LoginEntry::admit`), so a request of a cached login clones the
-/// values (a reference count each) instead of rendering them.
 pub fn render(status: Status, caller: Option<(&Principal, &B2b)>, max_userinfo: Option<usize>) -> Rendered {
     let Some((p, b2b)) = caller else {
         let mut out: Vec<_> = OWNED.iter().map(|n| (n.clone(), HeaderValue::from_static(""))).collect();

@@ -12,7 +12,7 @@
 //! Each entry is weighed in estimated bytes ([`weight`]) so `cache.max_bytes` bounds the tier.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
@@ -24,7 +24,7 @@ use crate::b2b::Facts;
 use crate::entitlements::active::choose;
 use crate::entitlements::exp_for;
 use crate::entitlements::render::{RenderContext, render_for};
-use crate::headers::{self, B2b, Rendered as RenderedHeaders, Status};
+use crate::headers::B2b;
 use crate::reconcile::plan::UnclaimedMemberships;
 use crate::weigh::{CacheBudget, ENTRY_OVERHEAD, string};
 
@@ -60,8 +60,7 @@ pub struct LoginEntry {
     pub facts: Arc<Facts>,
     /// Latest token expiry seen for this login; the entry never outlives it.
     token_exp: u64,
-    /// The last rendered B2B facts (incl. the signed token), reused while still right, and
-    /// the owned header set last rendered from them.
+    /// The last rendered B2B facts (incl. the signed token), reused while still right.
     rendered: Mutex<Option<Rendered>>,
 }
 
@@ -72,20 +71,6 @@ struct Rendered {
     jws_exp: u64,
     /// The access token expiry it was signed for (the JWS never outlives it).
     token_exp: u64,
-    /// The owned header set rendered from `b2b` for one token, if rendered yet.
-    headers: Option<HeadersFor>,
-}
-
-/// The owned header set as rendered for one token's principal (its roles, profile and
-/// `X-Userinfo` claims are the token's own, not the login's).
-struct HeadersFor {
-    /// The token's principal, as the token cache holds it: the same token is the same
-    /// `Arc`. Weak, so a principal the token cache dropped is not kept alive here; the weak
-    /// pointer still holds its allocation, so no other principal can take its address.
-    principal: Weak<Principal>,
-    /// `headers.max_userinfo_bytes` it was rendered with (`None`: `X-Userinfo` off).
-    max_userinfo: Option<usize>,
-    headers: Arc<RenderedHeaders>,
 }
 
 struct EntryExpiry {
@@ -196,65 +181,22 @@ impl LoginEntry {
     /// or this token's active organization differs (the login key has no `scope`, so two
     /// tokens of one login may choose differently; see `super::active`).
     pub fn b2b(&self, principal: &Principal, ctx: &RenderContext<'_>, now: u64, today: Date) -> Arc<B2b> {
+        let active = choose(&self.facts, &principal.scope, &principal.organizations.orgs).map(|a| a.key);
         let mut slot = self.rendered.lock().unwrap_or_else(|e| e.into_inner());
-        current(&mut slot, &self.facts, principal, ctx, now, today).b2b.clone()
-    }
-
-    /// [`LoginEntry::b2b`] and the owned header set rendered from it for this token
-    /// (`max_userinfo` as [`headers::render`] takes it). The header set is rendered once per
-    /// token and B2B facts: the next request with the same token (the token cache's same
-    /// principal) clones it, until the facts are rendered anew or another token of the login
-    /// comes.
-    pub fn admit(
-        &self,
-        principal: &Arc<Principal>,
-        ctx: &RenderContext<'_>,
-        now: u64,
-        today: Date,
-        max_userinfo: Option<usize>,
-    ) -> (Arc<B2b>, Arc<RenderedHeaders>) {
-        let mut slot = self.rendered.lock().unwrap_or_else(|e| e.into_inner());
-        let r = current(&mut slot, &self.facts, principal, ctx, now, today);
-        if let Some(h) = &r.headers
-            && std::ptr::eq(h.principal.as_ptr(), Arc::as_ptr(principal))
-            && h.max_userinfo == max_userinfo
-        {
-            return (r.b2b.clone(), h.headers.clone());
-        }
-        let headers =
-            Arc::new(headers::render(Status::Authenticated, Some((principal, &r.b2b)), max_userinfo));
-        r.headers =
-            Some(HeadersFor { principal: Arc::downgrade(principal), max_userinfo, headers: headers.clone() });
-        (r.b2b.clone(), headers)
-    }
-}
-
-/// The rendering in `slot` if still right for this request (see [`LoginEntry::b2b`]), else a
-/// new one put there.
-fn current<'a>(
-    slot: &'a mut Option<Rendered>,
-    facts: &Facts,
-    principal: &Principal,
-    ctx: &RenderContext<'_>,
-    now: u64,
-    today: Date,
-) -> &'a mut Rendered {
-    let active = choose(facts, &principal.scope, &principal.organizations.orgs).map(|a| a.key);
-    let still_right = slot.as_ref().is_some_and(|r| {
-        r.day == today
+        if let Some(r) = slot.as_ref()
+            && r.day == today
             && r.b2b.active_organization.as_deref() == active
             && r.token_exp <= principal.exp
             && r.jws_exp > now + ctx.ttl_secs / 2
             && r.jws_exp <= principal.exp
-    });
-    if !still_right {
-        *slot = None;
-    }
-    slot.get_or_insert_with(|| {
-        let b2b = Arc::new(render_for(facts, active, principal, ctx, now, today));
+        {
+            return r.b2b.clone();
+        }
+        let b2b = Arc::new(render_for(&self.facts, active, principal, ctx, now, today));
         let jws_exp = exp_for(now, ctx.ttl_secs, principal.exp);
-        Rendered { b2b, day: today, jws_exp, token_exp: principal.exp, headers: None }
-    })
+        *slot = Some(Rendered { b2b: b2b.clone(), day: today, jws_exp, token_exp: principal.exp });
+        b2b
+    }
 }
 
 /// Estimated bytes of a user's B2B facts.
@@ -276,24 +218,16 @@ fn facts_weight(s: &Facts) -> usize {
     size_of::<Facts>() + orgs + contracts + aliases + s.selection.as_deref().map_or(0, string)
 }
 
-/// Estimated bytes of a cached login entry: its key and `sub`, the user's [`Facts`], the
-/// B2B facts rendered from them later (the keys again, and the signed entitlement token: the
-/// facts and the profile as JSON, base64-encoded, plus header and signature), and the owned
-/// header set rendered for one token ([`HEADER_SET`]: the token's bytes are shared, the lists
-/// of keys are written again, `X-Userinfo` is the token's own).
+/// Estimated bytes of a cached login entry: its key and `sub`, the user's [`Facts`], and the
+/// B2B header set rendered from them later (the keys again, and the signed entitlement token:
+/// the facts and the profile as JSON, base64-encoded, plus header and signature).
 pub fn weight(sub: &str, s: &Facts) -> usize {
     let facts = facts_weight(s);
     let keys: usize = s.organizations.iter().map(|o| size_of::<String>() + 2 * string(&o.key)).sum::<usize>()
         + s.contracts.iter().map(|c| size_of::<String>() + string(&c.contract.key)).sum::<usize>();
     let jws = (facts + 512) * 4 / 3 + 256;
-    ENTRY_OVERHEAD + 32 + string(sub) + facts + 2 * keys + jws + HEADER_SET
+    ENTRY_OVERHEAD + 32 + string(sub) + facts + keys + jws
 }
-
-/// Estimated bytes of a rendered owned header set beyond the lists of keys: twelve names and
-/// values and an `X-Userinfo` of a usual Keycloak profile (the weigher does not see the
-/// token's claims; `headers.max_userinfo_bytes` bounds a large one).
-const HEADER_SET: usize =
-    size_of::<RenderedHeaders>() + 12 * size_of::<(axum::http::HeaderName, axum::http::HeaderValue)>() + 1024;
 
 #[cfg(test)]
 mod tests {
@@ -301,7 +235,6 @@ mod tests {
     use crate::auth::org_claim::{ClaimedOrg, ClaimedOrgs};
     use crate::b2b::EntitledOrganization;
     use crate::entitlements::Signer;
-    use axum::http::HeaderName;
 
     fn org(key: &str) -> EntitledOrganization {
         EntitledOrganization { key: key.into(), name: key.into(), keycloak_id: None, manager: false }
@@ -353,66 +286,6 @@ mod tests {
         assert_eq!(second.active_organization.as_deref(), Some("globex"), "the selection beats the pick");
         let again = entry.b2b(&picked, &ctx, now + 1, today);
         assert!(Arc::ptr_eq(&second, &again), "the same choice reuses the rendered set");
-    }
-
-    /// The value of one owned header in a rendered set.
-    fn value<'a>(rendered: &'a RenderedHeaders, name: &HeaderName) -> &'a str {
-        let (_, v) =
-            rendered.headers.iter().find(|(n, _)| n == name).expect("every owned header is rendered");
-        v.to_str().unwrap()
-    }
-
-    #[test]
-    fn a_tokens_header_set_is_rendered_once_and_follows_its_token_and_its_facts() {
-        use crate::headers::{ENTITLEMENTS, ROLES, USERINFO};
-        let logins = Logins::new(10, Duration::from_secs(300));
-        let facts = Facts {
-            organizations: vec![org("acme")],
-            aliases: vec![("acme".into(), "acme".into())],
-            ..Facts::default()
-        };
-        let token = Arc::new(Principal { roles: vec!["learner".into()], ..principal("openid", "acme") });
-        let entry = logins.put([8; 32], "u", facts, token.exp, logins.generation());
-        let signer = Signer::ephemeral().unwrap();
-        let ctx = RenderContext {
-            signer: &signer,
-            issuer: "i",
-            audience: "a",
-            ttl_secs: 300,
-            scope_to_active_organization: false,
-        };
-        let (now, today) = (crate::auth::authenticator::unix_now(), time::OffsetDateTime::now_utc().date());
-        let max = Some(4096);
-
-        let (b2b, first) = entry.admit(&token, &ctx, now, today, max);
-        let expected = headers::render(Status::Authenticated, Some((&token, &b2b)), max);
-        assert_eq!(*first, expected, "what rendering the facts for this token gives");
-        let (again_b2b, again) = entry.admit(&token, &ctx, now + 1, today, max);
-        assert!(
-            Arc::ptr_eq(&first, &again) && Arc::ptr_eq(&b2b, &again_b2b),
-            "the same token: rendered once"
-        );
-        assert_eq!(value(&first, &ENTITLEMENTS).as_bytes(), &b2b.entitlements[..]);
-
-        // A refreshed token of the same login is another principal with its own roles.
-        let refreshed = Arc::new(Principal { roles: vec!["teacher".into()], ..principal("openid", "acme") });
-        let (_, other) = entry.admit(&refreshed, &ctx, now + 1, today, max);
-        assert_eq!(value(&other, &ROLES), "teacher");
-        // A principal the token cache dropped never lends its header set to a newcomer, even
-        // one the allocator would put at the same address.
-        drop(token);
-        let newcomer = Arc::new(Principal { roles: vec!["admin".into()], ..principal("openid", "acme") });
-        let (_, theirs) = entry.admit(&newcomer, &ctx, now + 1, today, max);
-        assert_eq!(value(&theirs, &ROLES), "admin");
-        let (_, without) = entry.admit(&newcomer, &ctx, now + 1, today, None);
-        assert_eq!(value(&without, &USERINFO), "", "X-Userinfo off: rendered anew");
-
-        // The next day the facts (and their entitlement token) are rendered anew, and the
-        // header set with them.
-        let tomorrow = today.next_day().unwrap();
-        let (next_b2b, next) = entry.admit(&newcomer, &ctx, now + 2, tomorrow, None);
-        assert!(!Arc::ptr_eq(&b2b, &next_b2b) && !Arc::ptr_eq(&without, &next));
-        assert_eq!(value(&next, &ENTITLEMENTS).as_bytes(), &next_b2b.entitlements[..]);
     }
 
     #[test]

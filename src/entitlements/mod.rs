@@ -48,7 +48,7 @@ use crate::auth::authenticator::unix_now;
 use crate::auth::validate::Principal;
 use crate::b2b::Facts;
 use crate::config::{Config, OnStoreError, ReconcileConfig};
-use crate::headers::{B2b, Rendered, Status};
+use crate::headers::{B2b, Status};
 use crate::metrics::Metrics;
 use crate::reconcile::apply::{Actor, Mode, Outcome, Reconciliation};
 use crate::reconcile::plan::{UnclaimedMemberships, unclaimed_memberships};
@@ -68,15 +68,6 @@ impl std::fmt::Display for Unavailable {
 }
 
 impl std::error::Error for Unavailable {}
-
-/// What [`Entitlements::login`] found for a login that was not in memory.
-enum Login {
-    /// Taken from Redis or reconciled now, and put into the memory tier (unless an
-    /// invalidation came in between: then it serves this request only).
-    Cached(Arc<LoginEntry>),
-    /// The store failed: the user's last known facts (empty when none), served `stale`.
-    Stale(Arc<Facts>),
-}
 
 /// A login's path from principal to B2B facts, and the invalidations that end cached logins.
 /// Built once by [`App::build`](crate::App::build) and shared (`AppState::entitlements`).
@@ -191,7 +182,11 @@ impl Entitlements {
     /// [`Entitlements::facts`] with the login's stored facts they were rendered from (the
     /// active-organization route lists the organizations' names and the choice's source).
     pub async fn lookup(&self, p: &Principal) -> Result<(Arc<Facts>, Arc<B2b>, Status), Unavailable> {
-        let (key, unclaimed, now, today) = self.login_of(p);
+        let unclaimed =
+            unclaimed_memberships(self.policy.removal, &p.scope, &self.policy.full_membership_scopes);
+        let key = login_key(p, unclaimed);
+        let now = unix_now();
+        let today = OffsetDateTime::now_utc().date();
         if let Some(entry) = self.logins.get(&key) {
             self.metrics.count_cache("login", "hit");
             let b2b = entry.b2b(p, &self.render_context(), now, today);
@@ -201,51 +196,7 @@ impl Entitlements {
         // Boxed: a login's future (Redis, the store's queries) is large, and every cached
         // request would otherwise carry its space in the handler's future and copy it each
         // time a layer moves that future.
-        Ok(match Box::pin(self.login(p, key, unclaimed, now, today)).await? {
-            Login::Cached(entry) => {
-                let b2b = entry.b2b(p, &self.render_context(), now, today);
-                (entry.facts.clone(), b2b, Status::Authenticated)
-            }
-            Login::Stale(last) => {
-                let b2b = Arc::new(render(&last, p, &self.render_context(), now, today));
-                (last, b2b, Status::Stale)
-            }
-        })
-    }
-
-    /// [`Entitlements::facts`] and the owned header set for this request (`max_userinfo` as
-    /// [`crate::headers::render`] takes it). A cached login hands back the header set it
-    /// rendered for this token before ([`LoginEntry::admit`]): a request of a cached login
-    /// renders nothing.
-    pub async fn admit(
-        &self,
-        p: &Arc<Principal>,
-        max_userinfo: Option<usize>,
-    ) -> Result<(Arc<B2b>, Arc<Rendered>), Unavailable> {
-        let (key, unclaimed, now, today) = self.login_of(p);
-        if let Some(entry) = self.logins.get(&key) {
-            self.metrics.count_cache("login", "hit");
-            let (b2b, headers) = entry.admit(p, &self.render_context(), now, today, max_userinfo);
-            return Ok((b2b, headers));
-        }
-        self.metrics.count_cache("login", "miss");
-        // Boxed as in `lookup`.
-        Ok(match Box::pin(self.login(p, key, unclaimed, now, today)).await? {
-            Login::Cached(entry) => entry.admit(p, &self.render_context(), now, today, max_userinfo),
-            Login::Stale(last) => {
-                let b2b = Arc::new(render(&last, p, &self.render_context(), now, today));
-                let headers = crate::headers::render(Status::Stale, Some((p, &b2b)), max_userinfo);
-                (b2b, Arc::new(headers))
-            }
-        })
-    }
-
-    /// The login a principal belongs to (its cache key and whether the claim removes
-    /// memberships), and the request's time and day.
-    fn login_of(&self, p: &Principal) -> (LoginKey, UnclaimedMemberships, u64, Date) {
-        let unclaimed =
-            unclaimed_memberships(self.policy.removal, &p.scope, &self.policy.full_membership_scopes);
-        (login_key(p, unclaimed), unclaimed, unix_now(), OffsetDateTime::now_utc().date())
+        Box::pin(self.login(p, key, unclaimed, now, today)).await
     }
 
     /// A login that is not in memory: the Redis tier, else a reconciliation, else (store
@@ -257,7 +208,7 @@ impl Entitlements {
         unclaimed: UnclaimedMemberships,
         now: u64,
         today: Date,
-    ) -> Result<Login, Unavailable> {
+    ) -> Result<(Arc<Facts>, Arc<B2b>, Status), Unavailable> {
         // Captured before anything is read (Redis or the store): an invalidation from here on
         // keeps what is read out of the memory tier.
         let generation = self.logins.generation();
@@ -270,7 +221,8 @@ impl Entitlements {
                     let until = p.exp.min(login.expires_at);
                     let entry = self.logins.put(key, &p.sub, login.facts, until, generation);
                     self.remember(&p.sub, &entry.facts);
-                    return Ok(Login::Cached(entry));
+                    let b2b = entry.b2b(p, &self.render_context(), now, today);
+                    return Ok((entry.facts.clone(), b2b, Status::Authenticated));
                 }
                 redis::Lookup::Miss(current) => epochs = Some(current),
                 redis::Lookup::Unavailable => {}
@@ -310,16 +262,20 @@ impl Entitlements {
                     let until = p.exp.min(now.saturating_add(self.policy.max_age_secs));
                     redis.store(&key, &p.sub, &facts, epochs, until).await;
                 }
-                Ok(Login::Cached(self.logins.put(key, &p.sub, facts, p.exp, generation)))
+                let entry = self.logins.put(key, &p.sub, facts, p.exp, generation);
+                let b2b = entry.b2b(p, &self.render_context(), now, today);
+                Ok((entry.facts.clone(), b2b, Status::Authenticated))
             }
             Err(e) => {
                 self.metrics.reconciliations.get_or_create(&vec![("result", "error")]).inc();
                 tracing::warn!(error = %e, "reconciliation failed; the store is unreachable or failing");
                 match self.policy.on_store_error {
                     OnStoreError::Reject => Err(Unavailable),
-                    OnStoreError::Degrade => Ok(Login::Stale(
-                        self.last_known.get(&p.sub).unwrap_or_else(|| Arc::new(Facts::default())),
-                    )),
+                    OnStoreError::Degrade => {
+                        let last = self.last_known.get(&p.sub).unwrap_or_else(|| Arc::new(Facts::default()));
+                        let b2b = render(&last, p, &self.render_context(), now, today);
+                        Ok((last, Arc::new(b2b), Status::Stale))
+                    }
                 }
             }
         }

@@ -126,7 +126,7 @@ pub async fn forward_auth(
             match admit(&state, &method, uri, headers).await {
                 Ok(admission) => {
                     let mut response = StatusCode::OK.into_response();
-                    response.headers_mut().extend(admission.headers.headers.iter().cloned());
+                    response.headers_mut().extend(admission.headers);
                     response
                 }
                 Err(ApiError::BadRequest { detail, errors }) => {

@@ -12,8 +12,7 @@
 //! 4. **facts**: the caller's B2B memberships and contracts;
 //! 5. **authorize**: `[[auth.rules]]` against roles, organizations, contracts and the active
 //!    organization (401/403);
-//! 6. **render**: the owned header set, empty values where nothing applies (rendered with the
-//!    facts, once per token of a cached login: [`crate::entitlements::Entitlements::admit`]).
+//! 6. **render**: the owned header set, empty values where nothing applies.
 //!
 //! Routes of the sidecar's own that need a caller and not the header set (`/me`, code
 //! redemption) take the [`Authenticated`] extractor instead, or [`MaybeAuthenticated`] where
@@ -24,14 +23,14 @@ use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, Method, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 
 use crate::auth::authenticator::Caller;
 use crate::auth::rules::{Decision, Holdings};
 use crate::auth::validate::Principal;
 use crate::config::TokenSource;
 use crate::error::ApiError;
-use crate::headers::{self, B2b, Rendered};
+use crate::headers::{self, B2b, Status};
 use crate::state::AppState;
 
 /// A caller whose token was accepted. As a handler argument it authenticates from the
@@ -73,8 +72,8 @@ pub struct Admission {
     /// Where the validated token came from (`None`: anonymous or a preflight). The proxy
     /// hands the app that credential alone.
     pub credential: Option<TokenSource>,
-    /// The owned header set, rendered (shared with the login cache: clone the values).
-    pub headers: Arc<Rendered>,
+    /// The owned header set, rendered.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// Judge the path, authenticate, authorize and render the header set for a request to
@@ -99,11 +98,9 @@ pub async fn admit(
     } else {
         state.auth.authenticator.authenticate_with_source(headers).await?
     };
-    let config = &state.config.headers;
-    let max_userinfo = config.userinfo.then_some(config.max_userinfo_bytes);
-    let (b2b, rendered) = match &caller {
-        Caller::Authenticated(p) => state.entitlements.admit(p, max_userinfo).await?,
-        Caller::Anonymous => (Arc::new(B2b::default()), headers::anonymous()),
+    let (b2b, status) = match &caller {
+        Caller::Authenticated(p) => state.entitlements.facts(p).await?,
+        Caller::Anonymous => (Arc::new(B2b::default()), Status::Anonymous),
     };
     if !preflight {
         let holdings = match &caller {
@@ -124,12 +121,18 @@ pub async fn admit(
             Decision::ActiveOrganizationRequired => return Err(ApiError::ActiveOrganizationRequired),
         }
     }
+    let config = &state.config.headers;
+    let max_userinfo = config.userinfo.then_some(config.max_userinfo_bytes);
+    let rendered = match &caller {
+        Caller::Anonymous => headers::render(Status::Anonymous, None, max_userinfo),
+        Caller::Authenticated(p) => headers::render(status, Some((p, &b2b)), max_userinfo),
+    };
     let trimmed = rendered.userinfo;
     state.metrics.count_userinfo_dropped(trimmed.extra, trimmed.default);
     if trimmed.omitted {
         state.metrics.count_userinfo_omitted();
     }
-    Ok(Admission { caller, credential, headers: rendered })
+    Ok(Admission { caller, credential, headers: rendered.headers })
 }
 
 /// The headers some frameworks take the request's method from instead of the request line.

@@ -184,7 +184,7 @@ async fn proxy(
     let (mut parts, body) = std::mem::take(request).into_parts();
     let upgrade_value = parts.headers.get(header::UPGRADE).cloned();
     strip_hop_by_hop(&mut parts.headers);
-    crate::headers::inject(&mut parts.headers, &admission.headers.headers);
+    crate::headers::inject(&mut parts.headers, &admission.headers);
     keep_only_the_validated_credential(&mut parts.headers, admission.credential);
     strip_routing_headers(&mut parts.headers);
     if state.config.headers.hide_credentials {

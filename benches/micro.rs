@@ -232,7 +232,7 @@ fn headers(c: &mut Criterion) {
         organizations: (0..5).map(|i| format!("organization-{i}")).collect(),
         managed_organizations: vec!["organization-0".into()],
         contracts: (0..10).map(|i| format!("contract-{i:02}")).collect(),
-        entitlements: format!("eyJhbGciOiJFUzI1NiJ9.{}.{}", "x".repeat(1400), "y".repeat(86)),
+        entitlements: format!("eyJhbGciOiJFUzI1NiJ9.{}.{}", "x".repeat(1400), "y".repeat(86)).into(),
         active_organization: Some("organization-0".into()),
     };
     let mut group = c.benchmark_group("headers");

@@ -7,6 +7,7 @@ use std::borrow::Cow;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
@@ -118,10 +119,18 @@ pub struct B2b {
     pub managed_organizations: Vec<String>,
     /// Keys of attached contracts valid today.
     pub contracts: Vec<String>,
-    /// The signed entitlement token (compact JWS), empty when none.
-    pub entitlements: String,
+    /// The signed entitlement token (compact JWS, ASCII), empty when none. Held as [`Bytes`]
+    /// so that its rendered header shares these bytes instead of copying them.
+    pub entitlements: Bytes,
     /// Key of the request's active organization (docs/contract.md §10), `None` when none is.
     pub active_organization: Option<String>,
+}
+
+impl B2b {
+    /// The entitlement token as text (empty when none).
+    pub fn entitlement_token(&self) -> &str {
+        std::str::from_utf8(&self.entitlements).unwrap_or_default()
+    }
 }
 
 /// The rendered owned header set, and what had to be left out of `X-Userinfo` to keep it
@@ -152,34 +161,30 @@ pub fn render(status: Status, caller: Option<(&Principal, &B2b)>, max_userinfo: 
         out[0].1 = HeaderValue::from_static(Status::Anonymous.as_str());
         return Rendered { headers: out, userinfo: Trimmed::default() };
     };
-    let opt = |v: &Option<String>| v.as_deref().map(encode_value).unwrap_or_default();
+    // Every value is ASCII without controls by construction.
+    let text = |value: String| HeaderValue::try_from(value).unwrap_or_else(|_| HeaderValue::from_static(""));
+    let opt = |v: &Option<String>| text(v.as_deref().map(encode_value).unwrap_or_default());
     let (userinfo, trimmed) = match max_userinfo {
         Some(max_bytes) => userinfo_value(p, b2b, max_bytes),
         None => (String::new(), Trimmed::default()),
     };
     let values = [
-        status.as_str().to_owned(),
-        encode_value(&p.sub),
+        HeaderValue::from_static(status.as_str()),
+        text(encode_value(&p.sub)),
         opt(&p.email),
         opt(&p.preferred_username),
         opt(&p.name),
-        encode_list(&p.roles),
-        encode_list(&b2b.organizations),
-        encode_list(&b2b.managed_organizations),
-        encode_list(&b2b.contracts),
-        b2b.entitlements.clone(),
-        userinfo,
+        text(encode_list(&p.roles)),
+        text(encode_list(&b2b.organizations)),
+        text(encode_list(&b2b.managed_organizations)),
+        text(encode_list(&b2b.contracts)),
+        // Shares the token's bytes with `b2b`.
+        HeaderValue::from_maybe_shared(b2b.entitlements.clone())
+            .unwrap_or_else(|_| HeaderValue::from_static("")),
+        text(userinfo),
         opt(&b2b.active_organization),
     ];
-    let headers = OWNED
-        .iter()
-        .zip(values)
-        .map(|(name, value)| {
-            // Every value above is ASCII without controls by construction.
-            let value = HeaderValue::try_from(value).unwrap_or_else(|_| HeaderValue::from_static(""));
-            (name.clone(), value)
-        })
-        .collect();
+    let headers = OWNED.iter().cloned().zip(values).collect();
     Rendered { headers, userinfo: trimmed }
 }
 
@@ -435,7 +440,7 @@ mod tests {
             organizations: vec!["zeta".into(), "acme".into(), "m\u{e9}t\"a".into()],
             managed_organizations: vec!["acme".into()],
             contracts: vec![],
-            entitlements: String::new(),
+            entitlements: Bytes::new(),
             active_organization: Some("acme".into()),
         };
         let claims = [

@@ -183,7 +183,9 @@ fn bearer_token(value: &axum::http::HeaderValue) -> Result<&str, Reject> {
 /// A token is non-empty and holds no whitespace: an app splitting on whitespace must read
 /// the same token the sidecar validated.
 fn plain_token(token: &str) -> Result<&str, Reject> {
-    if token.is_empty() || token.contains(|c: char| c.is_ascii_whitespace()) {
+    // Bytes, not chars: ASCII whitespace is never part of a multi-byte character, and a
+    // byte loop skips decoding the token (a kilobyte or more) as UTF-8 on every request.
+    if token.is_empty() || token.bytes().any(|b| b.is_ascii_whitespace()) {
         return Err(Reject::Ambiguous);
     }
     Ok(token)

@@ -257,12 +257,12 @@ impl Entitlements {
         match result {
             Ok((outcome, facts)) => {
                 self.count_reconciliation(&outcome);
-                self.remember(&p.sub, &facts);
                 if let (Some(redis), Some(epochs)) = (&self.redis, epochs) {
                     let until = p.exp.min(now.saturating_add(self.policy.max_age_secs));
                     redis.store(&key, &p.sub, &facts, epochs, until).await;
                 }
                 let entry = self.logins.put(key, &p.sub, facts, p.exp, generation);
+                self.remember(&p.sub, &entry.facts);
                 let b2b = entry.b2b(p, &self.render_context(), now, today);
                 Ok((entry.facts.clone(), b2b, Status::Authenticated))
             }
@@ -282,9 +282,15 @@ impl Entitlements {
     }
 
     /// Keeps a user's facts as their last known ones, without the session's selection: they
-    /// stand in for any session of the user when the store fails.
-    fn remember(&self, sub: &str, facts: &Facts) {
-        self.last_known.insert(sub.to_owned(), Arc::new(Facts { selection: None, ..facts.clone() }));
+    /// stand in for any session of the user when the store fails. Facts without a selection
+    /// (most logins) are shared with the login's cache entry, not copied.
+    fn remember(&self, sub: &str, facts: &Arc<Facts>) {
+        let last = if facts.selection.is_none() {
+            facts.clone()
+        } else {
+            Arc::new(Facts { selection: None, ..Facts::clone(facts) })
+        };
+        self.last_known.insert(sub.to_owned(), last);
     }
 
     /// Counts a login's reconciliation and what it changed.

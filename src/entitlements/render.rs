@@ -2,6 +2,7 @@
 //! B2B header values and the signed entitlement token (docs/contract.md §5). Contracts are
 //! judged valid on the day of the request, not the day of the reconciliation.
 
+use bytes::Bytes;
 use time::Date;
 
 use crate::auth::validate::Principal;
@@ -56,10 +57,10 @@ pub fn render_for(
         active_organization: active.map(str::to_owned),
     };
     let entitlements = match ctx.signer.sign(&claims) {
-        Ok(jws) => jws,
+        Ok(jws) => Bytes::from(jws),
         Err(e) => {
             tracing::error!(error = %e, "signing the entitlement token failed");
-            String::new()
+            Bytes::new()
         }
     };
     B2b {

@@ -19,7 +19,7 @@ pub async fn me(
     Authenticated(principal): Authenticated,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let (b2b, status) = state.entitlements.facts(&principal).await?;
-    let payload = b2b.entitlements.split('.').nth(1).unwrap_or_default();
+    let payload = b2b.entitlement_token().split('.').nth(1).unwrap_or_default();
     let mut claims: serde_json::Value = URL_SAFE_NO_PAD
         .decode(payload)
         .ok()

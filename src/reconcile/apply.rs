@@ -109,15 +109,23 @@ impl Reconciliation<'_> {
             return Ok((outcome, facts(&rows.memberships, &rows.attachments)));
         }
         outcome.full_at_apply = write_plan(&mut tx, sub, &plan, self.actor).await?;
-        let after_memberships = memberships::list_for_user(&mut tx, sub).await?;
-        let after_attachments = attachments::list_for_user(&mut tx, sub).await?;
+        // A plan that changes no membership or attachment (the usual returning login; a skip
+        // only touches the skip state) leaves the rows as read: the facts are made from them,
+        // without reading them again.
+        let after = if plan.is_empty() {
+            facts(&rows.memberships, &rows.attachments)
+        } else {
+            let after_memberships = memberships::list_for_user(&mut tx, sub).await?;
+            let after_attachments = attachments::list_for_user(&mut tx, sub).await?;
+            facts(&after_memberships, &after_attachments)
+        };
         let selection = match self.session {
             Some(sid) => selections::get(&mut tx, sub, sid).await?,
             None => None,
         };
         tx.commit().await?;
         outcome.plan = plan;
-        Ok((outcome, Facts { selection, ..facts(&after_memberships, &after_attachments) }))
+        Ok((outcome, Facts { selection, ..after }))
     }
 }
 

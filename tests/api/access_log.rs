@@ -65,6 +65,9 @@ async fn every_public_request_writes_one_access_line_without_token_or_code() {
     assert_eq!(redeem["status"], redeem_status);
     assert_eq!(redeem["mode"], "redeem");
 
+    // The line holds its request's fields itself, without the span objects other lines carry.
+    assert!(proxied.get("span").is_none() && proxied.get("spans").is_none(), "{proxied}");
+
     for secret in [token.as_str(), code, query_secret] {
         assert!(!log.contains(secret), "{secret} is in the log:\n{log}");
     }
@@ -108,4 +111,40 @@ async fn the_access_lines_still_queued_at_sigterm_are_written_before_the_process
     let mut expected: Vec<String> = (0..requests).map(|i| format!("flush-{i}")).collect();
     expected.sort();
     assert_eq!(ids, expected, "one access line per request, none lost at shutdown");
+}
+
+#[tokio::test]
+async fn a_line_written_during_a_request_names_the_request_span_and_its_id() {
+    let kc = FakeKeycloak::start().await;
+    // An upstream that refuses connections: the proxy warns inside the request.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let mut bin = Binary::start(&proxy_toml(&refused, &kc.issuer(), JSON_LOGS));
+    bin.wait_ready(Duration::from_secs(20)).await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let token = kc.token().sub("spanned").sign();
+    let answer = http
+        .get(bin.url("/orders/1"))
+        .bearer_auth(&token)
+        .header("x-request-id", "span-warned")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 502);
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = bin.stderr();
+    let lines: Vec<Value> = log.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).collect();
+    let warning = lines
+        .iter()
+        .find(|l| l["message"] == "upstream request failed")
+        .unwrap_or_else(|| panic!("no upstream warning:\n{log}"));
+    assert_eq!(warning["level"], "WARN", "{warning}");
+    assert_eq!(warning["span"]["request_id"], "span-warned", "{warning}");
+    let access = lines
+        .iter()
+        .find(|l| l["message"] == "access" && l["request_id"] == "span-warned")
+        .unwrap_or_else(|| panic!("no access line:\n{log}"));
+    assert_eq!(access["status"], 502, "{access}");
 }

@@ -574,7 +574,7 @@ async fn a_cached_login_drops_a_contract_the_day_after_it_ends(db: Db) {
     assert!(Arc::ptr_eq(&first, &entry.b2b(&principal, &ctx, now + 1, today)), "same day: reused");
     let tomorrow = entry.b2b(&principal, &ctx, now + 2, today + DAY);
     assert_eq!(tomorrow.contracts, ["a-auto"]);
-    let payload = tomorrow.entitlements.split('.').nth(1).unwrap();
+    let payload = tomorrow.entitlement_token().split('.').nth(1).unwrap();
     let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
     assert_eq!(claims["contracts"].as_array().unwrap().len(), 1, "the token follows the header");
 }

@@ -118,8 +118,8 @@ fn install(config: &LogConfig, traces: Option<&SdkTracerProvider>) -> anyhow::Re
         LogFormat::Json => {
             // Every line but the access line names the span it was written in (a warning
             // inside a request carries the request's id). The access line holds its request's
-            // fields itself, so it is written without the span objects: reading the span's
-            // fields back for each access line cost about a quarter of the line.
+            // fields itself, so it is written without the span objects: writing the span
+            // objects into every access line cost about half of the line (docs/benchmarks.md).
             let access = |m: &tracing::Metadata<'_>| m.target() == ACCESS_TARGET;
             let others = fmt
                 .json()

@@ -84,12 +84,15 @@ impl Reconciliation<'_> {
     /// run), and the user's B2B facts afterwards (a dry run's are those before).
     pub async fn run(&self, store: &Store) -> Result<(Outcome, Facts), StoreError> {
         let sub = self.sub;
-        let (mut tx, pending) = match (self.profile, self.verified_email) {
-            (Some(profile), Some(email)) => {
-                let (tx, _user, pending) = store.begin_login(sub, profile, email).await?;
-                (tx, pending.then_some(email))
+        // A login's first statement also reads its assignments count and its session's
+        // selection (`Store::begin_login`).
+        let (mut tx, pending, selection) = match self.profile {
+            Some(profile) => {
+                let (tx, _user, pending, selection) =
+                    store.begin_login(sub, profile, self.verified_email, self.session).await?;
+                (tx, self.verified_email.filter(|_| pending), selection)
             }
-            _ => (store.begin_user(sub, self.profile).await?.0, None),
+            None => (store.begin_user(sub, None).await?.0, None, None),
         };
         let mut accepted = Vec::new();
         if let (Some(email), Mode::Apply) = (pending, self.mode) {
@@ -120,9 +123,9 @@ impl Reconciliation<'_> {
             let a = attachments::list_for_user(&mut tx, sub).await?;
             (m, a)
         };
-        let selection = match self.session {
-            Some(sid) => selections::get(&mut tx, sub, sid).await?,
-            None => None,
+        let selection = match (self.profile, self.session) {
+            (None, Some(sid)) => selections::get(&mut tx, sub, sid).await?,
+            _ => selection,
         };
         // The seats last: each locks its contract row until the commit (see `claim_seats`).
         outcome.full_at_apply = claim_seats(&mut tx, sub, unclaimed, self.actor).await?;

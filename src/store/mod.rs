@@ -330,21 +330,24 @@ impl Store {
     /// also records the login (profile fields and `last_login_at`); without, only locks.
     pub async fn begin_user(&self, sub: &str, login: Option<&Profile>) -> Result<(Tx, User), StoreError> {
         let mut tx = self.begin().await?;
-        let (user, _) = users::lock(&mut tx, sub, login, None).await?;
+        let (user, _) = users::lock(&mut tx, sub, login, None, None).await?;
         Ok((tx, user))
     }
 
-    /// [`Store::begin_user`] for a login whose token has a verified e-mail (lower-cased):
-    /// also answers whether `allocated` seat assignments name it, in the same statement.
+    /// [`Store::begin_user`] for a login, answering in the same statement what the login asks
+    /// besides (see `users::lock`): with the token's verified e-mail (lower-cased), whether
+    /// `allocated` seat assignments name it; with the session (`sid`, `""` without one), the
+    /// organization it selected.
     pub async fn begin_login(
         &self,
         sub: &str,
         login: &Profile,
-        verified_email: &str,
-    ) -> Result<(Tx, User, bool), StoreError> {
+        verified_email: Option<&str>,
+        session: Option<&str>,
+    ) -> Result<(Tx, User, bool, Option<String>), StoreError> {
         let mut tx = self.begin().await?;
-        let (user, assignments) = users::lock(&mut tx, sub, Some(login), Some(verified_email)).await?;
-        Ok((tx, user, assignments > 0))
+        let (user, state) = users::lock(&mut tx, sub, Some(login), verified_email, session).await?;
+        Ok((tx, user, state.assignments > 0, state.selection))
     }
 
     /// One round trip to the database (readiness probes).

@@ -119,9 +119,7 @@ impl Reconciliation<'_> {
         let (after_memberships, mut after_attachments) = if plan.is_empty() {
             (rows.memberships, rows.attachments)
         } else {
-            let m = memberships::list_for_user(&mut tx, sub).await?;
-            let a = attachments::list_for_user(&mut tx, sub).await?;
-            (m, a)
+            user_rows::held(&mut tx, sub).await?
         };
         let selection = match (self.profile, self.session) {
             (None, Some(sid)) => selections::get(&mut tx, sub, sid).await?,

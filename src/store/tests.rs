@@ -644,7 +644,7 @@ async fn user_rows_load_memberships_claimed_organizations_and_sso_contracts(stor
     )
     .await
     .unwrap();
-    assert_eq!(store.queries() - before, 4, "four statements");
+    assert_eq!(store.queries() - before, 3, "three statements");
     tx.commit().await.unwrap();
 
     let keys = |it: Vec<&str>| it.into_iter().map(String::from).collect::<Vec<_>>();
@@ -663,8 +663,15 @@ async fn user_rows_load_memberships_claimed_organizations_and_sso_contracts(stor
         "auto/managed contracts of member and claimed organizations, by id"
     );
 
-    // An empty claim matches nothing, without a statement.
+    // The combined read of memberships and attachments gives, field for field, what the two
+    // separate reads give.
     let mut conn = store.conn().await.unwrap();
+    assert_eq!(rows.memberships, memberships::list_for_user(&mut conn, "ann").await.unwrap());
+    assert_eq!(rows.attachments, attachments::list_for_user(&mut conn, "ann").await.unwrap());
+    assert!(rows.memberships[0].keycloak_id.is_some() && rows.memberships[1].keep_until_seen);
+    assert_eq!(user_rows::held(&mut conn, "nobody").await.unwrap(), (Vec::new(), Vec::new()));
+
+    // An empty claim matches nothing, without a statement.
     assert!(organizations::matching_claim(&mut conn, &[], &[]).await.unwrap().is_empty());
 }
 

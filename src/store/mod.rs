@@ -46,8 +46,10 @@
 //! the `UPDATE` locks the contract row; a concurrent attacher blocks on that lock and, once the
 //! first commits, PostgreSQL re-evaluates the `WHERE` clause against the committed row (READ
 //! COMMITTED's re-check of updated rows), so the last seat goes to exactly one of them and the
-//! other's `UPDATE` matches no row. On SQLite the whole transaction holds the single write lock,
-//! so check and increment cannot interleave with another writer at all.
+//! other's `UPDATE` matches no row. The lock lasts until the commit, so the reconciliation of a
+//! login claims its seats as its last statements ([`attachments::claim_seat`]). On SQLite the
+//! whole transaction holds the single write lock, so check and increment cannot interleave with
+//! another writer at all.
 //!
 //! Seat assignments by e-mail ([`assignments`]) hold seats too: `contracts.seats_allocated`
 //! counts the `allocated` ones, is kept on the same row in the same way, and the guard reads

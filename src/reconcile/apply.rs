@@ -2,7 +2,7 @@
 //! transaction that starts by locking the user's row (`Store::begin_user`), so two replicas
 //! reconciling the same user at once run one after the other and never duplicate or lose a
 //! row. Seats are re-checked atomically by `attachments::claim_seat` whatever the plan predicted,
-//! as the transaction's last writes (see [`claim_seats`]).
+//! as the transaction's last writes (see `claim_seats`).
 //!
 //! Every reconciliation runs through [`Reconciliation::run`]: a login's (claimed set from the
 //! token) and an admin's or a job's (a stated or Keycloak-reported set, see

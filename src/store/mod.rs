@@ -47,7 +47,7 @@
 //! first commits, PostgreSQL re-evaluates the `WHERE` clause against the committed row (READ
 //! COMMITTED's re-check of updated rows), so the last seat goes to exactly one of them and the
 //! other's `UPDATE` matches no row. The lock lasts until the commit, so the reconciliation of a
-//! login claims its seats as its last statements ([`attachments::claim_seat`]). On SQLite the
+//! login claims its seats as its last statements (`attachments::claim_seat`). On SQLite the
 //! whole transaction holds the single write lock, so check and increment cannot interleave with
 //! another writer at all.
 //!

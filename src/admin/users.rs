@@ -140,7 +140,7 @@ async fn erase(
     let no_such = || format!("No user with sub `{sub}`.");
     // Checked before the lock: `begin_user` would create the row it is asked to erase.
     users::get(&mut tx, &sub).await.or_not_found(no_such)?;
-    users::lock(&mut tx, &sub, None, None).await?;
+    users::lock(&mut tx, &sub, None, None, None).await?;
     let held = memberships::list_for_user(&mut tx, &sub).await?;
     let attached = attachments::list_for_user(&mut tx, &sub).await?;
     if !users::erase(&mut tx, &sub).await? {

@@ -1,7 +1,8 @@
 //! Reconciliation against the store: load the user's rows, plan, write, all in one
 //! transaction that starts by locking the user's row (`Store::begin_user`), so two replicas
 //! reconciling the same user at once run one after the other and never duplicate or lose a
-//! row. Seats are re-checked atomically by `attachments::attach` whatever the plan predicted.
+//! row. Seats are re-checked atomically by `attachments::claim_seat` whatever the plan predicted,
+//! as the transaction's last writes (see `claim_seats`).
 //!
 //! Every reconciliation runs through [`Reconciliation::run`]: a login's (claimed set from the
 //! token) and an admin's or a job's (a stated or Keycloak-reported set, see
@@ -22,7 +23,7 @@ use crate::reconcile::plan::{
     ContractRef, CurrentAttachment, CurrentMembership, KnownContract, KnownOrg, OrgRef, Plan,
     UnclaimedMemberships, UserState, detached_on_removal, plan,
 };
-use crate::store::model::{AttachOutcome, Attachment, Membership, NewAuditEvent, Profile};
+use crate::store::model::{Attachment, Membership, NewAuditEvent, Profile};
 use crate::store::user_rows::{self, UserRows};
 use crate::store::{Store, StoreError, Tx, attachments, audit, memberships, organizations, selections};
 
@@ -83,12 +84,15 @@ impl Reconciliation<'_> {
     /// run), and the user's B2B facts afterwards (a dry run's are those before).
     pub async fn run(&self, store: &Store) -> Result<(Outcome, Facts), StoreError> {
         let sub = self.sub;
-        let (mut tx, pending) = match (self.profile, self.verified_email) {
-            (Some(profile), Some(email)) => {
-                let (tx, _user, pending) = store.begin_login(sub, profile, email).await?;
-                (tx, pending.then_some(email))
+        // A login's first statement also reads its assignments count and its session's
+        // selection (`Store::begin_login`).
+        let (mut tx, pending, selection) = match self.profile {
+            Some(profile) => {
+                let (tx, _user, pending, selection) =
+                    store.begin_login(sub, profile, self.verified_email, self.session).await?;
+                (tx, self.verified_email.filter(|_| pending), selection)
             }
-            _ => (store.begin_user(sub, self.profile).await?.0, None),
+            None => (store.begin_user(sub, None).await?.0, None, None),
         };
         let mut accepted = Vec::new();
         if let (Some(email), Mode::Apply) = (pending, self.mode) {
@@ -108,21 +112,25 @@ impl Reconciliation<'_> {
             outcome.plan = plan;
             return Ok((outcome, facts(&rows.memberships, &rows.attachments)));
         }
-        outcome.full_at_apply = write_plan(&mut tx, sub, &plan, self.actor).await?;
+        let unclaimed = write_plan(&mut tx, sub, &plan, self.actor).await?;
         // A plan that changes no membership or attachment (the usual returning login; a skip
         // only touches the skip state) leaves the rows as read: the facts are made from them,
         // without reading them again.
-        let after = if plan.is_empty() {
-            facts(&rows.memberships, &rows.attachments)
+        let (after_memberships, mut after_attachments) = if plan.is_empty() {
+            (rows.memberships, rows.attachments)
         } else {
-            let after_memberships = memberships::list_for_user(&mut tx, sub).await?;
-            let after_attachments = attachments::list_for_user(&mut tx, sub).await?;
-            facts(&after_memberships, &after_attachments)
+            user_rows::held(&mut tx, sub).await?
         };
-        let selection = match self.session {
-            Some(sid) => selections::get(&mut tx, sub, sid).await?,
-            None => None,
+        let selection = match (self.profile, self.session) {
+            (None, Some(sid)) => selections::get(&mut tx, sub, sid).await?,
+            _ => selection,
         };
+        // The seats last: each locks its contract row until the commit (see `claim_seats`).
+        outcome.full_at_apply = claim_seats(&mut tx, sub, unclaimed, self.actor).await?;
+        if !outcome.full_at_apply.is_empty() {
+            after_attachments = attachments::list_for_user(&mut tx, sub).await?;
+        }
+        let after = facts(&after_memberships, &after_attachments);
         tx.commit().await?;
         outcome.plan = plan;
         Ok((outcome, Facts { selection, ..after }))
@@ -194,13 +202,21 @@ fn to_plan_input(rows: &UserRows) -> UserState {
     }
 }
 
-/// Writes the plan; returns the contracts the atomic seat check refused.
+/// An attachment [`write_plan`] inserted, with its `attachment.add` event, whose seat
+/// [`claim_seats`] has yet to take.
+struct Unclaimed {
+    contract: ContractRef,
+    audit_id: i64,
+}
+
+/// Writes the plan, the new attachments without their seats; returns those, for
+/// [`claim_seats`].
 async fn write_plan(
     tx: &mut Tx,
     sub: &str,
     plan: &Plan,
     actor: &Actor,
-) -> Result<Vec<ContractRef>, StoreError> {
+) -> Result<Vec<Unclaimed>, StoreError> {
     let event = |action: &str, organization: Option<&str>, contract: Option<&str>, reason: &str| {
         audit_event(actor, sub, action, organization, contract, reason)
     };
@@ -230,22 +246,47 @@ async fn write_plan(
     // Ascending contract id: concurrent transactions lock contract rows in one order.
     let mut attach: Vec<&ContractRef> = plan.attach_contracts.iter().collect();
     attach.sort_by_key(|c| c.id);
-    let mut full = Vec::new();
+    let mut unclaimed = Vec::new();
     for contract in attach {
-        match attachments::attach(tx, sub, contract.id, AttachmentSource::Sso).await? {
-            AttachOutcome::Attached => {
-                audit::insert(tx, &event("attachment.add", None, Some(&contract.key), "sso contract"))
-                    .await?;
-            }
-            AttachOutcome::AlreadyAttached => {}
-            AttachOutcome::Full => {
-                if attachments::record_skip(tx, sub, contract.id).await? {
-                    let e = event("attachment.skipped_full", None, Some(&contract.key), "contract full");
-                    audit::insert(tx, &e).await?;
-                }
-                full.push(contract.clone());
-            }
+        if attachments::insert(tx, sub, contract.id, AttachmentSource::Sso).await? {
+            let e = event("attachment.add", None, Some(&contract.key), "sso contract");
+            let audit_id = audit::insert(tx, &e).await?;
+            unclaimed.push(Unclaimed { contract: contract.clone(), audit_id });
         }
+    }
+    Ok(unclaimed)
+}
+
+/// Takes the seats of the attachments [`write_plan`] inserted, in ascending contract id, as
+/// the transaction's last writes: a seat's increment locks its contract row until the commit,
+/// and every new login attaching that contract queues on the lock, so it is held for one
+/// statement and the commit rather than for the rest of the reconciliation. On a full contract
+/// the attachment is deleted again, its `attachment.add` event withdrawn (neither was ever
+/// visible outside the transaction) and the skip recorded. Returns the full contracts.
+async fn claim_seats(
+    tx: &mut Tx,
+    sub: &str,
+    unclaimed: Vec<Unclaimed>,
+    actor: &Actor,
+) -> Result<Vec<ContractRef>, StoreError> {
+    let mut full = Vec::new();
+    for Unclaimed { contract, audit_id } in unclaimed {
+        if attachments::claim_seat(tx, sub, contract.id).await? {
+            continue;
+        }
+        audit::withdraw(tx, audit_id).await?;
+        if attachments::record_skip(tx, sub, contract.id).await? {
+            let e = audit_event(
+                actor,
+                sub,
+                "attachment.skipped_full",
+                None,
+                Some(&contract.key),
+                "contract full",
+            );
+            audit::insert(tx, &e).await?;
+        }
+        full.push(contract);
     }
     Ok(full)
 }

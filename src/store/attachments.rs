@@ -68,13 +68,24 @@ pub async fn attach(
     if !insert(tx, sub, contract_id, source).await? {
         return Ok(AttachOutcome::AlreadyAttached);
     }
+    Ok(if claim_seat(tx, sub, contract_id).await? { AttachOutcome::Attached } else { AttachOutcome::Full })
+}
+
+/// Step 2 of [`attach`] on its own: takes the seat of the attachment `insert` just made, or
+/// deletes that attachment again when the contract is full. Whether the seat was taken.
+///
+/// The increment locks the contract row until the transaction ends, and every attacher of the
+/// contract queues on that lock. A caller with more to do in the transaction may insert first
+/// and claim the seat as its last statement before committing, so the lock is held for one
+/// statement and the commit (reconciliation of a login does; `crate::reconcile::apply`).
+pub(crate) async fn claim_seat(tx: &mut Tx, sub: &str, contract_id: i64) -> Result<bool, StoreError> {
     if take_seat(tx, contract_id).await? {
-        return Ok(AttachOutcome::Attached);
+        return Ok(true);
     }
     // Full as counted: allocated assignments past their `expires_at` may still hold seats
     // until they are marked expired. Release them and try once more.
     if super::seats::expire_due(tx, contract_id).await? > 0 && take_seat(tx, contract_id).await? {
-        return Ok(AttachOutcome::Attached);
+        return Ok(true);
     }
     run!(tx, |c| {
         sqlx::query("DELETE FROM attachments WHERE sub = $1 AND contract_id = $2")
@@ -84,7 +95,7 @@ pub async fn attach(
             .await
             .map(|r| r.rows_affected())
     })?;
-    Ok(AttachOutcome::Full)
+    Ok(false)
 }
 
 /// The guarded increment: takes a seat if attachments plus allocated assignments leave one

@@ -5,7 +5,7 @@ use sqlx::AssertSqlSafe;
 
 use super::codec::{At, now};
 use super::model::{AuditEvent, AuditQuery, NewAuditEvent};
-use super::{Conn, StoreError};
+use super::{Conn, StoreError, Tx};
 
 from_row!(AuditEvent, |row| Ok(AuditEvent {
     id: row.try_get("id")?,
@@ -40,6 +40,20 @@ pub async fn insert(conn: &mut Conn, event: &NewAuditEvent) -> Result<i64, Store
         .fetch_one(c)
         .await
     })?)
+}
+
+/// Deletes an event this transaction recorded and is about to undo before committing: the
+/// `attachment.add` a login writes ahead of claiming the seat, when the contract turns out full
+/// (`crate::reconcile::apply`). No committed row is ever deleted or changed.
+pub(crate) async fn withdraw(tx: &mut Tx, id: i64) -> Result<(), StoreError> {
+    run!(tx, |c| {
+        sqlx::query("DELETE FROM audit_events WHERE id = $1")
+            .bind(id)
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected())
+    })?;
+    Ok(())
 }
 
 /// Events matching every filter set in `query`, newest first, at most `query.limit`.

@@ -21,17 +21,20 @@ from_row!(User, |row| Ok(User {
 /// without email keeps the last known one); without, changes nothing but still takes the lock.
 /// Use through [`super::Store::begin_user`].
 ///
-/// `verified_email` (lower-cased) is the token's e-mail when `email_verified` is true: the same
-/// statement then also says how many `allocated` seat assignments name it (docs/contract.md
-/// §12), so a login without assignments costs no extra statement. The count includes
-/// assignments past their `expires_at`; [`super::assignments::pending_for_email`] leaves those
-/// out.
+/// A login's statement answers two more questions, so that they cost no statement of their own:
+/// - `verified_email` (lower-cased) is the token's e-mail when `email_verified` is true: how many
+///   `allocated` seat assignments name it (docs/contract.md §12). The count includes assignments
+///   past their `expires_at`; [`super::assignments::pending_for_email`] leaves those out.
+/// - `session` is the login's `sid` (`""` without one): the key of the organization that
+///   session selected, as [`super::selections::get`] reads it (reconciliation never changes
+///   selections, so reading it first is reading it last).
 pub(crate) async fn lock(
     tx: &mut Tx,
     sub: &str,
     login: Option<&Profile>,
     verified_email: Option<&str>,
-) -> Result<(User, i64), StoreError> {
+    session: Option<&str>,
+) -> Result<(User, LoginState), StoreError> {
     use sqlx::FromRow as _;
     let at = At(now());
     let user = match login {
@@ -47,7 +50,10 @@ pub(crate) async fn lock(
                         updated_at = excluded.updated_at
                  RETURNING sub, email, username, name, last_login_at, created_at, updated_at,
                            (SELECT count(*) FROM seat_assignments s
-                             WHERE s.email = $6 AND s.state = 'allocated') AS assignments",
+                             WHERE s.email = $6 AND s.state = 'allocated') AS assignments,
+                           (SELECT o.key FROM active_organization_selections s
+                              JOIN organizations o ON o.id = s.organization_id
+                             WHERE s.sub = $1 AND s.sid = $7) AS selection",
             )
             .bind(sub)
             .bind(&p.email)
@@ -55,11 +61,16 @@ pub(crate) async fn lock(
             .bind(&p.name)
             .bind(at)
             .bind(verified_email)
+            .bind(session)
             .fetch_one(c)
             .await;
             row.and_then(|row| {
                 use sqlx::Row as _;
-                Ok((User::from_row(&row)?, row.try_get::<i64, _>("assignments")?))
+                let state = LoginState {
+                    assignments: row.try_get("assignments")?,
+                    selection: row.try_get("selection")?,
+                };
+                Ok((User::from_row(&row)?, state))
             })
         })?,
         None => run!(tx, |c| {
@@ -74,9 +85,18 @@ pub(crate) async fn lock(
             .fetch_one(c)
             .await
         })
-        .map(|user| (user, 0))?,
+        .map(|user| (user, LoginState::default()))?,
     };
     Ok(user)
+}
+
+/// What [`lock`] learnt besides the user row (nothing without a login).
+#[derive(Debug, Default)]
+pub(crate) struct LoginState {
+    /// `allocated` seat assignments naming the verified e-mail.
+    pub assignments: i64,
+    /// The organization key the session selected.
+    pub selection: Option<String>,
 }
 
 /// Creates the user row if it does not exist (an admin acting on a user who never logged in).

@@ -746,4 +746,13 @@ async fn thirty_users_racing_for_ten_seats_on_two_replicas_get_exactly_ten() {
     let skips = metric(&r.a.metrics().await, "identity_sidecar_seat_limit_skips_total")
         + metric(&r.b.metrics().await, "identity_sidecar_seat_limit_skips_total");
     assert_eq!(skips, 20.0, "each of the 20 without a seat was skipped once");
+    // A racer that found the contract full at its seat claim withdrew the `attachment.add` it
+    // had written ahead of the claim: the trail holds exactly the ten seats and twenty skips.
+    let trail: Vec<(String, i64)> = r
+        .sql(
+            "SELECT action, count(*) FROM audit_events WHERE contract = $1 GROUP BY action ORDER BY action",
+            "i-seats",
+        )
+        .await;
+    assert_eq!(trail, [("attachment.add".into(), 10), ("attachment.skipped_full".into(), 20)]);
 }

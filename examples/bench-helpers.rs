@@ -433,7 +433,8 @@ mod report {
         let mut row = load_one(dir, id)?;
         for n in 1u32.. {
             let rid = format!("{id}.r{n}");
-            if !dir.join(format!("{rid}.meta")).exists() && !dir.join(format!("{rid}.wrk.json")).exists() {
+            let exists = |ext: &str| dir.join(format!("{rid}.{ext}")).exists();
+            if !exists("meta") && !exists("wrk.json") && !exists("oha.json") {
                 break;
             }
             row.rounds.push((n, load_one(dir, &rid)?));
@@ -552,8 +553,8 @@ mod report {
         rule: String,
         pass: Option<bool>,
         note: String,
-        /// A ratio's per-round values (same round's numbers), in round order; `value` is their
-        /// median. Empty for a single run and for targets that are not ratios.
+        /// A ratio's or a p99 difference's per-round values (same round's numbers), in round
+        /// order; `value` is their median. Empty for a single run and for other targets.
         rounds: Vec<f64>,
         /// A ratio target's minimum (drawn as the marker line of the chart).
         min: Option<f64>,
@@ -637,22 +638,44 @@ mod report {
             0.9,
             "requests/s ratio, same round",
         );
+        // p99(a) − p99(b) per round (the rounds both ran), then the median, as for ratios; a
+        // single run is its own difference.
+        let p99_added = |a: &Row, b: &Row| -> Option<(f64, Vec<f64>)> {
+            let diff = |x: &Row, y: &Row| Some(x.p99_ms? - y.p99_ms?).filter(|v| v.is_finite());
+            if a.rounds.is_empty() || b.rounds.is_empty() {
+                return Some((diff(a, b)?, Vec::new()));
+            }
+            let per_round: Vec<f64> = a
+                .rounds
+                .iter()
+                .filter_map(|(n, x)| {
+                    let (_, y) = b.rounds.iter().find(|(m, _)| m == n)?;
+                    if x.ok() && y.ok() { diff(x, y) } else { None }
+                })
+                .collect();
+            Some((median(per_round.clone())?, per_round))
+        };
         for (name, a, b) in [
             ("p99 added latency at 1,000 req/s, proxy", "rate_proxy", "rate_direct"),
             ("p99 added latency at 1,000 req/s, forward-auth", "rate_fa", "rate_trivial"),
         ] {
             let (ra, rb) = (rows.iter().find(|r| r.id == a), rows.iter().find(|r| r.id == b));
-            let value = match (ra, rb) {
-                (Some(x), Some(y)) if x.ok() && y.ok() => {
-                    Some(x.p99_ms.unwrap_or(f64::NAN) - y.p99_ms.unwrap_or(f64::NAN))
-                }
+            let measured = match (ra, rb) {
+                (Some(x), Some(y)) if x.ok() && y.ok() => p99_added(x, y),
                 _ => None,
-            }
-            .filter(|v| v.is_finite());
-            let why = ra
-                .or(rb)
-                .and_then(|r| r.meta.get("note").cloned())
-                .unwrap_or_else(|| "constant-rate runs missing".into());
+            };
+            let (value, rounds) = match measured {
+                Some((v, r)) => (Some(v), r),
+                None => (None, Vec::new()),
+            };
+            // A skipped or failed run says why in its own note (a round's, when in rounds).
+            let note = |r: &Row| {
+                r.meta
+                    .get("note")
+                    .cloned()
+                    .or_else(|| r.rounds.iter().find_map(|(_, x)| x.meta.get("note").cloned()))
+            };
+            let why = ra.or(rb).and_then(note).unwrap_or_else(|| "constant-rate runs missing".into());
             targets.push(Target {
                 name,
                 value,
@@ -660,10 +683,11 @@ mod report {
                 rule: "≤ 1 ms".into(),
                 pass: value.map(|v| v <= 1.0),
                 note: if value.is_some() {
-                    format!("oha -q 1000 with latency correction: p99({a}) − p99({b})")
+                    format!("oha -q 1000 with latency correction: p99({a}) − p99({b}), same round")
                 } else {
                     format!("not measured: {why}")
                 },
+                rounds,
                 ..Target::default()
             });
         }

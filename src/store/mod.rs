@@ -446,8 +446,10 @@ impl Conn {
 
 /// A write transaction. Derefs to [`Conn`], so every store function runs inside it.
 /// Dropped without [`Tx::commit`], it rolls back. The span covers the transaction, from
-/// `BEGIN` to its end. On SQLite it holds the writers' turn (module docs) until it ends;
-/// fields drop in order, so the turn passes on after the transaction is over.
+/// `BEGIN` to its end. On SQLite it holds the writers' turn (module docs) until it ends:
+/// [`Tx::commit`] and [`Tx::rollback`] pass the turn on once SQLite has answered; a dropped
+/// `Tx` passes it on once its rollback is queued (fields drop in order), and a writer that
+/// comes in before that rollback ran waits for it in `busy_timeout`.
 pub struct Tx(
     Conn,
     tracing::Span,

@@ -414,6 +414,23 @@ mod report {
         }
     }
 
+    /// `f` of two scenarios round by round (the rounds both ran), then the median of the
+    /// per-round values, which it also returns; two single runs give their own value.
+    fn paired(a: &Row, b: &Row, f: impl Fn(&Row, &Row) -> Option<f64>) -> Option<(f64, Vec<f64>)> {
+        if a.rounds.is_empty() || b.rounds.is_empty() {
+            return Some((f(a, b)?, Vec::new()));
+        }
+        let per_round: Vec<f64> = a
+            .rounds
+            .iter()
+            .filter_map(|(n, x)| {
+                let (_, y) = b.rounds.iter().find(|(m, _)| m == n)?;
+                f(x, y)
+            })
+            .collect();
+        Some((median(per_round.clone())?, per_round))
+    }
+
     /// "a, b, c" with `digits` decimals.
     fn list(values: &[f64], digits: usize) -> String {
         values.iter().map(|v| format!("{v:.digits$}")).collect::<Vec<_>>().join(", ")
@@ -587,21 +604,7 @@ mod report {
             .collect();
         let get = |id: &str| rows.iter().find(|r| r.id == id && r.ok() && r.rps.is_some());
         // A/B per round (the rounds both ran), then the median; a single run is its own ratio.
-        let ratios = |a: &str, b: &str| -> Option<(f64, Vec<f64>)> {
-            let (ra, rb) = (get(a)?, get(b)?);
-            if ra.rounds.is_empty() || rb.rounds.is_empty() {
-                return Some((ra.rps? / rb.rps?, Vec::new()));
-            }
-            let per_round: Vec<f64> = ra
-                .rounds
-                .iter()
-                .filter_map(|(n, x)| {
-                    let (_, y) = rb.rounds.iter().find(|(m, _)| m == n)?;
-                    Some(x.rps? / y.rps?)
-                })
-                .collect();
-            Some((median(per_round.clone())?, per_round))
-        };
+        let ratios = |a: &str, b: &str| paired(get(a)?, get(b)?, |x, y| Some(x.rps? / y.rps?));
         let ratio = |a: &str, b: &str| ratios(a, b).map(|(v, _)| v);
         let per_round = |a: &str, b: &str| ratios(a, b).map(|(_, r)| r).unwrap_or_default();
         let mut targets = Vec::new();
@@ -638,22 +641,11 @@ mod report {
             0.9,
             "requests/s ratio, same round",
         );
-        // p99(a) − p99(b) per round (the rounds both ran), then the median, as for ratios; a
-        // single run is its own difference.
-        let p99_added = |a: &Row, b: &Row| -> Option<(f64, Vec<f64>)> {
-            let diff = |x: &Row, y: &Row| Some(x.p99_ms? - y.p99_ms?).filter(|v| v.is_finite());
-            if a.rounds.is_empty() || b.rounds.is_empty() {
-                return Some((diff(a, b)?, Vec::new()));
-            }
-            let per_round: Vec<f64> = a
-                .rounds
-                .iter()
-                .filter_map(|(n, x)| {
-                    let (_, y) = b.rounds.iter().find(|(m, _)| m == n)?;
-                    if x.ok() && y.ok() { diff(x, y) } else { None }
-                })
-                .collect();
-            Some((median(per_round.clone())?, per_round))
+        // p99(a) − p99(b), of the rounds where both ran fine.
+        let p99_added = |a: &Row, b: &Row| {
+            paired(a, b, |x, y| {
+                if x.ok() && y.ok() { Some(x.p99_ms? - y.p99_ms?).filter(|v| v.is_finite()) } else { None }
+            })
         };
         for (name, a, b) in [
             ("p99 added latency at 1,000 req/s, proxy", "rate_proxy", "rate_direct"),

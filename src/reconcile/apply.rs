@@ -25,7 +25,7 @@ use crate::reconcile::plan::{
 };
 use crate::store::model::{Attachment, Membership, NewAuditEvent, Profile};
 use crate::store::user_rows::{self, UserRows};
-use crate::store::{Store, StoreError, Tx, attachments, audit, memberships, organizations, selections};
+use crate::store::{Store, StoreError, Tx, attachments, audit, memberships, organizations};
 
 /// What a reconciliation did (the admin API's answer; the login path counts it).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -74,8 +74,9 @@ pub struct Reconciliation<'a> {
     pub actor: &'a Actor,
     pub mode: Mode,
     /// A login's session (`sid`, `""` without one): its active-organization selection is read
-    /// in the same transaction into [`Facts::selection`], sparing the login a second
-    /// connection. `None` (admins, jobs): not read.
+    /// by the statement that records the login (`Store::begin_login`, so only with a
+    /// `profile`) into [`Facts::selection`], sparing the login a second connection and a
+    /// statement. `None` (admins, jobs): not read.
     pub session: Option<&'a str>,
 }
 
@@ -120,10 +121,6 @@ impl Reconciliation<'_> {
             (rows.memberships, rows.attachments)
         } else {
             user_rows::held(&mut tx, sub).await?
-        };
-        let selection = match (self.profile, self.session) {
-            (None, Some(sid)) => selections::get(&mut tx, sub, sid).await?,
-            _ => selection,
         };
         // The seats last: each locks its contract row until the commit (see `claim_seats`).
         outcome.full_at_apply = claim_seats(&mut tx, sub, unclaimed, self.actor).await?;
